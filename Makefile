@@ -1,0 +1,39 @@
+# liveml: `make run` (the demo) and `make test` both set up .venv/ themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+
+.PHONY: run test lint proto venv clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+$(BUF): package.json
+	npm install --no-fund --no-audit --loglevel=error
+	touch $(BUF)
+
+run: $(STAMP)
+	$(BIN)/liveml version
+
+test: $(STAMP) $(BUF)
+	$(BIN)/pytest
+
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services
+	$(BUF) lint protos
+
+proto: $(STAMP)
+	$(PY) -m services.common.protogen
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

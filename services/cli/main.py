@@ -1,0 +1,52 @@
+"""The `liveml` command: operators' entry point to every service and admin task."""
+
+from __future__ import annotations
+
+from importlib.metadata import version as dist_version
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from services.common import pki
+
+app = typer.Typer(
+    name="liveml",
+    help="Serve ML models over gRPC and change them live.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+tls_app = typer.Typer(help="Development certificates for TLS and mutual TLS.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
+console = Console()
+
+
+@app.command()
+def version() -> None:
+    """Print liveml's version and the versions of the runtime it serves with."""
+    import grpc
+    import onnxruntime
+
+    console.print(
+        f"liveml {dist_version('liveml')}  grpcio {grpc.__version__}  "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
+
+
+@tls_app.command("init")
+def tls_init(
+    directory: Path = typer.Argument(..., help="Folder to write the CA and certificates into."),
+    names: list[str] = typer.Option(
+        ["registry", "worker", "gateway", "client"], "--name", help="Certificates to issue."
+    ),
+) -> None:
+    """Create a CA and one certificate per name (valid for localhost, server and client)."""
+    ca = pki.create_ca(directory)
+    console.print(f"CA         {ca.cert}")
+    for name in names:
+        issued = pki.issue(ca, name, directory)
+        console.print(f"{name:<10} {issued.cert}  {issued.key}")
+
+
+if __name__ == "__main__":
+    app()

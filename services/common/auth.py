@@ -1,0 +1,222 @@
+"""Authentication and role-based authorization of every RPC, as a server interceptor.
+
+An `Authenticator` turns the caller's credentials (a bearer token from the
+`authorization` metadata, or the identity of a verified client certificate) into a
+`Principal`; a policy maps each RPC to the roles allowed to call it. Health checks
+and reflection stay open so probes and `buf curl` work without a token. The
+principal of the current call is available to servicers through `current_principal()`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from grpc import aio
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    DEPLOYER = "deployer"
+    PUBLISHER = "publisher"
+    VIEWER = "viewer"
+    WORKER = "worker"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's or certificate's identity and its role."""
+
+    name: str
+    role: Role
+
+
+class AuthError(Exception):
+    """Credentials missing or not valid (UNAUTHENTICATED); the message says why."""
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str | None, peer_identity: str | None) -> Principal:
+        """Return the caller, or raise AuthError saying what is wrong with its credentials."""
+        ...
+
+
+def hash_secret(secret: str) -> str:
+    """How token secrets are stored: never in the clear."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class StaticAuthenticator:
+    """Fixed tokens (by the sha256 of their secret) and client-certificate identities.
+
+    For servers that are not the registry: a worker or gateway given its callers
+    in a file, and any server whose clients authenticate by mutual TLS.
+    """
+
+    def __init__(
+        self,
+        token_hashes: Mapping[str, Principal] | None = None,
+        certificates: Mapping[str, Role] | None = None,
+    ) -> None:
+        self._tokens = dict(token_hashes or {})
+        self._certificates = dict(certificates or {})
+
+    async def authenticate(self, token: str | None, peer_identity: str | None) -> Principal:
+        if token is not None:
+            digest = hash_secret(token)
+            for known, principal in self._tokens.items():
+                if hmac.compare_digest(known, digest):
+                    return principal
+            raise AuthError("the bearer token is not valid")
+        if peer_identity is not None:
+            role = self._certificates.get(peer_identity)
+            if role is None:
+                raise AuthError(f"client certificate {peer_identity!r} is not allowed here")
+            return Principal(f"cert:{peer_identity}", role)
+        raise AuthError("missing credentials: send 'authorization: Bearer <token>' metadata")
+
+
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "liveml_principal", default=None
+)
+
+
+def current_principal() -> Principal | None:
+    """The caller of the RPC being served (None when auth is off or the RPC is open)."""
+    return _principal.get()
+
+
+def bearer_token(metadata: Collection[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def peer_identity(context: aio.ServicerContext[Any, Any]) -> str | None:
+    """Common name of a verified client certificate (mutual TLS), if any."""
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        values = auth.get(key)
+        if values:
+            return str(values[0].decode())
+    return None
+
+
+def _service_of(method: str) -> str:
+    return method.lstrip("/").split("/", 1)[0]
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Rejects calls without valid credentials or without a role the RPC allows.
+
+    `policy` maps a full method name (`/pkg.Service/Method`) or a service name
+    (`pkg.Service`) to its allowed roles; methods it does not name are denied,
+    so a new RPC is closed until someone decides who may call it. Admins may call
+    everything.
+    """
+
+    def __init__(
+        self, authenticator: Authenticator, policy: Mapping[str, Collection[Role]]
+    ) -> None:
+        self._authenticator = authenticator
+        self._policy = policy
+
+    def _allowed(self, method: str) -> Collection[Role] | None:
+        if method in self._policy:
+            return self._policy[method]
+        return self._policy.get(_service_of(method))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _service_of(method) in OPEN_SERVICES:
+            return handler
+        allowed = self._allowed(method)
+
+        async def check(context: aio.ServicerContext[Any, Any]) -> None:
+            try:
+                principal = await self._authenticator.authenticate(
+                    bearer_token(context.invocation_metadata()), peer_identity(context)
+                )
+            except AuthError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            if principal.role is not Role.ADMIN and (not allowed or principal.role not in allowed):
+                wanted = ", ".join(sorted(r.value for r in allowed or ())) or "admin"
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{principal.name} (role {principal.role.value}) may not call {method}; "
+                    f"it needs one of: {wanted}",
+                )
+            _principal.set(principal)
+
+        return _wrap(handler, check)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[None]],
+) -> grpc.RpcMethodHandler:
+    """The same handler with `check` run first in the call's own context."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await check(context)
+        async for item in inner_ss(requests, context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

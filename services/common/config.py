@@ -1,0 +1,110 @@
+"""Settings shared by every liveml server, read from flags and LIVEML_* variables.
+
+Each service subclasses `ServerSettings`; a field `foo_bar` is set by the flag
+`--foo-bar` or the environment variable `LIVEML_FOO_BAR` (the flag wins), and
+`settings_options` turns a settings class into the options of a typer command so
+the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.markup import escape
+
+ENV_PREFIX = "LIVEML_"
+MiB = 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    """What every gRPC server of liveml can be told."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
+    metrics_port: int = Field(
+        0, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)."
+    )
+    max_message_bytes: int = Field(
+        64 * MiB, ge=4 * MiB, description="Largest gRPC message sent or received."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector (host:port) to export traces to."
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The type typer should parse a field's flag as (Optional unwrapped)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation is SecretStr:
+        return str
+    if annotation in (str, int, float, bool, Path):
+        return annotation
+    return str
+
+
+def settings_options(
+    cls: type[SettingsT],
+) -> Callable[[Callable[[SettingsT], Any]], Callable[..., Any]]:
+    """Decorate `def cmd(settings: cls)` into a typer command with one flag per field.
+
+    Flags left out fall back to LIVEML_* variables, then to the field default, which
+    pydantic-settings resolves because only the flags actually given are passed on.
+    """
+
+    def decorate(func: Callable[[SettingsT], Any]) -> Callable[..., Any]:
+        params = []
+        for name, field in cls.model_fields.items():
+            flag_type = _flag_type(field.annotation)
+            env = f"{ENV_PREFIX}{name.upper()}"
+            decls = [f"--{name.replace('_', '-')}"]
+            if flag_type is bool:
+                decls = [f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}"]
+            secret = field.annotation is SecretStr or "secret" in name or "key" in name
+            shown = "" if secret else f" [default: {field.default}]"
+            # Escaped: typer renders help as rich markup, where [..] is a tag.
+            text = escape(f"{field.description or ''}{shown} [env: {env}]")
+            option = typer.Option(None, *decls, help=text, show_default=False)
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=option,
+                    annotation=flag_type | None,
+                )
+            )
+
+        def command(**flags: Any) -> Any:
+            given = {k: v for k, v in flags.items() if v is not None}
+            return func(cls(**given))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = func.__doc__
+        command.__name__ = func.__name__
+        return command
+
+    return decorate

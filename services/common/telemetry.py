@@ -1,0 +1,64 @@
+"""Telemetry of a liveml process: OpenTelemetry traces and the Prometheus endpoint.
+
+Traces go to an OTLP collector when one is configured; a test can pass its own
+span exporter instead. gRPC calls are traced by OpenTelemetry's grpc
+instrumentation, so a caller's trace context in the metadata makes our spans its
+children and one request is one trace across gateway and worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(
+    service_name: str,
+    otlp_endpoint: str | None = None,
+    exporter: SpanExporter | None = None,
+) -> TracerProvider:
+    """Install the process-wide tracer provider (once; later calls add exporters)."""
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            trace.set_tracer_provider(_provider)
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            _provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+            )
+            log.info("exporting traces to %s", otlp_endpoint)
+        if exporter is not None:
+            _provider.add_span_processor(BatchSpanProcessor(exporter))
+        return _provider
+
+
+def tracing_interceptor() -> Any:
+    """Server interceptor that opens a span per RPC, child of the caller's trace."""
+    return aio_server_interceptor()  # type: ignore[no-untyped-call]
+
+
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry = REGISTRY
+) -> int | None:
+    """Serve /metrics on `port` (0 = a free one, -1 = off); return the bound port."""
+    if port < 0:
+        return None
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    bound: int = server.server_address[1]
+    return bound

@@ -1,0 +1,42 @@
+"""TLS and mutual TLS credentials for liveml servers and the clients that call them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
+
+
+def server_credentials(
+    cert: Path | None, key: Path | None, client_ca: Path | None = None
+) -> grpc.ServerCredentials | None:
+    """TLS credentials from PEM files, or None for plaintext.
+
+    With `client_ca`, clients must present a certificate signed by it (mutual TLS).
+    """
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first")
+        return None
+    if cert is None or key is None:
+        raise ValueError("tls_cert and tls_key must be given together")
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=_read(client_ca),
+        require_client_auth=client_ca is not None,
+    )
+
+
+def channel_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """Client credentials: trust `ca` (system roots if None), present `cert`/`key` for mTLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )

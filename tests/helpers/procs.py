@@ -1,0 +1,73 @@
+"""Running liveml servers as real processes in tests, and reading what they print."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tests.conftest import port_open
+from tests.helpers.wait import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Proc:
+    """A child process whose combined output is read line by line in the background."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.popen = subprocess.Popen(
+            list(args),
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def expect(self, fragment: str, timeout: float = 20.0) -> str:
+        """Wait for a printed line containing `fragment`; return it."""
+        try:
+            while True:
+                line = self.lines.get(timeout=timeout)
+                if fragment in line:
+                    return line
+        except queue.Empty:
+            raise TimeoutError(
+                f"no line with {fragment!r} within {timeout} s; output:\n{''.join(self.output)}"
+            ) from None
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                return self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait()
+
+
+def python_module(module: str, env: Mapping[str, str] | None = None, *args: str) -> Proc:
+    return Proc([sys.executable, "-m", module, *args], env)
+
+
+def wait_port(port: int, proc: Proc | None = None, timeout: float = 30.0) -> None:
+    def ready() -> bool:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{''.join(proc.output)}")
+        return port_open("127.0.0.1", port)
+
+    wait_until(ready, timeout, f"port {port}")
