@@ -1,0 +1,142 @@
+"""The registry process: store, artifact store, change feed, auth and background duties."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from grpc import aio
+
+from services.common import server
+from services.common.auth import Role
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.registry import security, workers
+from services.registry.artifacts import ArtifactStore, KeyRing
+from services.registry.servicer import RegistryServicer
+from services.registry.settings import RegistrySettings
+from services.registry.store import Store, wait_for_database
+from services.registry.watch import Feed
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+
+@dataclass
+class Registry:
+    settings: RegistrySettings
+    store: Store
+    feed: Feed
+    running: server.RunningServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace: float = 0) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.running.stop(grace)
+        await self.feed.stop()
+        await self.store.close()
+
+
+def _write_secret(path: os.PathLike[str], secret: str) -> None:
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+
+
+async def bootstrap_admin(settings: RegistrySettings, store: Store) -> None:
+    """On first start, create an admin token and write it to a 0600 file (never logged)."""
+    if await security.count_tokens(store):
+        return
+    async with store.write("registry") as tx:
+        row, secret = await security.create_token(tx, "bootstrap admin", Role.ADMIN, None)
+        token = security.token_proto(row)
+        await tx.audit("CreateToken", token.name, None, token, {"role": "admin", "bootstrap": True})
+    _write_secret(settings.admin_token_file, secret)
+    log.info("bootstrap admin token %s written to %s", token.name, settings.admin_token_file)
+
+
+async def _every(seconds: float, what: str, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception as exc:  # a failed sweep is retried at the next tick
+            log.warning("%s failed: %s", what, exc)
+
+
+async def start(settings: RegistrySettings) -> Registry:
+    await wait_for_database(settings.database_url)
+    store = Store(settings.database_url)
+    await store.migrate()
+    keys = KeyRing.parse(
+        settings.artifact_key.get_secret_value() if settings.artifact_key else None,
+        settings.artifact_key_id,
+        settings.artifact_old_keys.get_secret_value() if settings.artifact_old_keys else None,
+    )
+    artifacts = ArtifactStore(settings.artifact_dir, keys, settings.max_artifact_bytes)
+    feed = Feed(store, settings.watch_poll_seconds)
+    await feed.start()
+    servicer = RegistryServicer(settings, store, artifacts, feed)
+
+    def register(grpc_server: aio.Server) -> Sequence[str]:
+        rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
+        return [SERVICE_NAME]
+
+    authenticator = None
+    if settings.auth:
+        await bootstrap_admin(settings, store)
+        authenticator = security.TokenAuthenticator(
+            store, security.parse_cert_roles(settings.cert_roles)
+        )
+    running = await server.start_server(
+        "registry", settings, register, authenticator=authenticator, policy=security.POLICY
+    )
+    registry = Registry(settings, store, feed, running)
+
+    async def expire() -> None:
+        async with store.read() as session:
+            if not await workers.any_expired(session):
+                return
+        async with store.write("registry") as tx:
+            gone = await workers.expire(tx)
+        for name in gone:
+            log.info("worker %s left: lease expired", name)
+
+    async def compact() -> None:
+        await store.compact(settings.watch_keep_revisions)
+
+    registry.tasks += [
+        asyncio.create_task(_every(min(1.0, settings.lease_seconds / 2), "lease sweep", expire)),
+        asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+    ]
+    return registry
+
+
+def serve(settings: RegistrySettings) -> int:
+    async def build() -> server.RunningServer:
+        registry = await start(settings)
+
+        async def halt_background() -> None:
+            for task in registry.tasks:
+                task.cancel()
+            await registry.feed.stop()  # ends open watches so the server can stop
+
+        registry.running.on_stop.append(halt_background)
+        return registry.running
+
+    return server.run("registry", settings, build)

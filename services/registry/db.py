@@ -1,0 +1,121 @@
+"""The registry's tables (SQLAlchemy 2 declarative); Alembic migrations create them.
+
+Each resource keeps its full protobuf message in `proto` (what the API returns and
+the change feed carries) beside the columns that are queried or constrained. Times
+are integer microseconds since the epoch, portable across SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """One row: the global revision (its row lock orders all writes) and compaction point."""
+
+    __tablename__ = "meta"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    compacted_revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Sequence of the newest audit event, so deleting the tail of the trail is noticed.
+    audit_head: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    latest_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class VersionRow(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    stage: Mapped[int] = mapped_column(Integer, nullable=False)
+    approval: Mapped[int] = mapped_column(Integer, nullable=False)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class RolloutHistoryRow(Base):
+    __tablename__ = "rollout_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lease_expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    lease_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    role: Mapped[int] = mapped_column(Integer, nullable=False)
+    display_name: Mapped[str] = mapped_column(String(256), nullable=False)
+    creator: Mapped[str] = mapped_column(String(256), nullable=False)
+    create_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expire_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_events"
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    actor: Mapped[str] = mapped_column(String(256), nullable=False)
+    action: Mapped[str] = mapped_column(String(128), nullable=False)
+    target: Mapped[str] = mapped_column(String(512), nullable=False, index=True)
+    before_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    after_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    details: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class ChangeRow(Base):
+    """The change feed: one row per event, several events may share a revision."""
+
+    __tablename__ = "changes"
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    type: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    resource_name: Mapped[str] = mapped_column(String(512), nullable=False)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -1,0 +1,152 @@
+"""Who may call the registry: hashed, expiring, revocable tokens, and the role of each RPC."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from services.common.auth import AuthError, Principal, Role, hash_secret
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry.db import TokenRow
+from services.registry.store import Store, Tx, now_us
+
+SERVICE = "/liveml.registry.v1.RegistryService/"
+
+ROLE_TO_PROTO = {
+    Role.ADMIN: rpb.ROLE_ADMIN,
+    Role.DEPLOYER: rpb.ROLE_DEPLOYER,
+    Role.PUBLISHER: rpb.ROLE_PUBLISHER,
+    Role.VIEWER: rpb.ROLE_VIEWER,
+    Role.WORKER: rpb.ROLE_WORKER,
+    Role.CLIENT: rpb.ROLE_CLIENT,
+}
+PROTO_TO_ROLE: dict[int, Role] = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+_READ = {Role.VIEWER, Role.PUBLISHER, Role.DEPLOYER}
+_DATA_PLANE = {Role.WORKER}
+# Admins may call everything; every RPC not listed here is admin-only.
+POLICY: dict[str, set[Role]] = {
+    **{
+        SERVICE + m: _READ | _DATA_PLANE
+        for m in (
+            "GetModel",
+            "ListModels",
+            "GetVersion",
+            "ListVersions",
+            "DownloadArtifact",
+            "GetRollout",
+            "ListWorkers",
+            "Watch",
+        )
+    },
+    **{SERVICE + m: set(_READ) for m in ("ListRolloutHistory", "ListAuditEvents", "VerifyAudit")},
+    **{SERVICE + m: {Role.PUBLISHER} for m in ("CreateModel", "UpdateModel", "CreateVersion")},
+    SERVICE + "UpdateVersion": {Role.PUBLISHER, Role.DEPLOYER},
+    **{
+        SERVICE + m: {Role.DEPLOYER}
+        for m in ("ReviewVersion", "SetAlias", "DeleteAlias", "UpdateRollout", "RollbackRollout")
+    },
+    **{SERVICE + m: set(_DATA_PLANE) for m in ("RegisterWorker", "Heartbeat", "DeleteWorker")},
+}
+
+
+def new_secret(token_id: str) -> str:
+    return f"lml_{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id_of(secret: str) -> str | None:
+    parts = secret.split("_", 2)
+    if len(parts) == 3 and parts[0] == "lml" and parts[1]:
+        return parts[1]
+    return None
+
+
+def token_proto(row: TokenRow) -> rpb.Token:
+    token = rpb.Token(
+        name=f"tokens/{row.id}",
+        display_name=row.display_name,
+        role=row.role,  # type: ignore[arg-type]
+        revoked=row.revoked,
+        creator=row.creator,
+    )
+    token.create_time.FromMicroseconds(row.create_us)
+    if row.expire_us is not None:
+        token.expire_time.FromMicroseconds(row.expire_us)
+    return token
+
+
+async def create_token(
+    tx: Tx, display_name: str, role: Role, ttl_seconds: float | None
+) -> tuple[TokenRow, str]:
+    token_id = secrets.token_hex(6)
+    secret = new_secret(token_id)
+    created = now_us()
+    row = TokenRow(
+        id=token_id,
+        secret_hash=hash_secret(secret),
+        role=ROLE_TO_PROTO[role],
+        display_name=display_name,
+        creator=tx.actor,
+        create_us=created,
+        expire_us=None if ttl_seconds is None else created + int(ttl_seconds * 1e6),
+        revoked=False,
+    )
+    tx.session.add(row)
+    await tx.session.flush()
+    return row, secret
+
+
+async def count_tokens(store: Store) -> int:
+    async with store.read() as session:
+        return int((await session.execute(select(func.count()).select_from(TokenRow))).scalar_one())
+
+
+def _when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds")
+
+
+class TokenAuthenticator:
+    """Bearer tokens from the database; client certificates by a configured CN -> role map."""
+
+    def __init__(self, store: Store, certificates: Mapping[str, Role] | None = None) -> None:
+        self._store = store
+        self._certificates = dict(certificates or {})
+
+    async def authenticate(self, token: str | None, peer_identity: str | None) -> Principal:
+        if token is None:
+            if peer_identity is not None:
+                role = self._certificates.get(peer_identity)
+                if role is None:
+                    raise AuthError(f"client certificate {peer_identity!r} has no role here")
+                return Principal(f"cert:{peer_identity}", role)
+            raise AuthError("missing credentials: send 'authorization: Bearer <token>' metadata")
+        token_id = token_id_of(token)
+        if token_id is None:
+            raise AuthError("the bearer token is not valid")
+        async with self._store.read() as session:
+            row = await session.get(TokenRow, token_id)
+        if row is None or not secrets.compare_digest(row.secret_hash, hash_secret(token)):
+            raise AuthError("the bearer token is not valid")
+        if row.revoked:
+            raise AuthError(f"token tokens/{row.id} ({row.display_name}) has been revoked")
+        if row.expire_us is not None and row.expire_us <= now_us():
+            raise AuthError(
+                f"token tokens/{row.id} ({row.display_name}) expired at {_when(row.expire_us)}"
+            )
+        return Principal(f"tokens/{row.id} ({row.display_name})", PROTO_TO_ROLE[row.role])
+
+
+def parse_cert_roles(spec: str) -> dict[str, Role]:
+    roles: dict[str, Role] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, role = item.partition("=")
+        try:
+            roles[name.strip()] = Role(role.strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"cert_roles entry {item!r}: role must be one of {', '.join(r.value for r in Role)}"
+            ) from None
+    return roles

@@ -1,0 +1,310 @@
+"""RegistryService over gRPC: requests in, store calls, responses and statuses out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+
+from services.common import onnxsig
+from services.common.auth import current_principal
+from services.common.errors import InvalidArgument, NotFound, abort_on_error
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.registry import audit, catalog, names, rollouts, security, workers
+from services.registry.artifacts import CHUNK, ArtifactStore
+from services.registry.db import ModelRow, TokenRow
+from services.registry.settings import RegistrySettings
+from services.registry.store import Store
+from services.registry.watch import Feed
+
+Ctx = Any  # grpc.aio.ServicerContext (untyped)
+
+
+def actor() -> str:
+    principal = current_principal()
+    return principal.name if principal else "anonymous"
+
+
+class RegistryServicer(rpb_grpc.RegistryServiceServicer):
+    def __init__(
+        self, settings: RegistrySettings, store: Store, artifacts: ArtifactStore, feed: Feed
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.feed = feed
+
+    # --- models ---------------------------------------------------------------------
+
+    @abort_on_error
+    async def CreateModel(self, request: rpb.CreateModelRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            model = await catalog.create_model(tx, request.model_id, request.model)
+        return rpb.CreateModelResponse(model=model)
+
+    @abort_on_error
+    async def GetModel(self, request: rpb.GetModelRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            row = await catalog.model_row(session, names.model(request.name))
+        return rpb.GetModelResponse(model=catalog.model_proto(row))
+
+    @abort_on_error
+    async def ListModels(self, request: rpb.ListModelsRequest, context: Ctx) -> Any:
+        size = names.page_size(request.page_size)
+        query = select(ModelRow)
+        if request.page_token:
+            query = query.where(ModelRow.name > names.decode_page(request.page_token))
+        async with self.store.read() as session:
+            rows = (
+                (await session.execute(query.order_by(ModelRow.name).limit(size + 1)))
+                .scalars()
+                .all()
+            )
+        more = len(rows) > size
+        rows = rows[:size]
+        return rpb.ListModelsResponse(
+            models=[catalog.model_proto(r) for r in rows],
+            next_page_token=names.encode_page(rows[-1].name) if more else "",
+        )
+
+    @abort_on_error
+    async def UpdateModel(self, request: rpb.UpdateModelRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            model = await catalog.update_model(tx, request.model, request.update_mask)
+        return rpb.UpdateModelResponse(model=model)
+
+    @abort_on_error
+    async def DeleteModel(self, request: rpb.DeleteModelRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            await catalog.delete_model(tx, request.name)
+        return rpb.DeleteModelResponse()
+
+    # --- versions and artifacts -----------------------------------------------------------
+
+    @abort_on_error
+    async def CreateVersion(
+        self, requests: AsyncIterator[rpb.CreateVersionRequest], context: Ctx
+    ) -> Any:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("part") != "metadata":
+            raise InvalidArgument("the first CreateVersion message must carry metadata")
+        meta = first.metadata
+        model_id = names.model(meta.parent)
+        if meta.format not in (rpb.ARTIFACT_FORMAT_UNSPECIFIED, rpb.ARTIFACT_FORMAT_ONNX):
+            raise InvalidArgument("only ARTIFACT_FORMAT_ONNX artifacts are supported")
+        async with self.store.read() as session:
+            await catalog.model_row(session, model_id)  # fail before receiving any bytes
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in requests:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument("only the first CreateVersion message may carry metadata")
+                yield message.chunk
+
+        staged = await self.artifacts.stage(chunks(), meta.sha256, meta.size_bytes)
+        try:
+            signature = await asyncio.to_thread(onnxsig.inspect_model, staged.path)
+            async with self.store.read() as session:
+                await catalog.check_signature(session, model_id, signature)
+            key_id = await asyncio.to_thread(self.artifacts.commit, staged)
+        finally:
+            staged.discard()
+        artifact = rpb.Artifact(
+            sha256=staged.sha256,
+            size_bytes=staged.size,
+            format=rpb.ARTIFACT_FORMAT_ONNX,
+            key_id=key_id,
+        )
+        async with self.store.write(actor()) as tx:
+            version = await catalog.create_version(tx, model_id, meta.version, artifact, signature)
+        return rpb.CreateVersionResponse(version=version)
+
+    @abort_on_error
+    async def GetVersion(self, request: rpb.GetVersionRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            _, row = await catalog.version_row(session, request.name)
+        return rpb.GetVersionResponse(version=catalog.version_proto(row))
+
+    @abort_on_error
+    async def ListVersions(self, request: rpb.ListVersionsRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            versions, token = await catalog.list_versions(
+                session, request.parent, names.page_size(request.page_size), request.page_token
+            )
+        return rpb.ListVersionsResponse(versions=versions, next_page_token=token)
+
+    @abort_on_error
+    async def UpdateVersion(self, request: rpb.UpdateVersionRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            version = await catalog.update_version(tx, request.version, request.update_mask)
+        return rpb.UpdateVersionResponse(version=version)
+
+    @abort_on_error
+    async def ReviewVersion(self, request: rpb.ReviewVersionRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            version = await catalog.review_version(
+                tx, request.name, request.decision, request.reason
+            )
+        return rpb.ReviewVersionResponse(version=version)
+
+    @abort_on_error
+    async def DownloadArtifact(
+        self, request: rpb.DownloadArtifactRequest, context: Ctx
+    ) -> AsyncIterator[rpb.DownloadArtifactResponse]:
+        async with self.store.read() as session:
+            _, row = await catalog.version_row(session, request.name)
+        version = catalog.version_proto(row)
+        yield rpb.DownloadArtifactResponse(artifact=version.artifact)
+        blocks = self.artifacts.read(version.artifact.sha256)
+        while True:
+            block = await asyncio.to_thread(next, blocks, None)
+            if block is None:
+                return
+            for start in range(0, len(block), CHUNK):
+                yield rpb.DownloadArtifactResponse(chunk=block[start : start + CHUNK])
+
+    # --- aliases ----------------------------------------------------------------------------
+
+    @abort_on_error
+    async def SetAlias(self, request: rpb.SetAliasRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            model = await catalog.set_alias(tx, request.parent, request.alias, request.version)
+        return rpb.SetAliasResponse(model=model)
+
+    @abort_on_error
+    async def DeleteAlias(self, request: rpb.DeleteAliasRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            model = await catalog.delete_alias(tx, request.parent, request.alias)
+        return rpb.DeleteAliasResponse(model=model)
+
+    # --- rollouts ---------------------------------------------------------------------------
+
+    @abort_on_error
+    async def GetRollout(self, request: rpb.GetRolloutRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            rollout = await rollouts.get(session, request.name)
+        return rpb.GetRolloutResponse(rollout=rollout)
+
+    @abort_on_error
+    async def UpdateRollout(self, request: rpb.UpdateRolloutRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            rollout = await rollouts.update(tx, request.rollout, request.expected_revision)
+        return rpb.UpdateRolloutResponse(rollout=rollout)
+
+    @abort_on_error
+    async def ListRolloutHistory(self, request: rpb.ListRolloutHistoryRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            states, token = await rollouts.history(
+                session, request.name, names.page_size(request.page_size), request.page_token
+            )
+        return rpb.ListRolloutHistoryResponse(rollouts=states, next_page_token=token)
+
+    @abort_on_error
+    async def RollbackRollout(self, request: rpb.RollbackRolloutRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            rollout = await rollouts.rollback(tx, request.name)
+        return rpb.RollbackRolloutResponse(rollout=rollout)
+
+    # --- change feed ------------------------------------------------------------------------
+
+    @abort_on_error
+    async def Watch(
+        self, request: rpb.WatchRequest, context: Ctx
+    ) -> AsyncIterator[rpb.WatchResponse]:
+        if request.since_revision < 0:
+            raise InvalidArgument("since_revision must not be negative")
+        interval = request.progress_interval.ToTimedelta().total_seconds()
+        async for response in self.feed.watch(
+            request.since_revision, interval or self.settings.watch_progress_seconds
+        ):
+            yield response
+
+    # --- workers ----------------------------------------------------------------------------
+
+    @abort_on_error
+    async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
+        lease = request.lease_duration.ToTimedelta().total_seconds()
+        async with self.store.write(actor()) as tx:
+            worker = await workers.register(
+                tx, request.worker, lease or self.settings.lease_seconds
+            )
+        return rpb.RegisterWorkerResponse(worker=worker)
+
+    @abort_on_error
+    async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            worker = await workers.heartbeat(tx, request.name, list(request.versions))
+        return rpb.HeartbeatResponse(lease_expire_time=worker.lease_expire_time)
+
+    @abort_on_error
+    async def ListWorkers(self, request: rpb.ListWorkersRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            return rpb.ListWorkersResponse(workers=await workers.live(session))
+
+    @abort_on_error
+    async def DeleteWorker(self, request: rpb.DeleteWorkerRequest, context: Ctx) -> Any:
+        async with self.store.write(actor()) as tx:
+            await workers.remove(tx, request.name)
+        return rpb.DeleteWorkerResponse()
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    @abort_on_error
+    async def CreateToken(self, request: rpb.CreateTokenRequest, context: Ctx) -> Any:
+        role = security.PROTO_TO_ROLE.get(request.role)
+        if role is None:
+            raise InvalidArgument(
+                "role must be one of ROLE_ADMIN, ROLE_DEPLOYER, ROLE_PUBLISHER, ROLE_VIEWER, "
+                "ROLE_WORKER, ROLE_CLIENT"
+            )
+        if not request.display_name:
+            raise InvalidArgument("display_name is required: say who or what the token is for")
+        ttl = request.ttl.ToTimedelta().total_seconds() or self.settings.token_ttl
+        async with self.store.write(actor()) as tx:
+            row, secret = await security.create_token(tx, request.display_name, role, ttl)
+            token = security.token_proto(row)
+            await tx.audit("CreateToken", token.name, None, token, {"role": role.value})
+        return rpb.CreateTokenResponse(token=token, secret=secret)
+
+    @abort_on_error
+    async def ListTokens(self, request: rpb.ListTokensRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            rows = (await session.execute(select(TokenRow).order_by(TokenRow.create_us))).scalars()
+            return rpb.ListTokensResponse(tokens=[security.token_proto(r) for r in rows])
+
+    @abort_on_error
+    async def RevokeToken(self, request: rpb.RevokeTokenRequest, context: Ctx) -> Any:
+        token_id = names.simple("tokens", request.name)
+        async with self.store.write(actor()) as tx:
+            row = await tx.session.get(TokenRow, token_id)
+            if row is None:
+                raise NotFound(f"token tokens/{token_id} not found")
+            before = security.token_proto(row)
+            row.revoked = True
+            after = security.token_proto(row)
+            await tx.audit("RevokeToken", after.name, before, after)
+        return rpb.RevokeTokenResponse(token=after)
+
+    # --- audit ------------------------------------------------------------------------------
+
+    @abort_on_error
+    async def ListAuditEvents(self, request: rpb.ListAuditEventsRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            events, token = await audit.list_events(
+                session, names.page_size(request.page_size), request.page_token, request.target
+            )
+        return rpb.ListAuditEventsResponse(events=events, next_page_token=token)
+
+    @abort_on_error
+    async def VerifyAudit(self, request: rpb.VerifyAuditRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            verdict = await audit.verify(session)
+        return rpb.VerifyAuditResponse(
+            ok=verdict.ok,
+            events_checked=verdict.checked,
+            first_bad_sequence=verdict.first_bad,
+            problem=verdict.problem,
+        )

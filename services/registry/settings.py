@@ -1,0 +1,52 @@
+"""Settings of the registry process (flags and LIVEML_* variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from services.common.config import ServerSettings
+
+
+class RegistrySettings(ServerSettings):
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
+    metrics_port: int = Field(
+        9102, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
+    )
+    database_url: str = Field(
+        "sqlite+aiosqlite:///.liveml/registry.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB.",
+    )
+    artifact_dir: Path = Field(Path(".liveml/artifacts"), description="Artifact store folder.")
+    max_artifact_bytes: int = Field(
+        1 << 30, ge=1, description="Largest artifact an upload may carry."
+    )
+    artifact_key: SecretStr | None = Field(
+        None, description="Base64 AES-256 key: artifacts are encrypted at rest when set."
+    )
+    artifact_key_id: str = Field(
+        "k1", description="Id recorded with artifacts sealed by --artifact-key."
+    )
+    artifact_old_keys: SecretStr | None = Field(
+        None, description="Retired keys still needed to read old artifacts: id:base64,id:base64."
+    )
+    auth: bool = Field(True, description="Require a token or client certificate on every call.")
+    admin_token_file: Path = Field(
+        Path(".liveml/admin.token"),
+        description="Where the bootstrap admin token is written (mode 0600) on first start.",
+    )
+    cert_roles: str = Field(
+        "", description="Client-certificate identities and roles (mTLS): CN=role,CN=role."
+    )
+    token_ttl: float = Field(30 * 86400, gt=0, description="Default token lifetime, seconds.")
+    lease_seconds: float = Field(10.0, gt=0, description="Default worker lease, seconds.")
+    watch_progress_seconds: float = Field(
+        5.0, gt=0, description="Progress message interval of an idle watch, seconds."
+    )
+    watch_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the change feed is polled (a fallback to NOTIFY)."
+    )
+    watch_keep_revisions: int = Field(
+        10_000, ge=10, description="Change-feed revisions kept before compaction."
+    )

@@ -1,0 +1,277 @@
+"""The registry's database: engine, migrations, and write transactions that feed the watch.
+
+Every write runs in `Store.write()`: it first bumps the global revision in the one
+`meta` row, whose row lock orders all writers, so revisions commit in the order
+they were handed out and a watcher reading "after revision N" can never skip one
+that commits late. The transaction then records change-feed events and audit
+events, and after commit the local watch hub (and other registry processes,
+through PostgreSQL NOTIFY) learn the new revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from google.protobuf.message import Message
+from sqlalchemy import delete, event, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry.db import AuditRow, ChangeRow, Meta
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+NOTIFY_CHANNEL = "liveml_changes"
+# Any fixed number: the advisory lock that keeps concurrent registries from migrating at once.
+_MIGRATION_LOCK = 7_341_001
+GENESIS_HASH = "0" * 64
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def digest(message: Message | None) -> str:
+    """sha256 of a resource's state, for the audit trail's before/after."""
+    if message is None:
+        return ""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
+def audit_hash(row: AuditRow) -> str:
+    body = json.dumps(
+        [
+            row.sequence,
+            row.time_us,
+            row.actor,
+            row.action,
+            row.target,
+            row.before_digest,
+            row.after_digest,
+            row.details,
+            row.previous_hash,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass
+class Tx:
+    """A write transaction: its session, its revision, and what it will publish."""
+
+    session: AsyncSession
+    revision: int
+    actor: str
+    events: list[rpb.WatchEvent] = field(default_factory=list)
+
+    def put(self, resource: Message, name: str) -> None:
+        self._emit(rpb.WatchEvent.TYPE_PUT, resource, name)
+
+    def delete(self, kind: str, name: str) -> None:
+        event_ = rpb.WatchEvent(revision=self.revision, type=rpb.WatchEvent.TYPE_DELETE)
+        event_.resource_name = name
+        self.session.add(
+            ChangeRow(
+                revision=self.revision,
+                seq=len(self.events),
+                type=event_.type,
+                kind=kind,
+                resource_name=name,
+                proto=event_.SerializeToString(),
+            )
+        )
+        self.events.append(event_)
+
+    def _emit(self, type_: int, resource: Message, name: str) -> None:
+        kind = resource.DESCRIPTOR.name.lower()
+        event_ = rpb.WatchEvent(revision=self.revision, type=type_, resource_name=name)  # type: ignore[arg-type]
+        getattr(event_, kind).CopyFrom(resource)
+        self.session.add(
+            ChangeRow(
+                revision=self.revision,
+                seq=len(self.events),
+                type=type_,
+                kind=kind,
+                resource_name=name,
+                proto=event_.SerializeToString(),
+            )
+        )
+        self.events.append(event_)
+
+    async def audit(
+        self,
+        action: str,
+        target: str,
+        before: Message | None,
+        after: Message | None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditRow:
+        """Append a hash-chained audit event (the meta row lock orders the chain)."""
+        last = (
+            await self.session.execute(
+                select(AuditRow.sequence, AuditRow.hash).order_by(AuditRow.sequence.desc()).limit(1)
+            )
+        ).first()
+        row = AuditRow(
+            sequence=(last[0] + 1) if last else 1,
+            time_us=now_us(),
+            actor=self.actor,
+            action=action,
+            target=target,
+            before_digest=digest(before),
+            after_digest=digest(after),
+            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+            previous_hash=last[1] if last else GENESIS_HASH,
+        )
+        row.hash = audit_hash(row)
+        self.session.add(row)
+        await self.session.execute(update(Meta).where(Meta.id == 1).values(audit_head=row.sequence))
+        return row
+
+
+class Store:
+    """The database of one registry process."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _sqlite_transactions(self.engine)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = async_sessionmaker(
+            self.engine.execution_options(liveml_write=True), expire_on_commit=False
+        )
+        self.listeners: list[Callable[[int], None]] = []
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (run on every start)."""
+        if self.dialect == "sqlite" and self.url.count("///") == 1:
+            db_path = self.url.split("///", 1)[1]
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def write(self, actor: str) -> AsyncIterator[Tx]:
+        """A transaction that takes the next revision; publishes it after commit."""
+        async with self._writes() as session, session.begin():
+            revision = (
+                await session.execute(
+                    update(Meta)
+                    .where(Meta.id == 1)
+                    .values(revision=Meta.revision + 1)
+                    .returning(Meta.revision)
+                )
+            ).scalar_one()
+            tx = Tx(session, revision, actor)
+            yield tx
+            if tx.events and self.dialect == "postgresql":
+                # Delivered to listeners only on commit, in commit order.
+                await session.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": NOTIFY_CHANNEL, "payload": str(revision)},
+                )
+        if tx.events:
+            for listener in self.listeners:
+                listener(revision)
+
+    async def revision(self) -> tuple[int, int]:
+        """(current revision, compacted revision)."""
+        async with self.read() as session:
+            row = (await session.execute(select(Meta.revision, Meta.compacted_revision))).one()
+            return int(row[0]), int(row[1])
+
+    async def compact(self, keep: int) -> int:
+        """Drop change-feed rows older than the newest `keep` revisions; return the new floor."""
+        async with self._writes() as session, session.begin():
+            meta = (await session.execute(select(Meta).with_for_update())).scalar_one()
+            floor = max(meta.compacted_revision, meta.revision - keep)
+            if floor > meta.compacted_revision:
+                await session.execute(delete(ChangeRow).where(ChangeRow.revision <= floor))
+                meta.compacted_revision = floor
+            return floor
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE for writes.
+
+    pysqlite's own transaction handling would start a write transaction lazily at
+    the first write, where two writers can deadlock; taking the write lock at BEGIN
+    makes SQLite writers queue instead.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("liveml_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+async def wait_for_database(url: str, attempts: int = 30) -> None:
+    """Retry connecting until the database answers (a registry may start before it)."""
+    engine = create_async_engine(url)
+    try:
+        for attempt in range(attempts):
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                return
+            except Exception as exc:  # the driver's connection errors vary
+                if attempt == attempts - 1:
+                    raise
+                log.warning("database not ready (%s); retrying", exc)
+                await asyncio.sleep(1)
+    finally:
+        await engine.dispose()

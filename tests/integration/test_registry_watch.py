@@ -1,0 +1,168 @@
+"""Registry: the change feed (snapshot, resume, progress, compaction) and worker leases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from tests.helpers.models import linear
+from tests.helpers.registry import RunningRegistry, registry_settings, running_registry
+from tests.helpers.wait import async_wait_until
+from tests.integration.test_registry_catalog import push
+from tests.integration.test_registry_rollouts import rollout
+
+KIND = rpb.WatchResponse
+
+
+async def setup_iris(registry: RunningRegistry, tmp_path: Path, versions: int = 2) -> None:
+    client = registry.client()
+    await client.CreateModel(rpb.CreateModelRequest(model_id="iris"))
+    for seed in range(versions):
+        await push(client, "iris", linear(tmp_path / f"v{seed}.onnx", seed=seed).read_bytes())
+
+
+async def next_kind(call: object, kind: int, within: float = 10) -> rpb.WatchResponse:
+    """Read responses until one of `kind` arrives (skipping progress)."""
+
+    async def read() -> rpb.WatchResponse:
+        while True:
+            response = await call.read()  # type: ignore[attr-defined]
+            if response.kind == kind:
+                return response  # type: ignore[no-any-return]
+
+    return await asyncio.wait_for(read(), within)
+
+
+async def test_snapshot_then_changes(registry: RunningRegistry, tmp_path: Path) -> None:
+    await setup_iris(registry, tmp_path)
+    client = registry.client()
+    await client.UpdateRollout(rollout((1, 100)))
+    call = client.Watch(rpb.WatchRequest(since_revision=0))
+    snapshot = await next_kind(call, KIND.KIND_SNAPSHOT)
+    assert snapshot.snapshot_complete
+    kinds = sorted(e.WhichOneof("resource") for e in snapshot.events)
+    assert kinds == ["model", "rollout", "version", "version"]
+    rollout_event = next(e for e in snapshot.events if e.HasField("rollout"))
+    assert [t.version for t in rollout_event.rollout.targets] == [1]
+
+    updated = (await client.UpdateRollout(rollout((1, 90), (2, 10)))).rollout
+    change = await next_kind(call, KIND.KIND_EVENTS)
+    assert change.revision == updated.revision > snapshot.revision
+    [event] = change.events
+    assert event.type == rpb.WatchEvent.TYPE_PUT and event.resource_name == "models/iris/rollout"
+    assert [(t.version, t.percent) for t in event.rollout.targets] == [(1, 90), (2, 10)]
+    call.cancel()
+
+
+async def test_resume_misses_nothing_and_repeats_nothing(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    await setup_iris(registry, tmp_path)
+    client = registry.client()
+    call = client.Watch(rpb.WatchRequest(since_revision=0))
+    last = (await next_kind(call, KIND.KIND_SNAPSHOT)).revision
+    written: list[int] = []
+    seen: list[int] = []
+    for percent in (10, 20):
+        written.append(
+            (await client.UpdateRollout(rollout((1, 100 - percent), (2, percent)))).rollout.revision
+        )
+    while len(seen) < 2:
+        response = await next_kind(call, KIND.KIND_EVENTS)
+        seen += [e.revision for e in response.events]
+        last = response.revision
+    call.cancel()
+    # Changes while disconnected, then resume from the last revision seen.
+    for percent in (30, 40, 50):
+        written.append(
+            (await client.UpdateRollout(rollout((1, 100 - percent), (2, percent)))).rollout.revision
+        )
+    call = client.Watch(rpb.WatchRequest(since_revision=last))
+    while len(seen) < 5:
+        response = await asyncio.wait_for(call.read(), 10)
+        assert response.kind != KIND.KIND_SNAPSHOT
+        seen += [e.revision for e in response.events]
+    assert seen == written
+    percents = []
+    written.append((await client.UpdateRollout(rollout((2, 100)))).rollout.revision)
+    response = await next_kind(call, KIND.KIND_EVENTS)
+    percents = [(t.version, t.percent) for t in response.events[0].rollout.targets]
+    assert response.revision == written[-1] and percents == [(2, 100)]
+    call.cancel()
+
+
+async def test_progress_messages_when_idle(registry: RunningRegistry) -> None:
+    call = registry.client().Watch(
+        rpb.WatchRequest(since_revision=0, progress_interval=Duration(nanos=100_000_000))
+    )
+    snapshot = await next_kind(call, KIND.KIND_SNAPSHOT)
+    progress = await next_kind(call, KIND.KIND_PROGRESS, within=5)
+    assert progress.revision >= snapshot.revision and not progress.events
+    call.cancel()
+
+
+async def test_compacted_revision_gets_a_snapshot(db_url: str, tmp_path: Path) -> None:
+    settings = registry_settings(db_url, tmp_path, watch_keep_revisions=10)
+    async with running_registry(settings) as registry:
+        await setup_iris(registry, tmp_path)
+        client = registry.client()
+        for percent in range(1, 16):
+            await client.UpdateRollout(rollout((1, 100 - percent), (2, percent)))
+        floor = await registry.registry.store.compact(10)
+        assert floor > 2
+        call = client.Watch(rpb.WatchRequest(since_revision=2))
+        first = await asyncio.wait_for(call.read(), 10)
+        assert first.kind == KIND.KIND_SNAPSHOT
+        rollout_event = next(e for e in first.events if e.HasField("rollout"))
+        assert [t.percent for t in rollout_event.rollout.targets] == [85, 15]
+        call.cancel()
+
+
+async def test_worker_lease_heartbeat_and_expiry(db_url: str, tmp_path: Path) -> None:
+    settings = registry_settings(db_url, tmp_path, lease_seconds=0.5)
+    async with running_registry(settings) as registry:
+        await setup_iris(registry, tmp_path, versions=1)
+        client = registry.client()
+        call = client.Watch(rpb.WatchRequest(since_revision=0))
+        await next_kind(call, KIND.KIND_SNAPSHOT)
+        worker = (
+            await client.RegisterWorker(
+                rpb.RegisterWorkerRequest(
+                    worker=rpb.Worker(address="127.0.0.1:9001", models=["iris"], capacity=4),
+                    lease_duration=Duration(seconds=30),
+                )
+            )
+        ).worker
+        joined = await next_kind(call, KIND.KIND_EVENTS)
+        assert joined.events[0].worker.name == worker.name
+
+        ready = rpb.WorkerVersionState(model="iris", version=1, state=rpb.VERSION_LOAD_STATE_READY)
+        await client.Heartbeat(rpb.HeartbeatRequest(name=worker.name, versions=[ready]))
+        state = await next_kind(call, KIND.KIND_EVENTS)
+        assert state.events[0].worker.versions[0].state == rpb.VERSION_LOAD_STATE_READY
+        listed = (await client.ListWorkers(rpb.ListWorkersRequest())).workers
+        assert [w.name for w in listed] == [worker.name]
+
+        # A second worker with a short lease that stops heartbeating is removed.
+        short = (
+            await client.RegisterWorker(
+                rpb.RegisterWorkerRequest(worker=rpb.Worker(address="127.0.0.1:9002"))
+            )
+        ).worker
+        await next_kind(call, KIND.KIND_EVENTS)
+        gone = await next_kind(call, KIND.KIND_EVENTS, within=15)
+        assert gone.events[0].type == rpb.WatchEvent.TYPE_DELETE
+        assert gone.events[0].resource_name == short.name
+
+        async def only_first() -> bool:
+            workers = (await client.ListWorkers(rpb.ListWorkersRequest())).workers
+            return [w.name for w in workers] == [worker.name]
+
+        await async_wait_until(only_first, 5, "expired worker to leave the list")
+        with pytest.raises(Exception, match="lease expired"):
+            await client.Heartbeat(rpb.HeartbeatRequest(name=short.name))
+        call.cancel()
