@@ -21,7 +21,7 @@ $(BUF): package.json
 	touch $(BUF)
 
 run: $(STAMP)
-	$(BIN)/liveml version
+	$(BIN)/liveml demo
 
 test: $(STAMP) $(BUF)
 	$(BIN)/pytest

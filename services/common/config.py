@@ -40,7 +40,7 @@ class ServerSettings(BaseSettings):
         None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)."
     )
     max_message_bytes: int = Field(
-        64 * MiB, ge=4 * MiB, description="Largest gRPC message sent or received."
+        256 * MiB, ge=4 * MiB, description="Largest gRPC message sent or received."
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM."

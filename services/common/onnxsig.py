@@ -14,6 +14,7 @@ from typing import Any
 import onnxruntime as ort
 
 from services.common.errors import InvalidArgument
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
 ONNX_TO_V2 = {
     "tensor(bool)": "BOOL",
@@ -112,3 +113,19 @@ def mismatch(expected: Signature, actual: Signature) -> str | None:
                     f"got {other.datatype} {list(other.shape)}"
                 )
     return None
+
+
+def to_proto(sig: Signature) -> rpb.Signature:
+    def spec(t: Tensor) -> rpb.TensorSpec:
+        return rpb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape))
+
+    return rpb.Signature(
+        inputs=[spec(t) for t in sig.inputs], outputs=[spec(t) for t in sig.outputs]
+    )
+
+
+def from_proto(sig: rpb.Signature) -> Signature:
+    def tensor(s: rpb.TensorSpec) -> Tensor:
+        return Tensor(s.name, s.datatype, tuple(s.shape))
+
+    return Signature(tuple(tensor(s) for s in sig.inputs), tuple(tensor(s) for s in sig.outputs))

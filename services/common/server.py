@@ -75,7 +75,10 @@ class RunningServer:
         await self.set_serving(False)
         for hook in self.on_stop:
             await hook()
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # let the core start its shutdown before saying so
+        log.info("%s: refusing new calls; in-flight calls have %.0f s", self.name, grace)
+        await stopping
 
 
 async def start_server(
@@ -141,7 +144,6 @@ async def serve_until_signal(running: RunningServer, grace: float) -> None:
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
-        log.info("%s: stopping, in-flight calls have %.0f s", running.name, grace)
         await running.stop(grace)
     for task in (waiter, stopper):
         task.cancel()

@@ -29,24 +29,6 @@ def version_proto(row: VersionRow) -> rpb.Version:
     return rpb.Version.FromString(row.proto)
 
 
-def to_signature(sig: onnxsig.Signature) -> rpb.Signature:
-    def spec(t: onnxsig.Tensor) -> rpb.TensorSpec:
-        return rpb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape))
-
-    return rpb.Signature(
-        inputs=[spec(t) for t in sig.inputs], outputs=[spec(t) for t in sig.outputs]
-    )
-
-
-def from_signature(sig: rpb.Signature) -> onnxsig.Signature:
-    def tensor(s: rpb.TensorSpec) -> onnxsig.Tensor:
-        return onnxsig.Tensor(s.name, s.datatype, tuple(s.shape))
-
-    return onnxsig.Signature(
-        tuple(tensor(s) for s in sig.inputs), tuple(tensor(s) for s in sig.outputs)
-    )
-
-
 async def model_row(session: AsyncSession, model_id: str, *, lock: bool = False) -> ModelRow:
     query = select(ModelRow).where(ModelRow.name == model_id)
     if lock:
@@ -130,7 +112,7 @@ async def check_signature(
     row = await model_row(session, model_id)
     model = model_proto(row)
     if model.signature.inputs or model.signature.outputs:
-        why = onnxsig.mismatch(from_signature(model.signature), signature)
+        why = onnxsig.mismatch(onnxsig.from_proto(model.signature), signature)
         if why is not None:
             raise InvalidArgument(f"artifact signature does not match model '{model_id}': {why}")
     return row
@@ -160,7 +142,7 @@ async def create_version(
     version.name = names.version_name(model_id, number)
     version.number = number
     version.artifact.CopyFrom(artifact)
-    version.signature.CopyFrom(to_signature(signature))
+    version.signature.CopyFrom(onnxsig.to_proto(signature))
     version.stage = rpb.STAGE_NONE
     version.approval.Clear()
     version.approval.state = rpb.APPROVAL_STATE_PENDING

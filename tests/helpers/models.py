@@ -30,3 +30,125 @@ def linear(path: Path, n_in: int = 4, n_out: int = 3, seed: int = 0, scale: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+IDENTITY_TYPES = {
+    "fp32": (TensorProto.FLOAT, "FP32"),
+    "fp16": (TensorProto.FLOAT16, "FP16"),
+    "i64": (TensorProto.INT64, "INT64"),
+    "u8": (TensorProto.UINT8, "UINT8"),
+    "flag": (TensorProto.BOOL, "BOOL"),
+    "text": (TensorProto.STRING, "BYTES"),
+}
+
+
+def identity_all(path: Path) -> Path:
+    """One input per datatype family, each echoed to `out_<name>`: [-1, -1] shapes."""
+    nodes, inputs, outputs = [], [], []
+    for name, (elem, _) in IDENTITY_TYPES.items():
+        nodes.append(helper.make_node("Identity", [name], [f"out_{name}"]))
+        inputs.append(helper.make_tensor_value_info(name, elem, ["batch", "n"]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, ["batch", "n"]))
+    graph = helper.make_graph(nodes, "identity_all", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def int_bool(path: Path) -> Path:
+    """masked = where(mask, x, 0) (INT64) and count = sum of kept values: int64 + bool inputs."""
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Where", ["mask", "x", "zero"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes"], ["total"], keepdims=1),
+        ],
+        "int_bool",
+        [
+            helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("masked", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("total", TensorProto.INT64, ["batch", 1]),
+        ],
+        initializer=[zero, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def warmup_crash(path: Path) -> Path:
+    """Loads fine, signature like `linear`, but fails at run time (a reshape that cannot fit)."""
+    shape = numpy_helper.from_array(np.array([5, 7], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["r"]),
+            helper.make_node("Slice", ["r", "starts", "ends", "axes"], ["y"]),
+        ],
+        "crash",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            shape,
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"),
+            numpy_helper.from_array(np.array([3], dtype=np.int64), "ends"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def sklearn_pipeline(path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """StandardScaler + LogisticRegression via skl2onnx: outputs label (INT64) and probabilities."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = make_classification(
+        n_samples=300, n_features=6, n_classes=3, n_informative=4, random_state=seed
+    )
+    x = x.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(x, y)
+    path.write_bytes(
+        to_onnx(pipe, x[:1], options={"zipmap": False}, target_opset=17).SerializeToString()
+    )
+    return path, x[:20]
+
+
+def mlp(path: Path, n_in: int = 64, hidden: int = 256, n_out: int = 10, seed: int = 0) -> Path:
+    """An MLP n_in -> hidden -> hidden -> n_out (ReLU), FP32, variable batch."""
+    rng = np.random.default_rng(seed)
+    dims = [n_in, hidden, hidden, n_out]
+    nodes, inits, current = [], [], "x"
+    for i in range(3):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        b = rng.standard_normal(dims[i + 1]).astype(np.float32) * 0.1
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [current, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}" if i < 2 else "y"]),
+        ]
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+            current = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

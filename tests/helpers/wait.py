@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -22,11 +23,13 @@ def wait_until(check: Callable[[], T], within: float = 10.0, what: str = "condit
 
 
 async def async_wait_until(
-    check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[T] | T], within: float = 10.0, what: str = "condition"
 ) -> T:
+    """Like wait_until, without blocking the event loop; `check` may be sync or async."""
     deadline = time.monotonic() + within
     while True:
-        value = await check()
+        result = check()
+        value: T = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
         if value:
             return value
         if time.monotonic() > deadline:

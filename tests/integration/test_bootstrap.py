@@ -93,10 +93,11 @@ async def test_sigterm_lets_in_flight_call_finish_then_exits_zero(
         in_flight = asyncio.ensure_future(stub.ModelInfer(infer_request("slow", hold_ms=1500)))
         await asyncio.to_thread(proc.expect, "inflight slow")
         proc.popen.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.expect, "stopping")
+        await asyncio.to_thread(proc.expect, "refusing new calls")
         with pytest.raises(aio.AioRpcError) as refused:
             await stub.ModelInfer(infer_request("late"), timeout=5)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Refused either way: by the closing server, or at a fresh connection attempt.
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         reply = await in_flight
     assert reply.id == "slow"
     assert np.array_equal(

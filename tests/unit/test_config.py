@@ -34,7 +34,7 @@ def _clear() -> None:
 def test_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["serve"]).exit_code == 0
-    assert (seen[-1].host, seen[-1].port, seen[-1].max_message_bytes) == ("127.0.0.1", 0, 64 << 20)
+    assert (seen[-1].host, seen[-1].port, seen[-1].max_message_bytes) == ("127.0.0.1", 0, 256 << 20)
 
     monkeypatch.setenv("LIVEML_PORT", "7001")
     monkeypatch.setenv("LIVEML_TLS_CERT", "/etc/cert.pem")

@@ -1,0 +1,37 @@
+"""`liveml <service> serve`: run one liveml service in the foreground."""
+
+from __future__ import annotations
+
+import typer
+
+from services.common.config import settings_options
+from services.registry.settings import RegistrySettings
+from services.worker.settings import WorkerSettings
+
+registry_app = typer.Typer(
+    help="The registry: models, versions, rollouts, audit.", no_args_is_help=True
+)
+
+
+@registry_app.command("serve")
+@settings_options(RegistrySettings)
+def registry_serve(settings: RegistrySettings) -> None:
+    """Run the registry (control plane) until SIGTERM."""
+    from services.registry import app as registry
+
+    raise typer.Exit(registry.serve(settings))
+
+
+worker_app = typer.Typer(help="Inference workers (onnxruntime, hot swap).", no_args_is_help=True)
+
+
+@worker_app.command("serve")
+@settings_options(WorkerSettings)
+def worker_serve(settings: WorkerSettings) -> None:
+    """Run a worker: --model-dir DIR (standalone) or --registry ADDR (hot swap)."""
+    from services.worker import app as worker
+
+    try:
+        raise typer.Exit(worker.serve(settings))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

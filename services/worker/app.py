@@ -1,0 +1,87 @@
+"""The worker process: the V2 servicer over a repository fed by a folder or the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from grpc import aio
+
+from services.common import server
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.worker.repository import Batching, Repository
+from services.worker.runtime import Threads
+from services.worker.servicer import InferenceServicer
+from services.worker.settings import WorkerSettings
+from services.worker.standalone import FolderWatcher
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+@dataclass
+class Worker:
+    settings: WorkerSettings
+    repository: Repository
+    running: server.RunningServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stoppers: list[object] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def halt(self) -> None:
+        """Stop background work (before the server stops accepting calls)."""
+        for stopper in self.stoppers:
+            await stopper.stop()  # type: ignore[attr-defined]
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self, grace: float = 0) -> None:
+        await self.halt()
+        await self.running.stop(grace)
+        await self.repository.close()
+
+
+async def start(settings: WorkerSettings) -> Worker:
+    if (settings.model_dir is None) == (settings.registry is None):
+        raise ValueError("give exactly one of --model-dir (standalone) or --registry")
+    repository = Repository(Threads(settings.intra_op_threads), settings.run_threads)
+    servicer = InferenceServicer(repository)
+    default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)
+
+    def register(grpc_server: aio.Server) -> Sequence[str]:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
+        return [SERVICE_NAME]
+
+    running = await server.start_server("worker", settings, register)
+    worker = Worker(settings, repository, running)
+    if settings.model_dir is not None:
+        watcher = FolderWatcher(settings.model_dir, repository, default, settings.drain_grace)
+        await watcher.sync()
+        worker.tasks.append(asyncio.create_task(watcher.run(settings.scan_seconds)))
+    else:
+        from services.worker.loader import RegistryLoader
+
+        loader = RegistryLoader(settings, repository, default, running.port)
+        await loader.start()
+        worker.stoppers.append(loader)
+    return worker
+
+
+def serve(settings: WorkerSettings) -> int:
+    async def build() -> server.RunningServer:
+        worker = await start(settings)
+        worker.running.on_stop.append(worker.halt)
+        return worker.running
+
+    return server.run("worker", settings, build)

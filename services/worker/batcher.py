@@ -1,0 +1,152 @@
+"""Dynamic batching of one model version: queue requests, merge them, split the answers.
+
+Requests are merged along the batch axis (dimension 0) up to `max_batch_size`
+rows. A batch starts as soon as the runner is free, with whatever is queued then,
+so a lone request pays no delay; `max_queue_delay` (0 by default) lets a batch
+wait that long for more requests when the box would rather trade latency for
+throughput. Requests whose other dimensions or dtypes differ are not merged, and a
+request larger than the maximum runs alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.worker.runtime import Arrays
+
+Run = Callable[[Arrays], Awaitable[list[npt.NDArray[Any]]]]
+# (rows in the batch, seconds its oldest request queued, seconds the run took)
+Observer = Callable[[int, float, float], None]
+
+
+def _key(inputs: Arrays) -> tuple[Any, ...]:
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
+
+
+def rows(inputs: Arrays) -> int:
+    return int(next(iter(inputs.values())).shape[0]) if inputs else 0
+
+
+@dataclass
+class _Pending:
+    inputs: Arrays
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[list[npt.NDArray[Any]]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Run,
+        max_batch_size: int,
+        max_queue_delay: float = 0.0,
+        observe: Observer | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self._observe = observe
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carry: _Pending | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, inputs: Arrays) -> list[npt.NDArray[Any]]:
+        n = rows(inputs)
+        if n > self.max_batch_size or n == 0:
+            started = time.perf_counter()
+            result = await self._run(inputs)
+            if self._observe:
+                self._observe(n, 0.0, time.perf_counter() - started)
+            return result
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="batcher")
+        future: asyncio.Future[list[npt.NDArray[Any]]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(inputs, n, _key(inputs), future))
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _next(self, within: float | None) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if within is None:
+            return await self._queue.get()
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if within <= 0:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), within)
+        except TimeoutError:
+            return None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._next(None)
+            assert first is not None
+            batch, size = [first], first.rows
+            deadline = loop.time() + self.max_queue_delay
+            while size < self.max_batch_size:
+                item = await self._next(max(0.0, deadline - loop.time()))
+                if item is None:
+                    break
+                if item.key != first.key or size + item.rows > self.max_batch_size:
+                    self._carry = item
+                    break
+                batch.append(item)
+                size += item.rows
+            await self._execute(batch, size)
+
+    async def _execute(self, batch: list[_Pending], size: int) -> None:
+        live = [p for p in batch if not p.future.cancelled()]
+        if not live:
+            return
+        started = time.perf_counter()
+        if len(live) == 1:
+            merged = live[0].inputs
+        else:
+            merged = {
+                name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs
+            }
+        try:
+            outputs = await self._run(merged)
+        except Exception as exc:
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        if self._observe:
+            self._observe(size, started - batch[0].queued_at, time.perf_counter() - started)
+        total = sum(p.rows for p in live)
+        start = 0
+        for p in live:
+            if p.future.done():
+                start += p.rows
+                continue
+            end = start + p.rows
+            if len(live) == 1:
+                p.future.set_result(outputs)
+            elif all(o.shape[:1] == (total,) for o in outputs):
+                p.future.set_result([o[start:end] for o in outputs])
+            else:
+                p.future.set_exception(
+                    RuntimeError("the model's outputs do not keep the batch dimension")
+                )
+            start = end

@@ -1,0 +1,356 @@
+"""Registry mode: the worker's reconcile loop, i.e. the hot swap.
+
+The worker registers, watches the registry's change feed and keeps the versions it
+holds equal to the desired set: every version named by the rollouts (targets,
+mirrors, pinned) of the models it serves. A version to load is downloaded into a
+local cache by digest (reused when present), verified, opened, checked against the
+registered signature and warmed up; it reports READY (or FAILED with the reason)
+at once. A failed load is retried with backoff and never touches what is serving.
+A version no longer desired is retired only once every target of its model is
+READY, so traffic always has somewhere to go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from google.protobuf.duration_pb2 import Duration
+from grpc import StatusCode, aio
+
+from services.common import onnxsig, registry_client
+from services.common.errors import InvalidArgument, ServiceError
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.worker.repository import Batching, Held, Repository, State
+from services.worker.runtime import Runtime
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+LOAD_STATES = {
+    State.LOADING: rpb.VERSION_LOAD_STATE_LOADING,
+    State.READY: rpb.VERSION_LOAD_STATE_READY,
+    State.FAILED: rpb.VERSION_LOAD_STATE_FAILED,
+    State.DRAINING: rpb.VERSION_LOAD_STATE_DRAINING,
+}
+MAX_BACKOFF = 60.0
+
+Key = tuple[str, int]
+
+
+class RegistryLoader:
+    def __init__(
+        self, settings: WorkerSettings, repository: Repository, default: Batching, port: int
+    ) -> None:
+        assert settings.registry is not None
+        self.settings = settings
+        self.repository = repository
+        self.default = default
+        self.name = f"workers/{settings.worker_id or secrets.token_hex(6)}"
+        self.address = settings.advertise or f"{settings.host}:{port}"
+        self.models = {m.strip() for m in settings.models.split(",") if m.strip()}
+        self.channel, self.stub = registry_client.connect(
+            settings.registry,
+            ca=settings.registry_ca,
+            cert=settings.registry_cert,
+            key=settings.registry_key,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self.metadata = registry_client.auth_metadata(
+            registry_client.read_token(settings.registry_token, settings.registry_token_file)
+        )
+        self.rollouts: dict[str, rpb.Rollout] = {}
+        self.versions: dict[Key, rpb.Version] = {}
+        self.revision = 0
+        self._wake = asyncio.Event()
+        self._report = asyncio.Event()
+        self._loading: dict[Key, asyncio.Task[None]] = {}
+        self._retiring: dict[Key, asyncio.Task[None]] = {}
+        self._failures: dict[Key, tuple[int, float]] = {}  # attempts, retry not before
+        self._tasks: list[asyncio.Task[None]] = []
+        self._registered = asyncio.Event()
+        # A snapshot may span several messages; it replaces the picture once complete.
+        self._snapshot: tuple[dict[str, rpb.Rollout], dict[Key, rpb.Version]] | None = None
+        repository.on_change.append(self._changed)
+
+    def _changed(self, held: Held) -> None:
+        self._report.set()
+        self._wake.set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="registry-watch"),
+            asyncio.create_task(self._heartbeat(), name="registry-heartbeat"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._loading.values()]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._registered.is_set():
+            with contextlib.suppress(aio.AioRpcError):
+                await self.stub.DeleteWorker(
+                    rpb.DeleteWorkerRequest(name=self.name), metadata=self.metadata, timeout=2
+                )
+        await self.channel.close()
+
+    # --- registry conversation ------------------------------------------------------------
+
+    async def _register(self) -> None:
+        worker = rpb.Worker(
+            name=self.name,
+            address=self.address,
+            models=sorted(self.models),
+            capacity=self.settings.capacity,
+            versions=self._states(),
+        )
+        lease = Duration()
+        lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
+        await self.stub.RegisterWorker(
+            rpb.RegisterWorkerRequest(worker=worker, lease_duration=lease),
+            metadata=self.metadata,
+            timeout=10,
+        )
+        self._registered.set()
+        log.info("registered as %s (%s) with %s", self.name, self.address, self.settings.registry)
+
+    def _states(self) -> list[rpb.WorkerVersionState]:
+        return [
+            rpb.WorkerVersionState(
+                model=h.model, version=h.version, state=LOAD_STATES[h.state], error=h.error
+            )
+            for h in self.repository.states()
+        ]
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                if not self._registered.is_set():
+                    await self._register()
+                self._report.clear()
+                await self.stub.Heartbeat(
+                    rpb.HeartbeatRequest(name=self.name, versions=self._states()),
+                    metadata=self.metadata,
+                    timeout=10,
+                )
+            except aio.AioRpcError as exc:
+                if exc.code() == StatusCode.NOT_FOUND:
+                    self._registered.clear()  # our lease ran out: register again at once
+                    continue
+                log.warning("heartbeat to the registry failed: %s", exc.details())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report.wait(), self.settings.heartbeat_seconds)
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                call = self.stub.Watch(
+                    rpb.WatchRequest(since_revision=self.revision), metadata=self.metadata
+                )
+                async for response in call:
+                    delay = 0.2
+                    self._apply(response)
+            except aio.AioRpcError as exc:
+                log.warning(
+                    "watch interrupted (%s); resuming from revision %d",
+                    exc.code().name,
+                    self.revision,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _apply(self, response: rpb.WatchResponse) -> None:
+        if response.kind == rpb.WatchResponse.KIND_SNAPSHOT:
+            if self._snapshot is None:
+                self._snapshot = ({}, {})
+            rollouts, versions = self._snapshot
+            self._collect(response.events, rollouts, versions)
+            if response.snapshot_complete:
+                self.rollouts, self.versions = rollouts, versions
+                self._snapshot = None
+                self.revision = response.revision
+                self._wake.set()
+            return
+        if response.events:
+            self._collect(response.events, self.rollouts, self.versions)
+            self._wake.set()
+        self.revision = response.revision
+
+    @staticmethod
+    def _collect(
+        events: Iterable[rpb.WatchEvent],
+        rollouts: dict[str, rpb.Rollout],
+        versions: dict[Key, rpb.Version],
+    ) -> None:
+        for event in events:
+            kind = event.WhichOneof("resource")
+            if kind == "rollout":
+                rollouts[event.rollout.name.split("/")[1]] = event.rollout
+            elif kind == "version":
+                model = event.version.name.split("/")[1]
+                versions[(model, event.version.number)] = event.version
+            elif kind is None and event.type == rpb.WatchEvent.TYPE_DELETE:
+                parts = event.resource_name.split("/")
+                if parts[0] == "models" and len(parts) == 2:
+                    rollouts.pop(parts[1], None)
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    def desired(self) -> set[Key]:
+        wanted: set[Key] = set()
+        for model, rollout in self.rollouts.items():
+            if self.models and model not in self.models:
+                continue
+            numbers = {t.version for t in rollout.targets} | {m.version for m in rollout.mirrors}
+            numbers |= set(rollout.pinned)
+            wanted |= {(model, n) for n in numbers}
+        return wanted
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                next_retry = self.reconcile()
+            except Exception:  # one bad pass must not end reconciling
+                log.exception("reconcile failed")
+                next_retry = 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), next_retry)
+
+    def reconcile(self) -> float:
+        """Start loads and retirements; return seconds until the next failed load may retry."""
+        desired = self.desired()
+        for model, rollout in self.rollouts.items():
+            self.repository.targets[model] = [(t.version, t.percent) for t in rollout.targets]
+        now = time.monotonic()
+        next_retry = 30.0
+        for key in sorted(desired):
+            held = self.repository.held.get(key[0], {}).get(key[1])
+            if key in self._loading or (held is not None and held.state is not State.FAILED):
+                continue
+            if key not in self.versions:
+                continue  # the version's description has not arrived yet
+            _, not_before = self._failures.get(key, (0, 0.0))
+            if now < not_before:
+                next_retry = min(next_retry, not_before - now)
+                continue
+            _track(self._loading, key, asyncio.create_task(self._load(key), name=f"load {key}"))
+        for held in list(self.repository.states()):
+            key = (held.model, held.version)
+            if key in desired or key in self._retiring or held.state is State.DRAINING:
+                continue
+            if self._can_retire(held.model, desired):
+                task = asyncio.create_task(self._retire(key), name=f"retire {key}")
+                _track(self._retiring, key, task)
+        return next_retry
+
+    def _can_retire(self, model: str, desired: set[Key]) -> bool:
+        """Make before break: every target of the model must be READY first."""
+        rollout = self.rollouts.get(model)
+        if rollout is None or not rollout.targets:
+            return True
+        versions = self.repository.held.get(model, {})
+        return all(
+            (held := versions.get(t.version)) is not None and held.state is State.READY
+            for t in rollout.targets
+        )
+
+    async def _retire(self, key: Key) -> None:
+        await self.repository.retire(*key, grace=self.settings.drain_grace)
+        self._wake.set()
+
+    async def _load(self, key: Key) -> None:
+        model, number = key
+        version = self.versions[key]
+        try:
+            path = await self._fetch(version)
+        except (ServiceError, aio.AioRpcError, OSError) as exc:
+            message = exc.message if isinstance(exc, ServiceError) else str(exc)
+            if isinstance(exc, aio.AioRpcError):
+                message = f"download failed: {exc.code().name}: {exc.details()}"
+            self._fail(key, message)
+            return
+        batching = self.default
+        if version.batching.max_batch_size or version.batching.HasField("max_queue_delay"):
+            batching = Batching(
+                version.batching.max_batch_size or self.default.max_batch_size,
+                version.batching.max_queue_delay.ToTimedelta().total_seconds()
+                if version.batching.HasField("max_queue_delay")
+                else self.default.max_queue_delay,
+            )
+        expected = onnxsig.from_proto(version.signature)
+
+        def check(runtime: Runtime) -> None:
+            why = onnxsig.mismatch(expected, runtime.signature)
+            if why is not None:
+                raise InvalidArgument(f"signature does not match the registry's: {why}")
+
+        held = await self.repository.load(model, number, path, batching, check)
+        if held.state is State.FAILED:
+            self._fail(key, held.error, report=False)
+        else:
+            self._failures.pop(key, None)
+        self._wake.set()
+
+    def _fail(self, key: Key, message: str, report: bool = True) -> None:
+        attempts, _ = self._failures.get(key, (0, 0.0))
+        delay = min(MAX_BACKOFF, 0.5 * 2**attempts)
+        self._failures[key] = (attempts + 1, time.monotonic() + delay)
+        log.warning(
+            "%s v%d failed (attempt %d, retry in %.1f s): %s", *key, attempts + 1, delay, message
+        )
+        if report:
+            self.repository.fail(*key, message)
+        self._wake.set()
+
+    async def _fetch(self, version: rpb.Version) -> Path:
+        """The artifact from the local cache, or downloaded into it and verified by digest."""
+        digest = version.artifact.sha256
+        path = self.settings.cache_dir / f"{digest}.onnx"
+        if path.exists():
+            return path
+        partial = path.with_suffix(f".{secrets.token_hex(4)}.part")
+        hasher = hashlib.sha256()
+        try:
+            with partial.open("wb") as out:
+                call = self.stub.DownloadArtifact(
+                    rpb.DownloadArtifactRequest(name=version.name), metadata=self.metadata
+                )
+                async for message in call:
+                    if message.WhichOneof("part") == "chunk":
+                        hasher.update(message.chunk)
+                        out.write(message.chunk)
+            if hasher.hexdigest() != digest:
+                raise InvalidArgument(
+                    f"artifact digest mismatch: registry said {digest}, "
+                    f"downloaded bytes hash to {hasher.hexdigest()}"
+                )
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+
+def _track(tasks: dict[Key, asyncio.Task[None]], key: Key, task: asyncio.Task[None]) -> None:
+    """Keep `task` under `key` until it finishes."""
+    tasks[key] = task
+
+    def done(_: asyncio.Task[None]) -> None:
+        if tasks.get(key) is task:
+            del tasks[key]
+
+    task.add_done_callback(done)

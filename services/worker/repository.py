@@ -1,0 +1,273 @@
+"""The model versions a worker holds, their states, and which one answers a request.
+
+A version is LOADING, then READY or FAILED; a retired one is DRAINING: it takes no
+new request, finishes those in flight, stays for a grace period and is unloaded.
+With no version in the request, the rollout's weights choose among the READY
+targets; when none of them is READY yet (a new version still loading) the newest
+READY version keeps answering, so a swap never leaves a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gc
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from services.worker.batcher import Batcher, rows
+from services.worker.runtime import Arrays, Runtime, Threads
+from services.worker.stats import VersionStats
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+    DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 32
+    max_queue_delay: float = 0.0
+
+
+@dataclass
+class Held:
+    """One version of one model on this worker."""
+
+    model: str
+    version: int
+    state: State = State.LOADING
+    error: str = ""
+    runtime: Runtime | None = None
+    batcher: Batcher | None = None
+    batching: Batching = Batching()
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: VersionStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = VersionStats(self.model, self.version)
+        self.idle.set()
+
+    @property
+    def max_batch_size(self) -> int:
+        if self.runtime is None or not self.runtime.batchable:
+            return 0
+        return self.batching.max_batch_size
+
+
+class Repository:
+    def __init__(self, threads: Threads = Threads(), run_threads: int = 2) -> None:
+        self.threads = threads
+        self.held: dict[str, dict[int, Held]] = {}
+        # Desired traffic per model (version, percent), from the rollout; empty = newest READY.
+        self.targets: dict[str, list[tuple[int, int]]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=run_threads, thread_name_prefix="onnx")
+        self.on_change: list[Callable[[Held], None]] = []
+
+    # --- choosing a version ----------------------------------------------------------------
+
+    def resolve(self, model: str, version: str) -> Held:
+        versions = self.held.get(model)
+        if not versions:
+            raise NotFound(f"Request for unknown model: '{model}' is not found")
+        if version:
+            try:
+                number = int(version)
+            except ValueError:
+                raise InvalidArgument(
+                    f"model version must be a positive integer or empty, got {version!r}"
+                ) from None
+            held = versions.get(number)
+            if held is None:
+                known = ", ".join(str(v) for v in sorted(versions)) or "none"
+                raise NotFound(
+                    f"Request for unknown model: '{model}' version {number} is not found "
+                    f"(versions held: {known})"
+                )
+            if held.state is not State.READY:
+                why = f": {held.error}" if held.error else ""
+                raise Unavailable(f"model '{model}' version {number} is {held.state.value}{why}")
+            return held
+        return self.default(model, versions)
+
+    def default(self, model: str, versions: dict[int, Held]) -> Held:
+        ready = [(n, p) for n, p in self.targets.get(model, ()) if p > 0 and _ready(versions, n)]
+        if ready:
+            if len(ready) == 1:
+                return versions[ready[0][0]]
+            pick = random.uniform(0, sum(p for _, p in ready))
+            for number, percent in ready:
+                pick -= percent
+                if pick <= 0:
+                    return versions[number]
+            return versions[ready[-1][0]]
+        for number in sorted(versions, reverse=True):
+            if versions[number].state is State.READY:
+                return versions[number]
+        if any(h.state is State.LOADING for h in versions.values()):
+            raise Unavailable(f"model '{model}' has no READY version yet (loading)")
+        raise Unavailable(f"model '{model}' has no available versions")
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def infer(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
+        """Run one request on a READY version (batched when the version batches)."""
+        if held.state is not State.READY:
+            raise Unavailable(f"model '{held.model}' version {held.version} is {held.state.value}")
+        held.inflight += 1
+        held.idle.clear()
+        started = time.perf_counter()
+        try:
+            if held.batcher is not None:
+                outputs = await held.batcher.submit(inputs)
+            else:
+                outputs = await self._run(held, inputs)
+                held.stats.batch(rows(inputs), 0.0, time.perf_counter() - started)
+        except ServiceError as exc:
+            held.stats.failure(exc.code.name, time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            held.stats.failure("INTERNAL", time.perf_counter() - started)
+            raise ServiceError(
+                f"model '{held.model}' version {held.version} failed: {exc}"
+            ) from exc
+        finally:
+            held.inflight -= 1
+            if held.inflight == 0:
+                held.idle.set()
+        held.stats.request(rows(inputs), time.perf_counter() - started)
+        return outputs
+
+    async def _run(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
+        runtime = held.runtime
+        assert runtime is not None
+        return await asyncio.get_running_loop().run_in_executor(self.executor, runtime.run, inputs)
+
+    # --- loading and retiring ---------------------------------------------------------------
+
+    def _set(self, held: Held, state: State, error: str = "") -> None:
+        held.state, held.error = state, error
+        held.stats.set_state(state.value)
+        for listener in self.on_change:
+            listener(held)
+
+    async def load(
+        self,
+        model: str,
+        version: int,
+        path: Path,
+        batching: Batching,
+        check: Callable[[Runtime], None] | None = None,
+    ) -> Held:
+        """Open, check, warm up and publish a version; FAILED (with why) if any step fails."""
+        held = self.held.setdefault(model, {}).get(version)
+        if held is None or held.state in (State.FAILED, State.DRAINING):
+            held = Held(model, version, batching=batching)
+            self.held[model][version] = held
+        elif held.state is State.READY:
+            return held
+        self._set(held, State.LOADING)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            runtime = await loop.run_in_executor(self.executor, Runtime, path, self.threads)
+            if check is not None:
+                check(runtime)
+            try:
+                await loop.run_in_executor(self.executor, runtime.warm_up)
+            except Exception as exc:
+                raise ServiceError(
+                    f"warm-up failed: {str(exc).strip().splitlines()[0][:300]}"
+                ) from exc
+        except ServiceError as exc:
+            log.warning("%s v%d failed to load: %s", model, version, exc.message)
+            self._set(held, State.FAILED, exc.message)
+            return held
+        held.runtime = runtime
+        if held.max_batch_size > 1:
+            held.batcher = Batcher(
+                lambda inputs: self._run(held, inputs),
+                held.max_batch_size,
+                batching.max_queue_delay,
+                held.stats.batch,
+            )
+        held.stats.loaded(time.perf_counter() - started)
+        self._set(held, State.READY)
+        log.info("%s v%d READY in %.2f s", model, version, time.perf_counter() - started)
+        return held
+
+    def fail(self, model: str, version: int, error: str) -> Held:
+        """Record a version that could not even be opened (e.g. its download failed)."""
+        held = self.held.setdefault(model, {}).get(version)
+        if held is None or held.state is not State.READY:
+            held = Held(model, version)
+            self.held[model][version] = held
+            self._set(held, State.FAILED, error)
+        return held
+
+    async def retire(self, model: str, version: int, grace: float) -> None:
+        """Stop admitting, let in-flight requests finish, wait `grace`, unload, free memory."""
+        held = self.held.get(model, {}).get(version)
+        if held is None:
+            return
+        if held.state is State.FAILED or held.runtime is None:
+            self._forget(held)
+            return
+        self._set(held, State.DRAINING)
+        await held.idle.wait()
+        if grace:
+            await asyncio.sleep(grace)
+        await held.idle.wait()
+        if held.state is not State.DRAINING:  # reloaded meanwhile
+            return
+        if held.batcher is not None:
+            await held.batcher.close()
+        runtime, held.runtime, held.batcher = held.runtime, None, None
+        if runtime is not None:
+            runtime.close()
+        del runtime
+        self._forget(held)
+        gc.collect()
+        log.info("%s v%d unloaded", model, version)
+
+    def _forget(self, held: Held) -> None:
+        versions = self.held.get(held.model, {})
+        if versions.get(held.version) is held:
+            del versions[held.version]
+        held.stats.forget()
+        if not versions:
+            self.held.pop(held.model, None)
+        for listener in self.on_change:
+            listener(held)
+
+    def states(self) -> Sequence[Held]:
+        return [h for versions in self.held.values() for h in versions.values()]
+
+    async def close(self) -> None:
+        for held in self.states():
+            if held.batcher is not None:
+                await held.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            gc.collect()
+
+
+def _ready(versions: dict[int, Held], number: int) -> bool:
+    held = versions.get(number)
+    return held is not None and held.state is State.READY

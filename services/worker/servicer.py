@@ -1,0 +1,224 @@
+"""The worker's V2 inference service (Open Inference Protocol + Triton extensions)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import grpc
+
+from services.common.errors import NotFound, ServiceError, abort_on_error
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.inference import model_config_pb2 as mc
+from services.worker import tensors
+from services.worker.repository import Held, Repository, State
+
+Ctx = Any  # grpc.aio.ServicerContext (untyped)
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["model_configuration", "statistics", "model_repository(index)"]
+STREAM_WINDOW = 128  # requests a stream may have in flight before it stops reading
+
+CONFIG_TYPES = {
+    "BOOL": mc.TYPE_BOOL,
+    "UINT8": mc.TYPE_UINT8,
+    "UINT16": mc.TYPE_UINT16,
+    "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64,
+    "INT8": mc.TYPE_INT8,
+    "INT16": mc.TYPE_INT16,
+    "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64,
+    "FP16": mc.TYPE_FP16,
+    "FP32": mc.TYPE_FP32,
+    "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING,
+    "BF16": mc.TYPE_BF16,
+}
+INDEX_STATES = {
+    State.READY: "READY",
+    State.LOADING: "LOADING",
+    State.DRAINING: "UNLOADING",
+    State.FAILED: "UNAVAILABLE",
+}
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: Repository, name: str = "liveml-worker") -> None:
+        self.repository = repository
+        self.name = name
+        self.ready = True
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        held = self.repository.resolve(request.model_name, request.model_version)
+        runtime = held.runtime
+        assert runtime is not None
+        inputs = tensors.decode_inputs(request, runtime.signature)
+        names = runtime.output_names
+        chosen = tensors.requested_outputs(request, names)
+        outputs = await self.repository.infer(held, inputs)
+        return tensors.encode_response(request, held.version, names, chosen, outputs)
+
+    # --- inference ---------------------------------------------------------------------------
+
+    @abort_on_error
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> Any:
+        return await self.infer(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answers in request order; a failed request gets error_message, the stream goes on."""
+        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(
+            STREAM_WINDOW
+        )
+
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            try:
+                response = await self.infer(request)
+            except ServiceError as exc:
+                return pb.ModelStreamInferResponse(
+                    error_message=exc.message,
+                    infer_response=pb.ModelInferResponse(id=request.id),
+                )
+            response.parameters["triton_final_response"].bool_param = True
+            return pb.ModelStreamInferResponse(infer_response=response)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await pending.put(asyncio.ensure_future(answer(request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    # --- health and metadata -------------------------------------------------------------------
+
+    async def ServerLive(self, request: Any, context: Ctx) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Ctx) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ServerMetadata(self, request: Any, context: Ctx) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.name, version=dist_version("liveml"), extensions=EXTENSIONS
+        )
+
+    @abort_on_error
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> Any:
+        self.repository.resolve(request.name, request.version)
+        return pb.ModelReadyResponse(ready=True)
+
+    def _described(self, name: str, version: str) -> tuple[Held, list[str]]:
+        held = self.repository.resolve(name, version)
+        if version:
+            return held, [version]
+        versions = self.repository.held.get(name, {})
+        ready = sorted(n for n, h in versions.items() if h.state is State.READY)
+        return held, [str(n) for n in ready]
+
+    @abort_on_error
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:
+        held, versions = self._described(request.name, request.version)
+        assert held.runtime is not None
+        sig = held.runtime.signature
+        T = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=versions,
+            platform=PLATFORM,
+            inputs=[T(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in sig.inputs],
+            outputs=[T(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in sig.outputs],
+        )
+
+    @abort_on_error
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> Any:
+        held = self.repository.resolve(request.name, request.version)
+        assert held.runtime is not None
+        sig = held.runtime.signature
+        batch = held.max_batch_size
+        skip = 1 if batch > 0 else 0
+        config = mc.ModelConfig(
+            name=request.name,
+            platform=PLATFORM,
+            backend="onnxruntime",
+            max_batch_size=batch,
+            input=[
+                mc.ModelInput(
+                    name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=list(t.shape[skip:])
+                )
+                for t in sig.inputs
+            ],
+            output=[
+                mc.ModelOutput(
+                    name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=list(t.shape[skip:])
+                )
+                for t in sig.outputs
+            ],
+            instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+        )
+        if batch > 0:
+            config.dynamic_batching.max_queue_delay_microseconds = int(
+                held.batching.max_queue_delay * 1e6
+            )
+        return pb.ModelConfigResponse(config=config)
+
+    @abort_on_error
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Ctx) -> Any:
+        held_all = self.repository.states()
+        if request.name:
+            if request.name not in self.repository.held:
+                raise NotFound(f"Request for unknown model: '{request.name}' is not found")
+            held_all = [h for h in held_all if h.model == request.name]
+            if request.version:
+                held_all = [self.repository.resolve(request.name, request.version)]
+        return pb.ModelStatisticsResponse(model_stats=[h.stats.proto() for h in held_all])
+
+    @abort_on_error
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Ctx) -> Any:
+        rows = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=h.model, version=str(h.version), state=INDEX_STATES[h.state], reason=h.error
+            )
+            for h in sorted(self.repository.states(), key=lambda h: (h.model, h.version))
+            if not request.ready or h.state is State.READY
+        ]
+        return pb.RepositoryIndexResponse(models=rows)
+
+    # --- not offered: explicit model control and shared memory ------------------------------
+
+    async def _unimplemented(self, request: Any, context: Ctx) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "not supported by liveml: models are loaded through the registry's rollouts "
+            "(or the --model-dir folder) and tensors travel in the request",
+        )
+
+    RepositoryModelLoad = _unimplemented
+    RepositoryModelUnload = _unimplemented
+    SystemSharedMemoryStatus = _unimplemented
+    SystemSharedMemoryRegister = _unimplemented
+    SystemSharedMemoryUnregister = _unimplemented
+    CudaSharedMemoryStatus = _unimplemented
+    CudaSharedMemoryRegister = _unimplemented
+    CudaSharedMemoryUnregister = _unimplemented
+    TraceSetting = _unimplemented
+    LogSettings = _unimplemented

@@ -1,0 +1,49 @@
+"""Settings of a worker process (flags and LIVEML_* variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from services.common.config import ServerSettings
+
+
+class WorkerSettings(ServerSettings):
+    port: int = Field(9001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
+    metrics_port: int = Field(
+        9101, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
+    )
+    model_dir: Path | None = Field(
+        None, description="Standalone mode: serve DIR/<model>/<version>/model.onnx (Triton layout)."
+    )
+    registry: str | None = Field(None, description="Registry mode: the registry's host:port.")
+    registry_token: SecretStr | None = Field(
+        None, description="Token (role worker) for the registry."
+    )
+    registry_token_file: Path | None = Field(None, description="File holding --registry-token.")
+    registry_ca: Path | None = Field(None, description="CA bundle to verify the registry's TLS.")
+    registry_cert: Path | None = Field(
+        None, description="Client certificate for mTLS to the registry."
+    )
+    registry_key: Path | None = Field(None, description="Key of --registry-cert.")
+    worker_id: str | None = Field(None, description="Stable worker id (default: a random one).")
+    advertise: str | None = Field(
+        None, description="host:port gateways reach this worker at (default: --host:--port)."
+    )
+    models: str = Field("", description="Comma-separated models to serve (empty = every model).")
+    capacity: int = Field(64, ge=1, description="Concurrent requests this worker advertises.")
+    cache_dir: Path = Field(Path(".liveml/cache"), description="Local artifact cache (by digest).")
+    intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session.")
+    run_threads: int = Field(2, ge=1, description="Threads that run sessions concurrently.")
+    max_batch_size: int = Field(32, ge=0, description="Default largest merged batch (0 = off).")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="Default time a batch may wait for more requests, ms."
+    )
+    drain_grace: float = Field(
+        2.0, ge=0, description="Seconds a retired version stays after its last request."
+    )
+    heartbeat_seconds: float = Field(2.0, gt=0, description="Heartbeat interval to the registry.")
+    scan_seconds: float = Field(
+        1.0, gt=0, description="Standalone mode: model-dir rescan interval."
+    )

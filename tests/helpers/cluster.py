@@ -1,0 +1,198 @@
+"""A registry and workers as real processes on loopback, for swap and failure tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from grpc import aio
+
+from services.common import codec
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from tests.conftest import free_port
+from tests.helpers.procs import Proc, python_module, wait_port
+from tests.helpers.registry import auth, stream, upload
+from tests.helpers.wait import async_wait_until
+
+
+@dataclass
+class Cluster:
+    root: Path
+    registry: Proc
+    registry_port: int
+    admin: str
+    channel: aio.Channel
+    stub: rpb_grpc.RegistryServiceStub
+    workers: dict[str, tuple[Proc, int]] = field(default_factory=dict)
+    worker_token: str = ""
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return auth(self.admin)
+
+    async def create_model(self, name: str) -> None:
+        await self.stub.CreateModel(rpb.CreateModelRequest(model_id=name), metadata=self.md)
+
+    async def push(self, model: str, path: Path, **version: Any) -> rpb.Version:
+        reply = await self.stub.CreateVersion(
+            stream(upload(f"models/{model}", path.read_bytes(), version=rpb.Version(**version))),
+            metadata=self.md,
+        )
+        return reply.version  # type: ignore[no-any-return]
+
+    async def route(self, model: str, *targets: tuple[int, int], **extra: Any) -> rpb.Rollout:
+        request = rpb.UpdateRolloutRequest(
+            rollout=rpb.Rollout(
+                name=f"models/{model}/rollout",
+                targets=[rpb.TrafficTarget(version=v, percent=p) for v, p in targets],
+                **extra,
+            )
+        )
+        return (await self.stub.UpdateRollout(request, metadata=self.md)).rollout  # type: ignore[no-any-return]
+
+    def start_worker(self, name: str, *flags: str) -> int:
+        port = free_port()
+        proc = python_module(
+            "services.cli.main",
+            {"LIVEML_REGISTRY_TOKEN": self.worker_token},
+            "worker",
+            "serve",
+            "--registry",
+            f"127.0.0.1:{self.registry_port}",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--worker-id",
+            name,
+            "--cache-dir",
+            str(self.root / f"cache-{name}"),
+            "--heartbeat-seconds",
+            "0.5",
+            "--drain-grace",
+            "0.5",
+            *flags,
+        )
+        wait_port(port, proc)
+        self.workers[name] = (proc, port)
+        return port
+
+    async def worker_states(self, name: str) -> dict[tuple[str, int], tuple[str, str]]:
+        reply = await self.stub.ListWorkers(rpb.ListWorkersRequest(), metadata=self.md)
+        for worker in reply.workers:
+            if worker.name == f"workers/{name}":
+                return {
+                    (v.model, v.version): (rpb.VersionLoadState.Name(v.state)[19:], v.error)
+                    for v in worker.versions
+                }
+        return {}
+
+    async def wait_state(
+        self, name: str, model: str, version: int, state: str, within: float = 30
+    ) -> str:
+        async def reached() -> str | None:
+            got = (await self.worker_states(name)).get((model, version))
+            return got[1] or "ok" if got and got[0] == state else None
+
+        return await async_wait_until(reached, within, f"{model} v{version} {state} on {name}")
+
+    async def wait_gone(self, name: str, model: str, version: int, within: float = 30) -> None:
+        async def gone() -> bool:
+            return (model, version) not in await self.worker_states(name)
+
+        await async_wait_until(gone, within, f"{model} v{version} unloaded from {name}")
+
+
+@asynccontextmanager
+async def cluster(root: Path, **registry_env: str) -> AsyncIterator[Cluster]:
+    port = free_port()
+    proc = python_module(
+        "services.cli.main",
+        {
+            "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{root}/registry.db",
+            "LIVEML_ARTIFACT_DIR": str(root / "artifacts"),
+            "LIVEML_ADMIN_TOKEN_FILE": str(root / "admin.token"),
+            "LIVEML_WATCH_POLL_SECONDS": "0.2",
+            **registry_env,
+        },
+        "registry",
+        "serve",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+    )
+    wait_port(port, proc)
+    admin = (root / "admin.token").read_text().strip()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = rpb_grpc.RegistryServiceStub(channel)
+    made = await stub.CreateToken(
+        rpb.CreateTokenRequest(display_name="workers", role=rpb.ROLE_WORKER), metadata=auth(admin)
+    )
+    c = Cluster(root, proc, port, admin, channel, stub, worker_token=made.secret)
+    try:
+        yield c
+    finally:
+        for worker, _ in c.workers.values():
+            worker.stop()
+        await channel.close()
+        proc.stop()
+
+
+def infer_request(
+    model: str, x: np.ndarray, request_id: str = "", version: str = ""
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    datatype, shape, raw = codec.encode_raw(x)
+    request.inputs.add(name="x", datatype=datatype, shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+@dataclass
+class Load:
+    """Continuous streaming clients; records every answer's version and every failure."""
+
+    address: str
+    model: str
+    clients: int = 16
+    answers: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _client(self, index: int) -> None:
+        x = np.full((1, 4), index, dtype=np.float32)
+        async with aio.insecure_channel(self.address) as channel:
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            n = 0
+            try:
+                while not self._stop.is_set():
+                    await call.write(infer_request(self.model, x, f"{index}-{n}"))
+                    response = await call.read()
+                    if response.error_message:
+                        self.failures.append(response.error_message)
+                    else:
+                        self.answers.append(
+                            (time.monotonic(), response.infer_response.model_version)
+                        )
+                    n += 1
+                await call.done_writing()
+            except aio.AioRpcError as exc:
+                self.failures.append(f"{exc.code().name}: {exc.details()}")
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)

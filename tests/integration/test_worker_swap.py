@@ -1,0 +1,96 @@
+"""Hot swap in registry mode: a rollout moves under load and no request fails."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from tests.helpers import models
+from tests.helpers.cluster import Cluster, Load, cluster
+from tests.helpers.wait import async_wait_until
+
+
+async def swap_setup(root: Path, c: Cluster) -> None:
+    await c.create_model("lin")
+    await c.push("lin", models.linear(root / "v1.onnx", seed=1))
+    await c.route("lin", (1, 100))
+
+
+async def test_live_swap_under_load_fails_nothing(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await swap_setup(tmp_path, c)
+        await c.push("lin", models.linear(tmp_path / "v2.onnx", seed=2))
+        port = c.start_worker("w1")
+        await c.wait_state("w1", "lin", 1, "READY")
+        load = Load(f"127.0.0.1:{port}", "lin", clients=16)
+        load.start()
+        await async_wait_until(lambda: len(load.answers) > 200, 20, "traffic on v1")
+        await c.route("lin", (2, 100))
+        await c.wait_state("w1", "lin", 2, "READY")
+        ready_at = time.monotonic()
+        await c.wait_gone("w1", "lin", 1)  # drained and unloaded after the grace period
+        await async_wait_until(
+            lambda: any(t > ready_at + 1.0 for t, _ in load.answers), 20, "answers after swap"
+        )
+        await load.stop()
+    assert load.failures == []
+    late = [v for t, v in load.answers if t > ready_at + 1.0]
+    assert late and set(late) == {"2"}, "every response 1 s after READY comes from v2"
+    assert {v for _, v in load.answers} == {"1", "2"}
+
+
+def tamper_signature(db: Path, version: int) -> None:
+    """Make the registry's record of a version disagree with its artifact."""
+    with sqlite3.connect(db) as conn:
+        (blob,) = conn.execute("SELECT proto FROM versions WHERE number = ?", (version,)).fetchone()
+        record = rpb.Version.FromString(blob)
+        del record.signature.inputs[0].shape[:]
+        record.signature.inputs[0].shape.extend([-1, 5])
+        conn.execute(
+            "UPDATE versions SET proto = ? WHERE number = ?", (record.SerializeToString(), version)
+        )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason"),
+    [
+        ("corrupt", "artifact digest mismatch"),
+        (
+            "signature",
+            "signature does not match the registry's: input 'x': expected FP32 [-1, 5], got FP32 [-1, 4]",
+        ),
+        ("warmup", "warm-up failed"),
+    ],
+)
+async def test_broken_version_fails_alone_and_v1_keeps_serving(
+    tmp_path: Path, breakage: str, reason: str
+) -> None:
+    async with cluster(tmp_path) as c:
+        await swap_setup(tmp_path, c)
+        if breakage == "warmup":
+            bad = await c.push("lin", models.warmup_crash(tmp_path / "v2.onnx"))
+        else:
+            bad = await c.push("lin", models.linear(tmp_path / "v2.onnx", seed=2))
+        if breakage == "corrupt":
+            blob = next(p for p in (tmp_path / "artifacts" / "blobs").rglob(bad.artifact.sha256))
+            blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+        elif breakage == "signature":
+            tamper_signature(tmp_path / "registry.db", 2)
+        port = c.start_worker("w1")
+        await c.wait_state("w1", "lin", 1, "READY")
+        load = Load(f"127.0.0.1:{port}", "lin", clients=8)
+        load.start()
+        await c.route("lin", (2, 100))
+        error = await c.wait_state("w1", "lin", 2, "FAILED")
+        assert reason in error
+        served_before = len(load.answers)
+        await async_wait_until(lambda: len(load.answers) > served_before + 100, 20, "v1 serving")
+        await load.stop()
+        states = await c.worker_states("w1")
+        assert states[("lin", 1)][0] == "READY"
+    assert load.failures == []
+    assert {v for _, v in load.answers} == {"1"}
