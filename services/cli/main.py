@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from services.cli import registry_cmds
+from services.cli.serve_cmds import registry_app, worker_app
 from services.common import pki
 
 app = typer.Typer(
@@ -18,6 +20,13 @@ app = typer.Typer(
 )
 tls_app = typer.Typer(help="Development certificates for TLS and mutual TLS.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
+app.add_typer(registry_cmds.models_app, name="models")
+app.add_typer(registry_cmds.versions_app, name="versions")
+app.add_typer(registry_cmds.rollout_app, name="rollout")
+app.add_typer(registry_cmds.token_app, name="token")
+app.add_typer(registry_cmds.audit_app, name="audit")
+app.add_typer(registry_app, name="registry")
+app.add_typer(worker_app, name="worker")
 console = Console()
 
 
@@ -31,6 +40,18 @@ def version() -> None:
         f"liveml {dist_version('liveml')}  grpcio {grpc.__version__}  "
         f"onnxruntime {onnxruntime.__version__}"
     )
+
+
+@app.command()
+def demo(
+    keep: Path | None = typer.Option(
+        None, "--keep", help="Keep the demo's database and artifacts in this folder."
+    ),
+) -> None:
+    """Run the live-update demo on the embedded default (SQLite, local artifacts)."""
+    from services.cli.demo import main as run_demo
+
+    raise typer.Exit(run_demo(keep))
 
 
 @tls_app.command("init")

@@ -25,7 +25,7 @@ from alembic import command
 from alembic.config import Config
 from google.protobuf.message import Message
 from sqlalchemy import delete, event, select, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -171,10 +171,6 @@ class Store:
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (run on every start)."""
-        if self.dialect == "sqlite" and self.url.count("///") == 1:
-            db_path = self.url.split("///", 1)[1]
-            if db_path and db_path != ":memory:":
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
@@ -260,7 +256,15 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
 
 
 async def wait_for_database(url: str, attempts: int = 30) -> None:
-    """Retry connecting until the database answers (a registry may start before it)."""
+    """Retry connecting until the database answers (a registry may start before it).
+
+    An embedded SQLite database only needs its folder to exist.
+    """
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return
     engine = create_async_engine(url)
     try:
         for attempt in range(attempts):
