@@ -94,15 +94,16 @@ def _token_name(token: str) -> str:
 # --- parsing options -----------------------------------------------------------------
 
 
+def _split(value: str, flag: str) -> tuple[str, str]:
+    key, sep, rest = value.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=flag)
+    return key, rest
+
+
 def _pairs(values: Iterable[str] | None, flag: str) -> dict[str, str]:
     """KEY=VALUE options as a dict (a later key wins)."""
-    pairs: dict[str, str] = {}
-    for value in values or ():
-        key, sep, rest = value.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=flag)
-        pairs[key] = rest
-    return pairs
+    return dict(_split(value, flag) for value in values or ())
 
 
 def _metrics(values: Iterable[str] | None) -> dict[str, float]:
@@ -127,14 +128,17 @@ def _version_number(text: str, flag: str) -> int:
 
 def _traffic(values: Iterable[str] | None, flag: str) -> list[rpb.TrafficTarget]:
     """VERSION=PERCENT options as traffic targets; the registry checks the sums."""
-    targets = []
-    for version, percent in _pairs(values, flag).items():
+    targets: dict[int, rpb.TrafficTarget] = {}
+    for value in values or ():
+        version, percent = _split(value, flag)
+        number = _version_number(version, flag)
         if not percent.isdigit() or int(percent) > 100:
             raise typer.BadParameter(f"percent {percent!r} is not 0..100", param_hint=flag)
-        targets.append(
-            rpb.TrafficTarget(version=_version_number(version, flag), percent=int(percent))
-        )
-    return targets
+        # Refused rather than merged: two shares for one version is a typo, not a wish.
+        if number in targets:
+            raise typer.BadParameter(f"version {number} is given twice", param_hint=flag)
+        targets[number] = rpb.TrafficTarget(version=number, percent=int(percent))
+    return list(targets.values())
 
 
 _TTL = re.compile(r"(\d+)([smhd])")
@@ -213,10 +217,12 @@ def _all_pages(
     items: list[T] = []
     token = ""
     while limit is None or len(items) < limit:
-        page, token = fetch(token)
+        page, next_token = fetch(token)
         items.extend(page)
-        if not token:
+        # Empty pages may still promise more (AIP-158); only a token that repeats is stuck.
+        if not next_token or next_token == token:
             break
+        token = next_token
     return items[:limit]
 
 
@@ -560,7 +566,9 @@ def versions_stage(
     conn: Connection,
     model: ModelArg,
     number: NumberArg,
-    stage: Annotated[StageName, typer.Argument(help="The version's new lifecycle stage.")],
+    stage: Annotated[
+        StageName, typer.Argument(metavar="STAGE", help="The version's new lifecycle stage.")
+    ],
     json_output: JsonFlag = False,
 ) -> None:
     """Move a version to a lifecycle stage (none, staging, production, archived)."""
@@ -845,7 +853,7 @@ def _token_state(token: rpb.Token) -> str:
 @connected
 def token_create(
     conn: Connection,
-    name: Annotated[str, typer.Argument(help="Who or what the token is for.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Who or what the token is for.")],
     role: Annotated[Role, typer.Option(help="What the token may do.")],
     ttl: Annotated[
         str | None,

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_exporting = False
+
+
+def tracing_enabled() -> bool:
+    """Whether spans go anywhere; when not, the request path skips making them."""
+    return _exporting
 
 
 def setup_tracing(
@@ -31,7 +38,7 @@ def setup_tracing(
     exporter: SpanExporter | None = None,
 ) -> TracerProvider:
     """Install the process-wide tracer provider (once; later calls add exporters)."""
-    global _provider
+    global _provider, _exporting
     with _lock:
         if _provider is None:
             _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
@@ -43,9 +50,20 @@ def setup_tracing(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
             )
             log.info("exporting traces to %s", otlp_endpoint)
+            _exporting = True
         if exporter is not None:
-            _provider.add_span_processor(BatchSpanProcessor(exporter))
+            _provider.add_span_processor(SimpleSpanProcessor(exporter))
+            _exporting = True
         return _provider
+
+
+def record_span(name: str, start: float, end: float, **attributes: Any) -> None:
+    """A finished span from perf_counter() timestamps, child of the current span."""
+    offset = time.time_ns() - int(time.perf_counter() * 1e9)
+    span = trace.get_tracer("liveml").start_span(
+        name, start_time=offset + int(start * 1e9), attributes=attributes
+    )
+    span.end(end_time=offset + int(end * 1e9))
 
 
 def tracing_interceptor() -> Any:

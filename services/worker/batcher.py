@@ -36,12 +36,27 @@ def rows(inputs: Arrays) -> int:
 
 
 @dataclass
+class Timing:
+    """perf_counter() marks of one request's trip: queued, batch formed, run, batch split."""
+
+    queued: float
+    batch_start: float = 0.0
+    run_start: float = 0.0
+    run_end: float = 0.0
+    batch_end: float = 0.0
+    batch_rows: int = 0
+
+
+Result = tuple[list[npt.NDArray[Any]], Timing]
+
+
+@dataclass
 class _Pending:
     inputs: Arrays
     rows: int
     key: tuple[Any, ...]
-    future: asyncio.Future[list[npt.NDArray[Any]]]
-    queued_at: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[Result]
+    timing: Timing = field(default_factory=lambda: Timing(time.perf_counter()))
 
 
 class Batcher:
@@ -60,17 +75,13 @@ class Batcher:
         self._carry: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, inputs: Arrays) -> list[npt.NDArray[Any]]:
+    async def submit(self, inputs: Arrays) -> Result:
         n = rows(inputs)
         if n > self.max_batch_size or n == 0:
-            started = time.perf_counter()
-            result = await self._run(inputs)
-            if self._observe:
-                self._observe(n, 0.0, time.perf_counter() - started)
-            return result
+            return await run_alone(self._run, inputs, self._observe)
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batcher")
-        future: asyncio.Future[list[npt.NDArray[Any]]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(inputs, n, _key(inputs), future))
         return await future
 
@@ -118,13 +129,14 @@ class Batcher:
         live = [p for p in batch if not p.future.cancelled()]
         if not live:
             return
-        started = time.perf_counter()
+        batch_start = time.perf_counter()
         if len(live) == 1:
             merged = live[0].inputs
         else:
             merged = {
                 name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs
             }
+        run_start = time.perf_counter()
         try:
             outputs = await self._run(merged)
         except Exception as exc:
@@ -132,21 +144,36 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        run_end = time.perf_counter()
         if self._observe:
-            self._observe(size, started - batch[0].queued_at, time.perf_counter() - started)
+            self._observe(size, batch_start - batch[0].timing.queued, run_end - run_start)
         total = sum(p.rows for p in live)
+        kept = len(live) == 1 or all(o.shape[:1] == (total,) for o in outputs)
         start = 0
         for p in live:
-            if p.future.done():
-                start += p.rows
-                continue
             end = start + p.rows
-            if len(live) == 1:
-                p.future.set_result(outputs)
-            elif all(o.shape[:1] == (total,) for o in outputs):
-                p.future.set_result([o[start:end] for o in outputs])
-            else:
-                p.future.set_exception(
-                    RuntimeError("the model's outputs do not keep the batch dimension")
-                )
+            if not p.future.done():
+                t = p.timing
+                t.batch_start, t.run_start, t.run_end = batch_start, run_start, run_end
+                t.batch_rows, t.batch_end = total, time.perf_counter()
+                if len(live) == 1:
+                    p.future.set_result((outputs, t))
+                elif kept:
+                    p.future.set_result(([o[start:end] for o in outputs], t))
+                else:
+                    p.future.set_exception(
+                        RuntimeError("the model's outputs do not keep the batch dimension")
+                    )
             start = end
+
+
+async def run_alone(run: Run, inputs: Arrays, observe: Observer | None = None) -> Result:
+    """One request as its own batch (no batching, or larger than the maximum)."""
+    timing = Timing(time.perf_counter())
+    timing.batch_start = timing.run_start = timing.queued
+    outputs = await run(inputs)
+    timing.run_end = timing.batch_end = time.perf_counter()
+    timing.batch_rows = rows(inputs)
+    if observe:
+        observe(timing.batch_rows, 0.0, timing.run_end - timing.run_start)
+    return outputs, timing

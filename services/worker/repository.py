@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy.typing as npt
 
+from services.common import telemetry
 from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
-from services.worker.batcher import Batcher, rows
+from services.worker.batcher import Batcher, Timing, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
 from services.worker.stats import VersionStats
 
@@ -135,10 +136,13 @@ class Repository:
         started = time.perf_counter()
         try:
             if held.batcher is not None:
-                outputs = await held.batcher.submit(inputs)
+                outputs, timing = await held.batcher.submit(inputs)
             else:
-                outputs = await self._run(held, inputs)
-                held.stats.batch(rows(inputs), 0.0, time.perf_counter() - started)
+                outputs, timing = await run_alone(
+                    lambda x: self._run(held, x), inputs, held.stats.batch
+                )
+            if telemetry.tracing_enabled():
+                _spans(held, timing)
         except ServiceError as exc:
             held.stats.failure(exc.code.name, time.perf_counter() - started)
             raise
@@ -266,6 +270,19 @@ class Repository:
         self.executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             gc.collect()
+
+
+def _spans(held: Held, t: Timing) -> None:
+    attributes = {"liveml.model": held.model, "liveml.version": held.version}
+    telemetry.record_span("liveml.queue", t.queued, t.batch_start, **attributes)
+    telemetry.record_span(
+        "liveml.batch",
+        t.batch_start,
+        t.batch_end,
+        **attributes,
+        **{"liveml.batch_rows": t.batch_rows},
+    )
+    telemetry.record_span("liveml.run", t.run_start, t.run_end, **attributes)
 
 
 def _ready(versions: dict[int, Held], number: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from tests.helpers import models
 from tests.helpers.cluster import Cluster, Load, cluster
 from tests.helpers.wait import async_wait_until
+from tests.integration.test_cli import liveml
 
 
 async def swap_setup(root: Path, c: Cluster) -> None:
@@ -92,5 +94,36 @@ async def test_broken_version_fails_alone_and_v1_keeps_serving(
         await load.stop()
         states = await c.worker_states("w1")
         assert states[("lin", 1)][0] == "READY"
+        shown = await asyncio.to_thread(
+            liveml,
+            {
+                "LIVEML_REGISTRY": f"127.0.0.1:{c.registry_port}",
+                "LIVEML_TOKEN": c.admin,
+                "COLUMNS": "400",
+            },
+            "rollout",
+            "show",
+            "lin",
+        )
+        row = next(line for line in shown.stdout.splitlines() if "failed" in line.lower())
+        assert "v2" in row and "workers/w1" in row and reason[:40] in row
     assert load.failures == []
     assert {v for _, v in load.answers} == {"1"}
+
+
+async def test_failed_load_is_retried_with_backoff(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await swap_setup(tmp_path, c)
+        bad = await c.push("lin", models.linear(tmp_path / "v2.onnx", seed=2))
+        blob = next(p for p in (tmp_path / "artifacts" / "blobs").rglob(bad.artifact.sha256))
+        good = blob.read_bytes()
+        blob.write_bytes(good[:-4] + b"oops")
+        c.start_worker("w1")
+        await c.wait_state("w1", "lin", 1, "READY")
+        await c.route("lin", (1, 50), (2, 50))
+        await c.wait_state("w1", "lin", 2, "FAILED")
+        blob.write_bytes(good)  # the store heals; the next retry succeeds
+        await c.wait_state("w1", "lin", 2, "READY", within=60)
+        proc, _ = c.workers["w1"]
+        retries = [line for line in proc.output if "lin v2 failed (attempt" in line]
+        assert retries, "the failure was logged with its attempt and backoff"

@@ -1,0 +1,129 @@
+"""The `liveml` command against a real registry process: output, --json, errors, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.models import linear
+from tests.helpers.procs import ROOT
+from tests.integration.test_registry_serve import serve
+
+
+@pytest.fixture
+def registry_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    proc, port = serve(tmp_path)
+    token = (tmp_path / "admin.token").read_text().strip()
+    yield {"LIVEML_REGISTRY": f"127.0.0.1:{port}", "LIVEML_TOKEN": token, "COLUMNS": "200"}
+    assert proc.stop() == 0
+
+
+def liveml(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}, **env},
+    )
+    if ok:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_publish_and_roll_out_with_the_cli(registry_env: dict[str, str], tmp_path: Path) -> None:
+    liveml(registry_env, "models", "create", "iris", "--description", "flowers")
+    for seed in (1, 2):
+        model = linear(tmp_path / f"v{seed}.onnx", seed=seed)
+        pushed = liveml(
+            registry_env,
+            "versions",
+            "push",
+            str(model),
+            "--model",
+            "iris",
+            "--metric",
+            "accuracy=0.9",
+            "--tag",
+            "team=ml",
+            "--json",
+        )
+        version = json.loads(pushed.stdout)["version"]  # --json prints the RPC's response
+        assert version["number"] == str(seed) and version["metrics"] == {"accuracy": 0.9}
+    listed = json.loads(liveml(registry_env, "versions", "list", "iris", "--json").stdout)
+    assert [v["number"] for v in listed] == ["2", "1"]
+
+    liveml(registry_env, "rollout", "set", "iris", "--target", "1=100")
+    shown = liveml(
+        registry_env,
+        "rollout",
+        "set",
+        "iris",
+        "--target",
+        "1=90",
+        "--target",
+        "2=10",
+        "--sticky-key",
+        "user",
+    )
+    assert "v1 90%" in shown.stdout and "v2 10%" in shown.stdout
+    history = json.loads(liveml(registry_env, "rollout", "history", "iris", "--json").stdout)
+    assert len(history) == 2
+    liveml(registry_env, "rollout", "rollback", "iris")
+    rollout = json.loads(liveml(registry_env, "rollout", "show", "iris", "--json").stdout)[
+        "rollout"
+    ]
+    assert rollout["targets"] == [{"version": "1", "percent": 100}]
+
+    downloaded = tmp_path / "copy.onnx"
+    liveml(registry_env, "versions", "download", "iris", "2", str(downloaded))
+    assert downloaded.read_bytes() == (tmp_path / "v2.onnx").read_bytes()
+
+
+def test_cli_errors_are_clear(registry_env: dict[str, str], tmp_path: Path) -> None:
+    bad_sum = liveml(registry_env, "rollout", "set", "nope", "--target", "1=50", ok=False)
+    assert bad_sum.returncode == 1
+    assert "error: NOT_FOUND: model 'nope' not found" in bad_sum.stderr
+    no_token = liveml({**registry_env, "LIVEML_TOKEN": ""}, "models", "list", ok=False)
+    assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+    down = liveml({**registry_env, "LIVEML_REGISTRY": "127.0.0.1:1"}, "models", "list", ok=False)
+    assert down.returncode == 1 and "is the registry running at 127.0.0.1:1" in down.stderr
+
+
+def test_tokens_with_the_cli(registry_env: dict[str, str]) -> None:
+    created = liveml(
+        registry_env, "token", "create", "dashboard", "--role", "viewer", "--ttl", "1d"
+    )
+    secret = next(line for line in created.stdout.split() if line.startswith("lml_"))
+    viewer = {**registry_env, "LIVEML_TOKEN": secret}
+    assert liveml(viewer, "models", "list").returncode == 0
+    denied = liveml(viewer, "models", "create", "x", ok=False)
+    assert "PERMISSION_DENIED" in denied.stderr and "needs one of: publisher" in denied.stderr
+    tokens = json.loads(liveml(registry_env, "token", "list", "--json").stdout)
+    name = next(t["name"] for t in tokens if t["display_name"] == "dashboard")
+    liveml(registry_env, "token", "revoke", name)
+    revoked = liveml(viewer, "models", "list", ok=False)
+    assert "has been revoked" in revoked.stderr
+
+
+def test_audit_verify_names_an_edited_row(registry_env: dict[str, str], tmp_path: Path) -> None:
+    liveml(registry_env, "models", "create", "iris")
+    liveml(registry_env, "models", "create", "churn")
+    intact = liveml(registry_env, "audit", "verify")
+    assert "audit trail intact: 3 events" in intact.stdout
+    listed = json.loads(liveml(registry_env, "audit", "list", "--json").stdout)
+    assert [e["action"] for e in listed] == ["CreateModel", "CreateModel", "CreateToken"]
+    with sqlite3.connect(tmp_path / "registry.db") as conn:
+        conn.execute("UPDATE audit_events SET target = 'models/evil' WHERE sequence = 2")
+    broken = liveml(registry_env, "audit", "verify", ok=False)
+    assert broken.returncode == 1
+    assert "audit trail BROKEN at event #2" in broken.stderr
+    assert "CreateModel on models/evil" in broken.stderr
