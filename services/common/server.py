@@ -98,7 +98,10 @@ async def start_server(
     if authenticator is not None:
         chain.append(AuthInterceptor(authenticator, policy or {}))
     chain.extend(interceptors)
-    server = aio.server(interceptors=chain, options=grpc_options(settings.max_message_bytes))
+    # No interceptor list at all when there is none: grpc.aio then skips its interception path.
+    server = aio.server(
+        interceptors=chain or None, options=grpc_options(settings.max_message_bytes)
+    )
 
     services = list(register(server))
     health = HealthServicer()

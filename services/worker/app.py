@@ -55,7 +55,9 @@ class Worker:
 async def start(settings: WorkerSettings) -> Worker:
     if (settings.model_dir is None) == (settings.registry is None):
         raise ValueError("give exactly one of --model-dir (standalone) or --registry")
-    repository = Repository(Threads(settings.intra_op_threads), settings.run_threads)
+    repository = Repository(
+        Threads(settings.intra_op_threads), settings.run_threads, settings.inline_us
+    )
     servicer = InferenceServicer(repository)
     default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)
 

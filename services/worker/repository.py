@@ -58,6 +58,7 @@ class Held:
     batcher: Batcher | None = None
     batching: Batching = Batching()
     inflight: int = 0
+    inline: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     stats: VersionStats = field(init=False)
 
@@ -73,8 +74,14 @@ class Held:
 
 
 class Repository:
-    def __init__(self, threads: Threads = Threads(), run_threads: int = 2) -> None:
+    def __init__(
+        self, threads: Threads = Threads(), run_threads: int = 2, inline_us: float = 0.0
+    ) -> None:
         self.threads = threads
+        # Versions whose batch-1 run takes less than this run on the event loop itself:
+        # handing a 20 us run to a thread costs more than the run, and blocks the loop
+        # for no less time than the hand-off's own Python work.
+        self.inline_us = inline_us
         self.held: dict[str, dict[int, Held]] = {}
         # Desired traffic per model (version, percent), from the rollout; empty = newest READY.
         self.targets: dict[str, list[tuple[int, int]]] = {}
@@ -161,6 +168,9 @@ class Repository:
     async def _run(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
         runtime = held.runtime
         assert runtime is not None
+        if held.inline:
+            # Cheaper than the thread hand-off it would otherwise cost (see `inline_us`).
+            return runtime.run(inputs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, runtime.run, inputs)
 
     # --- loading and retiring ---------------------------------------------------------------
@@ -194,7 +204,7 @@ class Repository:
             if check is not None:
                 check(runtime)
             try:
-                await loop.run_in_executor(self.executor, runtime.warm_up)
+                warm = await loop.run_in_executor(self.executor, runtime.warm_up)
             except Exception as exc:
                 raise ServiceError(
                     f"warm-up failed: {str(exc).strip().splitlines()[0][:300]}"
@@ -204,7 +214,10 @@ class Repository:
             self._set(held, State.FAILED, exc.message)
             return held
         held.runtime = runtime
-        if held.max_batch_size > 1:
+        held.inline = warm * 1e6 < self.inline_us
+        # A run cheaper than a thread hand-off is also cheaper than merging and splitting
+        # a batch, so inline versions are not batched.
+        if held.max_batch_size > 1 and not held.inline:
             held.batcher = Batcher(
                 lambda inputs: self._run(held, inputs),
                 held.max_batch_size,

@@ -8,6 +8,7 @@ versions, and are configurable.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,18 @@ class Runtime:
             inputs[tensor.name] = array
         return inputs
 
-    def warm_up(self, rounds: int = 2) -> None:
-        """Run synthetic inputs so the first real request does not pay for lazy setup."""
+    def warm_up(self, rounds: int = 20) -> float:
+        """Run synthetic inputs so the first real request does not pay for lazy setup.
+
+        Returns the median seconds of one batch-1 run once warm.
+        """
+        inputs = self.synthetic_inputs()
+        times = []
         for _ in range(rounds):
-            self.run(self.synthetic_inputs())
+            started = time.perf_counter()
+            self.run(inputs)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
 
     def close(self) -> None:
         del self.session

@@ -36,6 +36,13 @@ class WorkerSettings(ServerSettings):
     cache_dir: Path = Field(Path(".liveml/cache"), description="Local artifact cache (by digest).")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session.")
     run_threads: int = Field(2, ge=1, description="Threads that run sessions concurrently.")
+    inline_us: float = Field(
+        100.0,
+        ge=0,
+        description="Run versions whose warm batch-1 run is faster than this (microseconds) "
+        "on the event loop instead of a thread: the hand-off costs more than such a run "
+        "(0 = always use threads).",
+    )
     max_batch_size: int = Field(32, ge=0, description="Default largest merged batch (0 = off).")
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="Default time a batch may wait for more requests, ms."

@@ -24,6 +24,10 @@ def linear(path: Path, n_in: int = 4, n_out: int = 3, seed: int = 0, scale: floa
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
         initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
     )
+    return _save(graph, path)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -50,10 +54,7 @@ def identity_all(path: Path) -> Path:
         inputs.append(helper.make_tensor_value_info(name, elem, ["batch", "n"]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, ["batch", "n"]))
     graph = helper.make_graph(nodes, "identity_all", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def int_bool(path: Path) -> Path:
@@ -76,10 +77,7 @@ def int_bool(path: Path) -> Path:
         ],
         initializer=[zero, axes],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def warmup_crash(path: Path) -> Path:
@@ -100,10 +98,7 @@ def warmup_crash(path: Path) -> Path:
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def sklearn_pipeline(path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
@@ -148,7 +143,4 @@ def mlp(path: Path, n_in: int = 64, hidden: int = 256, n_out: int = 10, seed: in
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
