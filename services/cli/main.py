@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from services.cli import registry_cmds
-from services.cli.serve_cmds import registry_app, worker_app
+from services.cli.serve_cmds import gateway_app, registry_app, worker_app
 from services.common import pki
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(registry_cmds.token_app, name="token")
 app.add_typer(registry_cmds.audit_app, name="audit")
 app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
+app.add_typer(gateway_app, name="gateway")
 console = Console()
 
 

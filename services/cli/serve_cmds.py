@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from services.common.config import settings_options
+from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
 from services.worker.settings import WorkerSettings
 
@@ -35,3 +36,17 @@ def worker_serve(settings: WorkerSettings) -> None:
         raise typer.Exit(worker.serve(settings))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+gateway_app = typer.Typer(
+    help="The gateway: one front door that routes to workers.", no_args_is_help=True
+)
+
+
+@gateway_app.command("serve")
+@settings_options(GatewaySettings)
+def gateway_serve(settings: GatewaySettings) -> None:
+    """Run a gateway that routes V2 requests by the registry's rollouts."""
+    from services.gateway import app as gateway
+
+    raise typer.Exit(gateway.serve(settings))

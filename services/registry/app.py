@@ -45,8 +45,8 @@ class Registry:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
-        await self.feed.stop()
         await self.store.close()
 
 
@@ -89,6 +89,8 @@ async def start(settings: RegistrySettings) -> Registry:
         settings.artifact_old_keys.get_secret_value() if settings.artifact_old_keys else None,
     )
     artifacts = ArtifactStore(settings.artifact_dir, keys, settings.max_artifact_bytes)
+    async with store.write("registry") as tx:
+        await workers.renew_all(tx)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
     servicer = RegistryServicer(settings, store, artifacts, feed)

@@ -54,8 +54,10 @@ class ChangeHub:
         if self.revision > revision or self.closed:
             return True
         changed = self._changed
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), within)
+            async with asyncio.timeout(within):
+                await changed.wait()
         return self.revision > revision
 
 
@@ -68,6 +70,9 @@ class Feed:
         self.poll_seconds = poll_seconds
         store.listeners.append(self.hub.notify)
         self._tasks: list[asyncio.Task[None]] = []
+        self._watching = 0
+        self._no_watchers = asyncio.Event()
+        self._no_watchers.set()
 
     async def start(self) -> None:
         self.hub.notify((await self.store.revision())[0])
@@ -76,7 +81,12 @@ class Feed:
             self._tasks.append(asyncio.create_task(self._listen(), name="watch-listen"))
 
     async def stop(self) -> None:
+        """End every watch, letting each finish its database read (not cancelling it
+        mid-query, which would leave the connection to a store that is closing)."""
         self.hub.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._no_watchers.wait()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -171,6 +181,19 @@ class Feed:
         current, compacted = await self.store.revision()
         # None = start with a snapshot: from scratch, compacted away, or from another database.
         last = None if since <= 0 or since < compacted or since > current else since
+        self._watching += 1
+        self._no_watchers.clear()
+        try:
+            async for response in self._follow(last, progress_seconds):
+                yield response
+        finally:
+            self._watching -= 1
+            if not self._watching:
+                self._no_watchers.set()
+
+    async def _follow(
+        self, last: int | None, progress_seconds: float
+    ) -> AsyncIterator[rpb.WatchResponse]:
         while not self.hub.closed:
             if last is None:
                 revision, events = await self.snapshot()

@@ -101,6 +101,13 @@ async def live(session: AsyncSession) -> list[rpb.Worker]:
     return [rpb.Worker.FromString(r.proto) for r in rows]
 
 
+async def renew_all(tx: Tx) -> None:
+    """Give every worker a fresh lease: while no registry ran, none could renew one."""
+    rows = (await tx.session.execute(select(WorkerRow))).scalars().all()
+    for row in rows:
+        row.lease_expire_us = max(row.lease_expire_us, now_us() + row.lease_us)
+
+
 async def any_expired(session: AsyncSession) -> bool:
     query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < now_us()).limit(1)
     return (await session.execute(query)).first() is not None

@@ -103,7 +103,8 @@ class Batcher:
             if within <= 0:
                 return None
         try:
-            return await asyncio.wait_for(self._queue.get(), within)
+            async with asyncio.timeout(within):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

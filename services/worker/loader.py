@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from google.protobuf.duration_pb2 import Duration
@@ -28,6 +27,7 @@ from grpc import StatusCode, aio
 from services.common import onnxsig, registry_client
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.watcher import RegistryWatcher
 from services.worker.repository import Batching, Held, Repository, State
 from services.worker.runtime import Runtime
 from services.worker.settings import WorkerSettings
@@ -66,9 +66,7 @@ class RegistryLoader:
         self.metadata = registry_client.auth_metadata(
             registry_client.read_token(settings.registry_token, settings.registry_token_file)
         )
-        self.rollouts: dict[str, rpb.Rollout] = {}
-        self.versions: dict[Key, rpb.Version] = {}
-        self.revision = 0
+        self.watcher = RegistryWatcher(self.stub, self.metadata, lambda _: self._wake.set())
         self._wake = asyncio.Event()
         self._report = asyncio.Event()
         self._loading: dict[Key, asyncio.Task[None]] = {}
@@ -76,8 +74,6 @@ class RegistryLoader:
         self._failures: dict[Key, tuple[int, float]] = {}  # attempts, retry not before
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
-        # A snapshot may span several messages; it replaces the picture once complete.
-        self._snapshot: tuple[dict[str, rpb.Rollout], dict[Key, rpb.Version]] | None = None
         repository.on_change.append(self._changed)
 
     def _changed(self, held: Held) -> None:
@@ -89,7 +85,7 @@ class RegistryLoader:
     async def start(self) -> None:
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         self._tasks = [
-            asyncio.create_task(self._watch(), name="registry-watch"),
+            asyncio.create_task(self.watcher.run(), name="registry-watch"),
             asyncio.create_task(self._heartbeat(), name="registry-heartbeat"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
@@ -152,63 +148,18 @@ class RegistryLoader:
                     continue
                 log.warning("heartbeat to the registry failed: %s", exc.details())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report.wait(), self.settings.heartbeat_seconds)
-
-    async def _watch(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                call = self.stub.Watch(
-                    rpb.WatchRequest(since_revision=self.revision), metadata=self.metadata
-                )
-                async for response in call:
-                    delay = 0.2
-                    self._apply(response)
-            except aio.AioRpcError as exc:
-                log.warning(
-                    "watch interrupted (%s); resuming from revision %d",
-                    exc.code().name,
-                    self.revision,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def _apply(self, response: rpb.WatchResponse) -> None:
-        if response.kind == rpb.WatchResponse.KIND_SNAPSHOT:
-            if self._snapshot is None:
-                self._snapshot = ({}, {})
-            rollouts, versions = self._snapshot
-            self._collect(response.events, rollouts, versions)
-            if response.snapshot_complete:
-                self.rollouts, self.versions = rollouts, versions
-                self._snapshot = None
-                self.revision = response.revision
-                self._wake.set()
-            return
-        if response.events:
-            self._collect(response.events, self.rollouts, self.versions)
-            self._wake.set()
-        self.revision = response.revision
-
-    @staticmethod
-    def _collect(
-        events: Iterable[rpb.WatchEvent],
-        rollouts: dict[str, rpb.Rollout],
-        versions: dict[Key, rpb.Version],
-    ) -> None:
-        for event in events:
-            kind = event.WhichOneof("resource")
-            if kind == "rollout":
-                rollouts[event.rollout.name.split("/")[1]] = event.rollout
-            elif kind == "version":
-                model = event.version.name.split("/")[1]
-                versions[(model, event.version.number)] = event.version
-            elif kind is None and event.type == rpb.WatchEvent.TYPE_DELETE:
-                parts = event.resource_name.split("/")
-                if parts[0] == "models" and len(parts) == 2:
-                    rollouts.pop(parts[1], None)
+                async with asyncio.timeout(self.settings.heartbeat_seconds):
+                    await self._report.wait()
 
     # --- reconcile --------------------------------------------------------------------------
+
+    @property
+    def rollouts(self) -> dict[str, rpb.Rollout]:
+        return self.watcher.picture.rollouts
+
+    @property
+    def versions(self) -> dict[Key, rpb.Version]:
+        return self.watcher.picture.versions
 
     def desired(self) -> set[Key]:
         wanted: set[Key] = set()
@@ -229,7 +180,8 @@ class RegistryLoader:
                 log.exception("reconcile failed")
                 next_retry = 5.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), next_retry)
+                async with asyncio.timeout(next_retry):
+                    await self._wake.wait()
 
     def reconcile(self) -> float:
         """Start loads and retirements; return seconds until the next failed load may retry."""

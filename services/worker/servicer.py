@@ -81,10 +81,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 response = await self.infer(request)
             except ServiceError as exc:
-                return pb.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=pb.ModelInferResponse(id=request.id),
-                )
+                failed = pb.ModelInferResponse(id=request.id)
+                # The status code, so a gateway can tell a retryable failure from bad input.
+                failed.parameters["liveml_status"].int64_param = exc.code.value[0]
+                return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
             response.parameters["triton_final_response"].bool_param = True
             return pb.ModelStreamInferResponse(infer_response=response)
 

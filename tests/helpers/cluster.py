@@ -19,7 +19,7 @@ from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.conftest import free_port
-from tests.helpers.procs import Proc, python_module, wait_port
+from tests.helpers.procs import Proc, python_module, restart, wait_port
 from tests.helpers.registry import auth, stream, upload
 from tests.helpers.wait import async_wait_until
 
@@ -33,6 +33,7 @@ class Cluster:
     channel: aio.Channel
     stub: rpb_grpc.RegistryServiceStub
     workers: dict[str, tuple[Proc, int]] = field(default_factory=dict)
+    gateways: list[Proc] = field(default_factory=list)
     worker_token: str = ""
 
     @property
@@ -84,6 +85,30 @@ class Cluster:
         )
         wait_port(port, proc)
         self.workers[name] = (proc, port)
+        return port
+
+    def restart_registry(self) -> None:
+        """Start the registry again on the same port and database (after a crash)."""
+        self.registry = restart(self.registry)
+        wait_port(self.registry_port, self.registry)
+
+    def start_gateway(self, *flags: str) -> int:
+        port = free_port()
+        proc = python_module(
+            "services.cli.main",
+            {"LIVEML_REGISTRY_TOKEN": self.worker_token},
+            "gateway",
+            "serve",
+            "--registry",
+            f"127.0.0.1:{self.registry_port}",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            *flags,
+        )
+        wait_port(port, proc)
+        self.gateways.append(proc)
         return port
 
     async def worker_states(self, name: str) -> dict[tuple[str, int], tuple[str, str]]:
@@ -142,10 +167,12 @@ async def cluster(root: Path, **registry_env: str) -> AsyncIterator[Cluster]:
     try:
         yield c
     finally:
+        for gateway in c.gateways:
+            gateway.stop()
         for worker, _ in c.workers.values():
             worker.stop()
         await channel.close()
-        proc.stop()
+        c.registry.stop()
 
 
 def infer_request(

@@ -20,6 +20,7 @@ class Proc:
     """A child process whose combined output is read line by line in the background."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.args, self.env = list(args), dict(env or {})
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self.popen = subprocess.Popen(
@@ -62,6 +63,10 @@ class Proc:
 
 def python_module(module: str, env: Mapping[str, str] | None = None, *args: str) -> Proc:
     return Proc([sys.executable, "-m", module, *args], env)
+
+
+def restart(proc: Proc) -> Proc:
+    return Proc(proc.args, proc.env)
 
 
 def wait_port(port: int, proc: Proc | None = None, timeout: float = 30.0) -> None:

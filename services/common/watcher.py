@@ -1,0 +1,104 @@
+"""A data-plane copy of the registry's picture, kept current by its Watch feed.
+
+Workers and gateways hold rollouts, versions and live workers as the registry last
+said, resume the feed from their last revision after any interruption (a
+snapshot replaces the picture when the registry asks for it), and keep serving
+from what they know while the registry is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from grpc import aio
+
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.common.registry_client import Metadata
+
+log = logging.getLogger(__name__)
+
+VersionKey = tuple[str, int]
+
+
+class Picture:
+    """Rollouts by model, versions by (model, number), workers by name."""
+
+    def __init__(self) -> None:
+        self.rollouts: dict[str, rpb.Rollout] = {}
+        self.versions: dict[VersionKey, rpb.Version] = {}
+        self.workers: dict[str, rpb.Worker] = {}
+
+    def apply(self, events: Iterable[rpb.WatchEvent]) -> None:
+        for event in events:
+            kind = event.WhichOneof("resource")
+            if kind == "rollout":
+                self.rollouts[event.rollout.name.split("/")[1]] = event.rollout
+            elif kind == "version":
+                model = event.version.name.split("/")[1]
+                self.versions[(model, event.version.number)] = event.version
+            elif kind == "worker":
+                self.workers[event.worker.name] = event.worker
+            elif event.type == rpb.WatchEvent.TYPE_DELETE:
+                parts = event.resource_name.split("/")
+                if parts[0] == "workers":
+                    self.workers.pop(event.resource_name, None)
+                elif parts[0] == "models" and len(parts) == 2:
+                    self.rollouts.pop(parts[1], None)
+                    self.versions = {k: v for k, v in self.versions.items() if k[0] != parts[1]}
+
+
+class RegistryWatcher:
+    def __init__(
+        self,
+        stub: rpb_grpc.RegistryServiceStub,
+        metadata: Metadata,
+        on_change: Callable[[Picture], None],
+    ) -> None:
+        self.stub = stub
+        self.metadata = metadata
+        self.on_change = on_change
+        self.picture = Picture()
+        self.revision = 0
+        self.connected = asyncio.Event()
+        self._pending: Picture | None = None  # a snapshot arriving over several messages
+
+    def handle(self, response: rpb.WatchResponse) -> None:
+        if response.kind == rpb.WatchResponse.KIND_SNAPSHOT:
+            if self._pending is None:
+                self._pending = Picture()
+            self._pending.apply(response.events)
+            if response.snapshot_complete:
+                self.picture, self._pending = self._pending, None
+                self.revision = response.revision
+                self.on_change(self.picture)
+            return
+        if response.events:
+            self.picture.apply(response.events)
+            self.on_change(self.picture)
+        self.revision = response.revision
+
+    async def run(self) -> None:
+        """Follow the feed forever, resuming from the last revision after interruptions."""
+        delay = 0.2
+        while True:
+            try:
+                call = self.stub.Watch(
+                    rpb.WatchRequest(since_revision=self.revision), metadata=self.metadata
+                )
+                async for response in call:
+                    delay = 0.2
+                    self.connected.set()
+                    self.handle(response)
+            except aio.AioRpcError as exc:
+                self.connected.clear()
+                log.warning(
+                    "watch interrupted (%s); resuming from revision %d",
+                    exc.code().name,
+                    self.revision,
+                )
+            self._pending = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

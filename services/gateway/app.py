@@ -1,0 +1,134 @@
+"""The gateway process: routing table from the registry's watch, front door, upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from grpc import aio
+
+from services.common import registry_client, server, tls
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from services.common.watcher import Picture, RegistryWatcher
+from services.gateway.feedback import FeedbackBook
+from services.gateway.routing import RoutingTable
+from services.gateway.servicer import (
+    ControlFront,
+    GatewayServicer,
+    InferenceFront,
+    Router,
+    inference_handler,
+)
+from services.gateway.settings import GatewaySettings
+from services.gateway.upstream import UpstreamPool, channel_options
+
+log = logging.getLogger(__name__)
+
+SERVICES = [
+    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    gpb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+]
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    running: server.RunningServer
+    router: Router
+    watcher: RegistryWatcher
+    channels: list[aio.Channel]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def table(self) -> RoutingTable:
+        return self.router.table()
+
+    async def halt(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.router.shadow.close()
+
+    async def stop(self, grace: float = 0) -> None:
+        await self.halt()
+        await self.running.stop(grace)
+        await self.router.pool.close()
+        for channel in self.channels:
+            await channel.close()
+
+
+async def start(settings: GatewaySettings) -> Gateway:
+    registry_channel, stub = registry_client.connect(
+        settings.registry,
+        ca=settings.registry_ca,
+        cert=settings.registry_cert,
+        key=settings.registry_key,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    metadata = registry_client.auth_metadata(
+        registry_client.read_token(settings.registry_token, settings.registry_token_file)
+    )
+    options = channel_options(settings.max_message_bytes)
+    control_channels: dict[str, aio.Channel] = {}
+
+    def connect(address: str) -> aio.Channel:
+        if settings.worker_ca or settings.worker_cert:
+            creds = tls.channel_credentials(
+                settings.worker_ca, settings.worker_cert, settings.worker_key
+            )
+            return aio.secure_channel(address, creds, options)
+        return aio.insecure_channel(address, options)
+
+    def control_channel(address: str) -> aio.Channel:
+        if address not in control_channels:
+            control_channels[address] = connect(address)
+        return control_channels[address]
+
+    current = [RoutingTable()]
+    pool = UpstreamPool(connect)
+    router = Router(
+        lambda: current[0],
+        pool,
+        FeedbackBook(settings.feedback_size, settings.feedback_seconds),
+        settings.route_key_header,
+        settings.default_timeout,
+        settings.shadow_queue,
+    )
+    front, control = InferenceFront(router), ControlFront(router, control_channel)
+
+    def rebuild(picture: Picture) -> None:
+        # One assignment: a request sees either the old table or the new one, never a mix.
+        current[0] = RoutingTable.build(picture, watcher.revision)
+        control.ready.set()
+
+    watcher = RegistryWatcher(stub, metadata, rebuild)
+
+    def register(grpc_server: aio.Server) -> Sequence[str]:
+        grpc_server.add_generic_rpc_handlers((inference_handler(front, control),))
+        gpb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(router), grpc_server)  # type: ignore[no-untyped-call]
+        return SERVICES
+
+    running = await server.start_server("gateway", settings, register)
+    gateway = Gateway(settings, running, router, watcher, [registry_channel])
+    gateway.tasks.append(asyncio.create_task(watcher.run(), name="registry-watch"))
+    return gateway
+
+
+def serve(settings: GatewaySettings) -> int:
+    async def build() -> server.RunningServer:
+        gateway = await start(settings)
+        gateway.running.on_stop.append(gateway.halt)
+        return gateway.running
+
+    return server.run("gateway", settings, build)

@@ -1,0 +1,45 @@
+"""What a response predicted, decoded only off the request path (feedback, shadow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.common import codec
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+
+
+def first_output(response: bytes) -> np.ndarray[Any, Any] | None:
+    parsed = pb.ModelInferResponse.FromString(response)
+    if not parsed.outputs or not parsed.raw_output_contents:
+        return None
+    out = parsed.outputs[0]
+    return codec.decode_raw(out.name, out.datatype, list(out.shape), parsed.raw_output_contents[0])
+
+
+def prediction(array: np.ndarray[Any, Any]) -> int | float | str:
+    """A class index (argmax of scores, or an integer label), a number, or a text label."""
+    row = array.reshape(array.shape[0], -1)[0] if array.ndim else array.reshape(1)
+    if row.dtype == object:
+        value = row[0]
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    if row.size > 1:
+        return int(np.argmax(row))
+    if np.issubdtype(row.dtype, np.integer) or row.dtype == np.bool_:
+        return int(row[0])
+    return float(row[0])
+
+
+def agree(
+    primary: np.ndarray[Any, Any], mirror: np.ndarray[Any, Any], tolerance: float = 0.01
+) -> bool:
+    """Argmax equality for scores and labels; relative error within `tolerance` for numbers."""
+    if primary.shape != mirror.shape:
+        return False
+    if primary.dtype == object or np.issubdtype(primary.dtype, np.integer):
+        return bool(np.array_equal(primary, mirror))
+    if primary.ndim >= 2 and primary.shape[-1] > 1:
+        return bool(np.array_equal(primary.argmax(axis=-1), mirror.argmax(axis=-1)))
+    scale = np.maximum(np.abs(primary), 1e-9)
+    return bool(np.all(np.abs(primary - mirror) / scale <= tolerance))

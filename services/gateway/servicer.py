@@ -1,0 +1,309 @@
+"""The gateway's front door: the V2 inference API, routed; and feedback and ingest.
+
+Inference requests arrive as bytes and leave as bytes: the gateway reads the routing
+fields, points the request at the chosen version by appending that field, sends it
+down a worker's long-lived stream and hands the worker's answer back unchanged. A
+request whose worker died or is draining is retried on another worker of the same
+version within the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from services.gateway import metrics, wire
+from services.gateway.feedback import FeedbackBook
+from services.gateway.routing import RoutingTable
+from services.gateway.shadow import Copy, Shadow
+from services.gateway.upstream import UpstreamDown, UpstreamPool
+
+Ctx = Any  # grpc.aio.ServicerContext (untyped)
+SERVICE = "inference.GRPCInferenceService"
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+STREAM_WINDOW = 128
+
+
+class Router:
+    """Chooses, sends, retries; shared by the unary and streaming front doors."""
+
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        pool: UpstreamPool,
+        feedback: FeedbackBook,
+        route_key_header: str,
+        default_timeout: float,
+        shadow_capacity: int,
+    ) -> None:
+        self.table = table
+        self.pool = pool
+        self.feedback = feedback
+        self.route_key_header = route_key_header
+        self.default_timeout = default_timeout
+        self.shadow = Shadow(self.send_to_version, shadow_capacity)
+
+    async def send_to_version(self, model: str, version: int, data: bytes) -> bytes:
+        """The answer (ModelInferResponse bytes) of some READY worker of the version."""
+        reply = await self._send(model, version, data, time.monotonic() + self.default_timeout)
+        return bytes(reply.response)
+
+    async def _send(
+        self, model: str, version: int, data: bytes, deadline: float
+    ) -> wire.StreamReply:
+        tried: set[str] = set()
+        last = "no READY worker"
+        while True:
+            upstream = self.pool.pick(self.table().workers(model, version), tried)
+            remaining = deadline - time.monotonic()
+            if upstream is None or remaining <= 0:
+                raise Unavailable(
+                    f"model '{model}' version {version}: no worker could answer ({last})"
+                )
+            tried.add(upstream.address)
+            try:
+                reply = wire.stream_reply(await upstream.send(data, remaining))
+            except UpstreamDown as exc:
+                last = str(exc)
+                metrics.RETRIES.labels(model).inc()
+                continue
+            except TimeoutError:
+                raise ServiceError("deadline exceeded waiting for the worker") from None
+            if reply.error and reply.status == UNAVAILABLE:
+                last = reply.error  # draining or not loaded there: another worker may have it
+                metrics.RETRIES.labels(model).inc()
+                continue
+            return reply
+
+    async def infer(self, data: bytes, metadata: Any, deadline: float | None) -> tuple[bytes, str]:
+        """Route one request; return (reply bytes, answering version) or raise ServiceError."""
+        try:
+            routing = wire.routing(data)
+        except wire.WireError as exc:
+            raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+        table = self.table()
+        route = table.route(routing.model_name)
+        sticky = routing.parameters.get(route.sticky_key) if route.sticky_key else None
+        if sticky is None and metadata:
+            sticky = next((v for k, v in metadata if k == self.route_key_header), None)
+        choice = table.choose(routing.model_name, routing.model_version, sticky)
+        if choice.redistributed:
+            metrics.REDISTRIBUTED.labels(routing.model_name).inc()
+        request = data if routing.model_version else wire.with_version(data, choice.version)
+        started = time.perf_counter()
+        label = (routing.model_name, str(choice.version), "primary")
+        metrics.IN_FLIGHT.inc()
+        try:
+            reply = await self._send(
+                routing.model_name,
+                choice.version,
+                request,
+                deadline or time.monotonic() + self.default_timeout,
+            )
+        finally:
+            metrics.IN_FLIGHT.dec()
+        if reply.error:
+            code = CODES.get(reply.status, grpc.StatusCode.UNKNOWN)
+            metrics.REQUESTS.labels(*label, code.name).inc()
+            error = ServiceError(reply.error)
+            error.code = code
+            raise error
+        metrics.REQUESTS.labels(*label, "OK").inc()
+        metrics.LATENCY.labels(*label).observe(time.perf_counter() - started)
+        answer = bytes(reply.response)
+        if routing.id:
+            self.feedback.remember(routing.model_name, routing.id, str(choice.version), answer)
+        for mirror, percent in route.mirrors:
+            if percent >= 100 or random.random() * 100 < percent:
+                self.shadow.offer(
+                    Copy(routing.model_name, mirror, wire.with_version(data, mirror), answer)
+                )
+        return answer, str(choice.version)
+
+
+def _deadline(context: Ctx) -> float | None:
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None else None
+
+
+class InferenceFront:
+    """Raw-bytes handlers for the inference service's data path."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def model_infer(self, data: bytes, context: Ctx) -> bytes:
+        try:
+            answer, _ = await self.router.infer(
+                data, context.invocation_metadata(), _deadline(context)
+            )
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+        return answer
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: Ctx
+    ) -> AsyncIterator[bytes]:
+        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
+        metadata = context.invocation_metadata()
+
+        async def answer(data: bytes) -> bytes:
+            try:
+                reply, _ = await self.router.infer(data, metadata, None)
+            except ServiceError as exc:
+                request_id = ""
+                with contextlib.suppress(wire.WireError):
+                    request_id = wire.routing(data).id
+                return pb.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=request_id)
+                ).SerializeToString()
+            final = wire.length_delimited(1, b"triton_final_response") + wire.length_delimited(
+                2, b"\x08\x01"
+            )
+            return wire.length_delimited(
+                wire.INFER_RESPONSE, reply + wire.length_delimited(wire.PARAMETERS, final)
+            )
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    await pending.put(asyncio.ensure_future(answer(data)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+
+
+class ControlFront:
+    """The rest of the inference service: health locally, metadata from a worker."""
+
+    def __init__(self, router: Router, channel_for: Callable[[str], aio.Channel]) -> None:
+        self.router = router
+        self.channel_for = channel_for
+        self.ready = asyncio.Event()
+
+    async def ServerLive(self, request: Any, context: Ctx) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Ctx) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready.is_set())
+
+    async def ServerMetadata(self, request: Any, context: Ctx) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="liveml-gateway",
+            version=dist_version("liveml"),
+            extensions=["model_configuration"],
+        )
+
+    async def _forward(self, method: str, request: Any, context: Ctx) -> Any:
+        table = self.router.table()
+        try:
+            choice = table.choose(request.name, request.version, None)
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+        workers = table.workers(request.name, choice.version)
+        if not request.version:
+            request.version = str(choice.version)
+        channel = self.channel_for(random.choice(workers))
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            return await getattr(stub, method)(request, timeout=10)
+        except aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> Any:
+        return await self._forward("ModelReady", request, context)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:
+        return await self._forward("ModelMetadata", request, context)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> Any:
+        return await self._forward("ModelConfig", request, context)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Ctx) -> Any:
+        rows = []
+        for model, route in sorted(self.router.table().models.items()):
+            versions = {v for v, _ in route.targets} | {v for v, _ in route.mirrors} | route.pinned
+            for number in sorted(versions):
+                ready = bool(route.ready.get(number))
+                if request.ready and not ready:
+                    continue
+                rows.append(
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=model, version=str(number), state="READY" if ready else "UNAVAILABLE"
+                    )
+                )
+        return pb.RepositoryIndexResponse(models=rows)
+
+
+class GatewayServicer(gpb_grpc.GatewayServiceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def SubmitFeedback(self, request: gpb.SubmitFeedbackRequest, context: Ctx) -> Any:
+        if not request.model_name or not request.request_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "model_name and request_id are required"
+            )
+        if request.ground_truth.WhichOneof("value") is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ground_truth needs a class_index, a number or a text label",
+            )
+        return self.router.feedback.join(request)
+
+    async def IngestExamples(self, request: gpb.IngestExamplesRequest, context: Ctx) -> Any:
+        if not request.model_name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        # Stored through the event stream once the learning issue lands; counted until then.
+        metrics.INGESTED.labels(request.model_name).inc(len(request.examples))
+        return gpb.IngestExamplesResponse(accepted=len(request.examples))
+
+
+def inference_handler(front: InferenceFront, control: ControlFront) -> grpc.GenericRpcHandler:
+    """The whole inference service: raw bytes for inference, typed messages for the rest.
+
+    Methods not listed here answer UNIMPLEMENTED.
+    """
+
+    def typed(method: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method,
+            request_deserializer=request.FromString,
+            response_serializer=lambda m: m.SerializeToString(),
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(front.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(front.model_stream_infer),
+            "ServerLive": typed(control.ServerLive, pb.ServerLiveRequest),
+            "ServerReady": typed(control.ServerReady, pb.ServerReadyRequest),
+            "ServerMetadata": typed(control.ServerMetadata, pb.ServerMetadataRequest),
+            "ModelReady": typed(control.ModelReady, pb.ModelReadyRequest),
+            "ModelMetadata": typed(control.ModelMetadata, pb.ModelMetadataRequest),
+            "ModelConfig": typed(control.ModelConfig, pb.ModelConfigRequest),
+            "RepositoryIndex": typed(control.RepositoryIndex, pb.RepositoryIndexRequest),
+        },
+    )

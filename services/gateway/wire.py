@@ -1,0 +1,167 @@
+"""Reading and amending serialized V2 messages without decoding them.
+
+The gateway forwards request bytes untouched: it reads only the routing fields
+(model name, version, id, parameters) by walking the top-level protobuf fields,
+and sets the chosen version by appending one field, which protobuf parsers take
+over any earlier value of a singular field. Tensors are never decoded or copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# ModelInferRequest / ModelInferResponse field numbers (the public V2 definition).
+MODEL_NAME, MODEL_VERSION, ID, PARAMETERS = 1, 2, 3, 4
+# ModelStreamInferResponse.
+ERROR_MESSAGE, INFER_RESPONSE = 1, 2
+# InferParameter oneof.
+BOOL_PARAM, INT64_PARAM, STRING_PARAM, DOUBLE_PARAM, UINT64_PARAM = 1, 2, 3, 4, 5
+
+
+class WireError(ValueError):
+    pass
+
+
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise WireError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long")
+
+
+def fields(data: bytes | memoryview) -> list[tuple[int, int, int | memoryview]]:
+    """Top-level (field number, wire type, value) of a message; bytes values are views."""
+    view = memoryview(data)
+    out: list[tuple[int, int, int | memoryview]] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        key, pos = _varint(view, pos)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value, pos = _varint(view, pos)
+            out.append((number, kind, value))
+        elif kind == 2:
+            length, pos = _varint(view, pos)
+            if pos + length > end:
+                raise WireError("truncated field")
+            out.append((number, kind, view[pos : pos + length]))
+            pos += length
+        elif kind == 1:
+            out.append((number, kind, int.from_bytes(view[pos : pos + 8], "little")))
+            pos += 8
+        elif kind == 5:
+            out.append((number, kind, int.from_bytes(view[pos : pos + 4], "little")))
+            pos += 4
+        else:
+            raise WireError(f"unsupported wire type {kind}")
+    return out
+
+
+@dataclass
+class Routing:
+    """The fields of a ModelInferRequest the gateway routes by."""
+
+    model_name: str = ""
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def _parameter_text(data: memoryview) -> str:
+    """An InferParameter's value as text (the sticky key may be a string or a number)."""
+    for number, _, value in fields(data):
+        if number == STRING_PARAM and isinstance(value, memoryview):
+            return bytes(value).decode(errors="replace")
+        if number in (INT64_PARAM, UINT64_PARAM, BOOL_PARAM) and isinstance(value, int):
+            if number == INT64_PARAM and value >= 1 << 63:
+                value -= 1 << 64
+            return str(value)
+    return ""
+
+
+def routing(data: bytes) -> Routing:
+    found = Routing()
+    for number, _, value in fields(data):
+        if not isinstance(value, memoryview):
+            continue
+        if number == MODEL_NAME:
+            found.model_name = bytes(value).decode()
+        elif number == MODEL_VERSION:
+            found.model_version = bytes(value).decode()
+        elif number == ID:
+            found.id = bytes(value).decode()
+        elif number == PARAMETERS:
+            key, param = "", None
+            for entry_number, _, entry_value in fields(value):
+                if entry_number == 1 and isinstance(entry_value, memoryview):
+                    key = bytes(entry_value).decode()
+                elif entry_number == 2 and isinstance(entry_value, memoryview):
+                    param = entry_value
+            if param is not None:
+                found.parameters[key] = _parameter_text(param)
+    return found
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def with_version(data: bytes, version: int) -> bytes:
+    """The request with model_version set (appended; the last value wins)."""
+    return data + length_delimited(MODEL_VERSION, str(version).encode())
+
+
+def with_string_parameter(data: bytes, key: str, value: str) -> bytes:
+    """The request with one more `parameters` entry (a string)."""
+    param = length_delimited(STRING_PARAM, value.encode())
+    entry = length_delimited(1, key.encode()) + length_delimited(2, param)
+    return data + length_delimited(PARAMETERS, entry)
+
+
+@dataclass
+class StreamReply:
+    """A worker's ModelStreamInferResponse, split without decoding the response."""
+
+    error: str
+    response: memoryview
+    model_version: str
+    status: int  # the worker's gRPC status code for an error (liveml_status), else 0
+
+
+def stream_reply(data: bytes) -> StreamReply:
+    error, response = "", memoryview(b"")
+    for number, _, value in fields(data):
+        if number == ERROR_MESSAGE and isinstance(value, memoryview):
+            error = bytes(value).decode(errors="replace")
+        elif number == INFER_RESPONSE and isinstance(value, memoryview):
+            response = value
+    version, status = "", 0
+    if response.nbytes:
+        parsed = routing(bytes(response)) if error else None
+        for number, _, value in fields(response):
+            if number == MODEL_VERSION and isinstance(value, memoryview):
+                version = bytes(value).decode()
+                break
+        if parsed is not None and parsed.parameters.get("liveml_status", "").isdigit():
+            status = int(parsed.parameters["liveml_status"])
+    return StreamReply(error, response, version, status)

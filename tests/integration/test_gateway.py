@@ -1,0 +1,216 @@
+"""The gateway in front of real workers and a real registry (all processes on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc import aio
+
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from tests.helpers import models
+from tests.helpers.cluster import Cluster, cluster, infer_request
+from tests.helpers.wait import async_wait_until
+
+
+async def two_versions(root: Path, c: Cluster, workers: int = 1) -> int:
+    """Model `lin` with v1 and v2 READY on `workers` workers; returns a gateway port."""
+    await c.create_model("lin")
+    await c.push("lin", models.linear(root / "v1.onnx", seed=1))
+    await c.push("lin", models.linear(root / "v2.onnx", seed=2))
+    await c.route("lin", (1, 90), (2, 10), pinned=[1, 2])
+    for i in range(workers):
+        c.start_worker(f"w{i}")
+    for i in range(workers):
+        for v in (1, 2):
+            await c.wait_state(f"w{i}", "lin", v, "READY")
+    port = c.start_gateway()
+    await wait_routable(port, "lin", workers)
+    return port
+
+
+async def wait_routable(port: int, model: str, workers: int = 1) -> None:
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def ready() -> bool:
+            index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+            return len([m for m in index.models if m.name == model]) >= 2
+
+        await async_wait_until(ready, 30, "gateway to see READY versions")
+
+
+async def stream_versions(port: int, requests: list[pb.ModelInferRequest]) -> list[str]:
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+
+        async def send() -> None:
+            for request in requests:
+                await call.write(request)
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        versions = []
+        async for response in call:
+            assert not response.error_message, response.error_message
+            versions.append(response.infer_response.model_version)
+        await sender
+    return versions
+
+
+async def test_canary_split_and_sticky_keys(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        port = await two_versions(tmp_path, c)
+        x = np.ones((1, 4), np.float32)
+        plain = await stream_versions(
+            port, [infer_request("lin", x, f"r{i}") for i in range(10_000)]
+        )
+        share = Counter(plain)["2"] / len(plain)
+        assert 0.085 <= share <= 0.115, f"canary share {share:.3f}"
+
+        keyed = []
+        for key in range(2000):
+            for n in range(20):
+                request = infer_request("lin", x, f"k{key}-{n}")
+                request.parameters["user"].string_param = f"user-{key}"
+                keyed.append(request)
+        await c.route("lin", (1, 90), (2, 10), pinned=[1, 2], sticky_key="user")
+        await wait_routable(port, "lin")
+        await async_wait_until(lambda: _sticky_applied(port), 30, "sticky key in the table")
+        versions = await stream_versions(port, keyed)
+        per_key: dict[int, set[str]] = {}
+        for i, version in enumerate(versions):
+            per_key.setdefault(i // 20, set()).add(version)
+        assert all(len(v) == 1 for v in per_key.values()), "a key changed sides"
+        canary_keys = sum(1 for v in per_key.values() if v == {"2"}) / len(per_key)
+        assert 0.08 <= canary_keys <= 0.12, f"share of keys on the canary {canary_keys:.3f}"
+
+
+async def _sticky_applied(port: int) -> bool:
+    """Two requests with one key land on one side (cheap check that the new table is live)."""
+    request = infer_request("lin", np.ones((1, 4), np.float32), "probe")
+    request.parameters["user"].string_param = "user-1"
+    versions = await stream_versions(port, [request] * 30)
+    return len(set(versions)) == 1
+
+
+async def test_pinning_and_its_errors(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        port = await two_versions(tmp_path, c)
+        await c.route("lin", (2, 100), pinned=[1])
+        x = np.ones((1, 4), np.float32)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def only_v2() -> bool:
+                reply = await stub.ModelInfer(infer_request("lin", x))
+                return reply.model_version == "2"
+
+            await async_wait_until(only_v2, 30, "rollout 100% v2")
+            pinned = await stub.ModelInfer(infer_request("lin", x, "p", version="1"))
+            assert pinned.model_version == "1" and pinned.id == "p"
+            for version, code, message in [
+                ("7", grpc.StatusCode.NOT_FOUND, "'lin' version 7 is not found"),
+                ("abc", grpc.StatusCode.INVALID_ARGUMENT, "positive integer"),
+            ]:
+                with pytest.raises(aio.AioRpcError) as err:
+                    await stub.ModelInfer(infer_request("lin", x, version=version))
+                assert err.value.code() == code and message in str(err.value.details())
+            with pytest.raises(aio.AioRpcError) as err:
+                await stub.ModelInfer(infer_request("nope", x))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # Bad input is the worker's verdict, passed through with its status.
+            with pytest.raises(aio.AioRpcError) as err:
+                await stub.ModelInfer(infer_request("lin", np.ones((1, 5), np.float32)))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "expected shape [-1, 4]" in str(err.value.details())
+            meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="lin"))
+            assert meta.versions == ["2"] and meta.inputs[0].name == "x"
+
+
+async def test_feedback_is_joined_to_the_answering_version(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        port = await two_versions(tmp_path, c)
+        x = np.ones((1, 4), np.float32)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                infer_request("lin", x, "req-7")
+            )
+            scores = np.frombuffer(reply.raw_output_contents[0], np.float32)
+            feedback = gpb_grpc.GatewayServiceStub(channel)
+            answer = await feedback.SubmitFeedback(
+                gpb.SubmitFeedbackRequest(
+                    model_name="lin",
+                    request_id="req-7",
+                    ground_truth=gpb.Label(class_index=int(scores.argmax())),
+                )
+            )
+            assert answer.matched and answer.correct and answer.model_version == reply.model_version
+            again = await feedback.SubmitFeedback(
+                gpb.SubmitFeedbackRequest(
+                    model_name="lin", request_id="unknown", ground_truth=gpb.Label(class_index=0)
+                )
+            )
+            assert not again.matched
+            with pytest.raises(aio.AioRpcError) as err:
+                await feedback.SubmitFeedback(
+                    gpb.SubmitFeedbackRequest(model_name="lin", request_id="x")
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            ingested = await feedback.IngestExamples(
+                gpb.IngestExamplesRequest(
+                    model_name="lin",
+                    examples=[gpb.Example(features=[1, 2], label=gpb.Label(number=1))] * 3,
+                )
+            )
+            assert ingested.accepted == 3
+
+
+async def test_sigkill_of_a_worker_under_load_fails_nothing(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        port = await two_versions(tmp_path, c, workers=2)
+        await c.route("lin", (1, 100), pinned=[2])
+        from tests.helpers.cluster import Load
+
+        load = Load(f"127.0.0.1:{port}", "lin", clients=16)
+        load.start()
+        await async_wait_until(lambda: len(load.answers) > 300, 30, "traffic through both workers")
+        victim, _ = c.workers["w0"]
+        victim.popen.kill()  # SIGKILL: no goodbye to the registry or the gateway
+        served = len(load.answers)
+        await async_wait_until(
+            lambda: len(load.answers) > served + 1000, 60, "traffic after the kill"
+        )
+        await load.stop()
+    assert load.failures == []
+
+
+async def test_registry_outage_fails_nothing_and_later_changes_apply(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        port = await two_versions(tmp_path, c)
+        await c.route("lin", (1, 100), pinned=[2])
+        from tests.helpers.cluster import Load
+
+        load = Load(f"127.0.0.1:{port}", "lin", clients=16)
+        load.start()
+        await async_wait_until(lambda: len(load.answers) > 200, 30, "traffic")
+        stopped_at = len(load.answers)
+        c.registry.popen.kill()
+        c.registry.popen.wait()
+        await asyncio.sleep(10)  # the outage itself, under load (noqa: sleep-ok)
+        outage_end = len(load.answers)
+        assert outage_end > stopped_at + 1000, "the data plane kept serving"
+        c.restart_registry()
+        await c.route("lin", (2, 100), pinned=[1])
+        await async_wait_until(
+            lambda: any(v == "2" for _, v in load.answers[outage_end:]), 60, "the new rollout"
+        )
+        await load.stop()
+    assert load.failures == []
