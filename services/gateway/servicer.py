@@ -19,7 +19,9 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from opentelemetry import propagate
 
+from services.common import telemetry
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -36,6 +38,7 @@ SERVICE = "inference.GRPCInferenceService"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
+TRACEPARENT = "traceparent"
 
 
 class Router:
@@ -104,6 +107,12 @@ class Router:
         if choice.redistributed:
             metrics.REDISTRIBUTED.labels(routing.model_name).inc()
         request = data if routing.model_version else wire.with_version(data, choice.version)
+        if telemetry.tracing_enabled():
+            # The worker stream is shared, so the trace context travels in the request.
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            if "traceparent" in carrier:
+                request = wire.with_string_parameter(request, TRACEPARENT, carrier["traceparent"])
         started = time.perf_counter()
         label = (routing.model_name, str(choice.version), "primary")
         metrics.IN_FLIGHT.inc()

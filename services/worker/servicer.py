@@ -9,7 +9,9 @@ from importlib.metadata import version as dist_version
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 
+from services.common import telemetry
 from services.common.errors import NotFound, ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -54,6 +56,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.ready = True
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        if telemetry.tracing_enabled() and "traceparent" in request.parameters:
+            # A gateway's request on a shared stream carries its own trace context.
+            parent = propagate.extract(
+                {"traceparent": request.parameters["traceparent"].string_param}
+            )
+            with trace.get_tracer("liveml").start_as_current_span(
+                "liveml.worker.infer", context=parent
+            ):
+                return await self._infer(request)
+        return await self._infer(request)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         held = self.repository.resolve(request.model_name, request.model_version)
         runtime = held.runtime
         assert runtime is not None

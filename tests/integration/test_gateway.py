@@ -214,3 +214,67 @@ async def test_registry_outage_fails_nothing_and_later_changes_apply(tmp_path: P
         )
         await load.stop()
     assert load.failures == []
+
+
+async def test_failing_and_slow_mirrors_never_touch_the_primary(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+    from tests.helpers.cluster import Load
+
+    async with cluster(tmp_path) as c:
+        await c.create_model("lin")
+        await c.push("lin", models.linear(tmp_path / "v1.onnx", seed=1))
+        await c.push("lin", models.warmup_crash(tmp_path / "v2.onnx"))  # never READY: fails
+        await c.push("lin", models.mlp(tmp_path / "v3.onnx", n_in=4, hidden=2048, n_out=3))  # slow
+        await c.route("lin", (1, 100), mirrors=[rpb_target(2, 100), rpb_target(3, 100)])
+        c.start_worker("w0")
+        await c.wait_state("w0", "lin", 1, "READY")
+        await c.wait_state("w0", "lin", 3, "READY")
+        await c.wait_state("w0", "lin", 2, "FAILED")
+        metrics_port = free_port()
+        port = c.start_gateway("--shadow-queue", "4", "--metrics-port", str(metrics_port))
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def routable() -> bool:
+                try:
+                    await stub.ModelInfer(infer_request("lin", np.ones((1, 4), np.float32)))
+                    return True
+                except aio.AioRpcError:
+                    return False
+
+            await async_wait_until(routable, 30, "gateway routing")
+        load = Load(f"127.0.0.1:{port}", "lin", clients=16)
+        load.start()
+        await async_wait_until(lambda: len(load.answers) > 2000, 60, "primary traffic")
+        await load.stop()
+        text = await asyncio.to_thread(_scrape, metrics_port)
+    assert load.failures == []
+    assert {v for _, v in load.answers} == {"1"}
+
+    def total(metric: str, **labels: str) -> float:
+        found = 0.0
+        for line in text.splitlines():
+            if line.startswith(metric + "{") and all(
+                f'{k}="{v}"' in line for k, v in labels.items()
+            ):
+                found += float(line.rsplit(" ", 1)[1])
+        return found
+
+    assert total("liveml_gateway_requests_total", version="2", role="shadow", status="ERROR") > 0
+    assert total("liveml_gateway_shadow_dropped_total", version="3") > 0  # slow mirror: dropped
+    assert (
+        total("liveml_gateway_shadow_compared_total", version="3") > 0
+    )  # and compared when it kept up
+    assert total("liveml_gateway_requests_total", version="1", role="primary", status="OK") > 2000
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def rpb_target(version: int, percent: int) -> object:
+    from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+
+    return rpb.TrafficTarget(version=version, percent=percent)

@@ -1,0 +1,257 @@
+"""Benchmark: requests through the gateway vs straight to one worker vs KServe direct.
+
+One command (`make bench-gateway`). A registry, one worker and the gateway run as
+processes; the gateway and the worker are pinned together to core 0 (a whole extra
+Python hop on the same core), h2load runs on core 1. Measured in one run: unary
+and streaming at 1 and 32 in flight through the gateway and straight to the
+worker, KServe's ModelServer direct, and the primary's latency through the gateway
+with a 20x slower mirror and with a failing mirror. Results go to
+bench/out/gateway.md (copied into bench/RESULTS.md with the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from grpc import aio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.h2bench import SERVER_CORE, Result, free_port, mlp_request
+from bench.worker import KSERVE_VENV, ensure_kserve, key, measure, start
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from tests.helpers.models import mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+LIVEML = str(ROOT / ".venv" / "bin" / "liveml")
+MODES = [(False, 1), (False, 32), (True, 1), (True, 32)]
+
+
+async def publish(port: int, token: str, files: list[Path]) -> list[rpb.Version]:
+    md = (("authorization", f"Bearer {token}"),)
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
+        await stub.CreateModel(rpb.CreateModelRequest(model_id="mlp"), metadata=md)
+        versions = []
+        for path in files:
+            data = path.read_bytes()
+
+            async def parts(data: bytes = data) -> object:
+                yield rpb.CreateVersionRequest(
+                    metadata=rpb.CreateVersionRequest.Metadata(
+                        parent="models/mlp",
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        size_bytes=len(data),
+                    )
+                )
+                yield rpb.CreateVersionRequest(chunk=data)
+
+            versions.append((await stub.CreateVersion(parts(), metadata=md)).version)
+        return versions
+
+
+async def route(port: int, token: str, mirrors: list[int]) -> None:
+    md = (("authorization", f"Bearer {token}"),)
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        rollout = rpb.Rollout(
+            name="models/mlp/rollout",
+            targets=[rpb.TrafficTarget(version=1, percent=100)],
+            mirrors=[rpb.TrafficTarget(version=m, percent=100) for m in mirrors],
+            pinned=[2, 3],
+        )
+        await rpb_grpc.RegistryServiceStub(channel).UpdateRollout(
+            rpb.UpdateRolloutRequest(rollout=rollout), metadata=md
+        )
+
+
+async def wait_serving(port: int) -> None:
+    from bench.h2bench import check_with_client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await check_with_client(port, mlp_request(), expect_model_version="1")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="liveml-bench-"))
+    files = [
+        mlp(work / "v1.onnx", 64, 256, 10),
+        mlp(work / "v2.onnx", 64, 2048, 10, seed=1),  # the slow mirror
+        mlp(work / "v3.onnx", 64, 256, 10, seed=2),  # the failing mirror (corrupted below)
+    ]
+    reg_port = free_port()
+    env = {
+        "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/r.db",
+        "LIVEML_ARTIFACT_DIR": str(work / "a"),
+        "LIVEML_ADMIN_TOKEN_FILE": str(work / "admin.token"),
+        "LIVEML_LOG_LEVEL": "WARNING",
+    }
+    procs = [
+        start(
+            [LIVEML, "registry", "serve", "--port", str(reg_port), "--metrics-port", "-1"],
+            reg_port,
+            env,
+        )
+    ]
+    rows: dict[str, dict[str, Result]] = {}
+    try:
+        token = (work / "admin.token").read_text().strip()
+        versions = asyncio.run(publish(reg_port, token, files))
+        blob = next((work / "a" / "blobs").rglob(versions[2].artifact.sha256))
+        blob.write_bytes(blob.read_bytes()[:-8] + b"corrupt!")
+        asyncio.run(route(reg_port, token, []))
+        common = [
+            "--registry",
+            f"127.0.0.1:{reg_port}",
+            "--registry-token",
+            token,
+            "--metrics-port",
+            "-1",
+            "--log-level",
+            "WARNING",
+        ]
+        worker_port, gateway_port = free_port(), free_port()
+        procs.append(
+            start(
+                [
+                    LIVEML,
+                    "worker",
+                    "serve",
+                    "--port",
+                    str(worker_port),
+                    "--run-threads",
+                    "1",
+                    "--cache-dir",
+                    str(work / "cache"),
+                    *common,
+                ],
+                worker_port,
+            )
+        )
+        procs.append(
+            start([LIVEML, "gateway", "serve", "--port", str(gateway_port), *common], gateway_port)
+        )
+        asyncio.run(wait_serving(gateway_port))
+        print("straight to the worker / through the gateway ...", flush=True)
+        rows["worker direct"] = {key(s, m): measure(worker_port, 64, s, m) for s, m in MODES}
+        rows["through gateway"] = {key(s, m): measure(gateway_port, 64, s, m) for s, m in MODES}
+        print("mirrors ...", flush=True)
+        asyncio.run(route(reg_port, token, [2]))
+        time.sleep(3)  # let the mirror load and the gateway see it (benchmark, not a test)
+        rows["gateway, 20x slower mirror"] = {key(False, 1): measure(gateway_port, 64, False, 1)}
+        asyncio.run(route(reg_port, token, [3]))
+        time.sleep(3)
+        rows["gateway, failing mirror"] = {key(False, 1): measure(gateway_port, 64, False, 1)}
+        kserve = ensure_kserve() if KSERVE_VENV else None
+        if kserve is not None:
+            print("KServe ModelServer ...", flush=True)
+            port, http = free_port(), free_port()
+            proc = start(
+                [
+                    str(kserve),
+                    str(ROOT / "bench" / "kserve_server.py"),
+                    str(files[0]),
+                    str(port),
+                    str(http),
+                ],
+                port,
+            )
+            try:
+                rows["KServe direct"] = {
+                    key(False, m): measure(port, 64, False, m) for m in (1, 32)
+                }
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    report(rows)
+    return 0
+
+
+def report(rows: dict[str, dict[str, Result]]) -> None:
+    def get(name: str, k: str) -> Result | None:
+        return rows.get(name, {}).get(k)
+
+    def rate(name: str, k: str) -> float:
+        r = get(name, k)
+        return r.rate if r else float("nan")
+
+    lines = ["| path | mode | in flight | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    for name, results in rows.items():
+        for k, r in results.items():
+            mode, in_flight = k.split("@")
+            lines.append(
+                f"| {name} | {mode} | {in_flight} | {r.rate:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} |"
+            )
+    gw1, direct1 = get("through gateway", "unary@1"), get("worker direct", "unary@1")
+    base = gw1.p99_ms if gw1 else float("nan")
+    added = (gw1.p99_ms - direct1.p99_ms) if gw1 and direct1 else float("nan")
+    slow, failing = (
+        get("gateway, 20x slower mirror", "unary@1"),
+        get("gateway, failing mirror", "unary@1"),
+    )
+    goals = [
+        (
+            "gateway unary@32 / KServe direct unary@32",
+            rate("through gateway", "unary@32") / rate("KServe direct", "unary@32"),
+            0.75,
+            True,
+        ),
+        (
+            "gateway stream@32 / KServe direct unary@32",
+            rate("through gateway", "stream@32") / rate("KServe direct", "unary@32"),
+            2.0,
+            True,
+        ),
+        ("p99 added by the gateway at 1 in flight (ms)", added, 0.5, False),
+        (
+            "primary p99 with a 20x slower mirror / without",
+            (slow.p99_ms / base) if slow else float("nan"),
+            1.2,
+            False,
+        ),
+        (
+            "primary p99 with a failing mirror / without",
+            (failing.p99_ms / base) if failing else float("nan"),
+            1.2,
+            False,
+        ),
+    ]
+    lines += ["", "| ratio (same run) | measured | goal |", "|---|---|---|"]
+    for label, value, goal, at_least in goals:
+        ok = value >= goal if at_least else value <= goal
+        lines.append(
+            f"| {label} | {value:.2f} | {'≥' if at_least else '≤'} {goal:g} {'✓' if ok else '✗'} |"
+        )
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; grpcio {version('grpcio')}, "
+        f"onnxruntime {version('onnxruntime')}; gateway and worker on core {SERVER_CORE}, h2load on the other"
+    )
+    text = machine + "\n\n" + "\n".join(lines)
+    print()
+    print(text)
+    (OUT / "gateway.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
