@@ -181,7 +181,7 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
     finally:
-        for proc in procs:
+        for proc in reversed(procs):  # gateway, worker, then the registry they talk to
             proc.terminate()
             proc.wait(30)
     report(rows)

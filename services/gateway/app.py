@@ -40,6 +40,7 @@ class Gateway:
     settings: GatewaySettings
     running: server.RunningServer
     router: Router
+    front: InferenceFront
     watcher: RegistryWatcher
     channels: list[aio.Channel]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -53,6 +54,7 @@ class Gateway:
         return self.router.table()
 
     async def halt(self) -> None:
+        self.front.close_streams()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -120,7 +122,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         return SERVICES
 
     running = await server.start_server("gateway", settings, register)
-    gateway = Gateway(settings, running, router, watcher, [registry_channel])
+    gateway = Gateway(settings, running, router, front, watcher, [registry_channel])
     gateway.tasks.append(asyncio.create_task(watcher.run(), name="registry-watch"))
     return gateway
 

@@ -154,6 +154,12 @@ class InferenceFront:
 
     def __init__(self, router: Router) -> None:
         self.router = router
+        self._readers: set[asyncio.Future[None]] = set()
+
+    def close_streams(self) -> None:
+        """Shutting down: stop reading client streams; answered requests still go out."""
+        for reader in self._readers:
+            reader.cancel()
 
     async def model_infer(self, data: bytes, context: Ctx) -> bytes:
         try:
@@ -195,10 +201,13 @@ class InferenceFront:
                 await pending.put(None)
 
         reader = asyncio.ensure_future(read())
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
         try:
             while (task := await pending.get()) is not None:
                 yield await task
-            await reader
+            if not reader.cancelled():
+                await reader
         finally:
             reader.cancel()
 

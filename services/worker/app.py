@@ -28,6 +28,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 class Worker:
     settings: WorkerSettings
     repository: Repository
+    servicer: InferenceServicer
     running: server.RunningServer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stoppers: list[object] = field(default_factory=list)
@@ -38,6 +39,7 @@ class Worker:
 
     async def halt(self) -> None:
         """Stop background work (before the server stops accepting calls)."""
+        self.servicer.close_streams()
         for stopper in self.stoppers:
             await stopper.stop()  # type: ignore[attr-defined]
         for task in self.tasks:
@@ -66,7 +68,7 @@ async def start(settings: WorkerSettings) -> Worker:
         return [SERVICE_NAME]
 
     running = await server.start_server("worker", settings, register)
-    worker = Worker(settings, repository, running)
+    worker = Worker(settings, repository, servicer, running)
     if settings.model_dir is not None:
         watcher = FolderWatcher(settings.model_dir, repository, default, settings.drain_grace)
         await watcher.sync()

@@ -54,6 +54,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repository = repository
         self.name = name
         self.ready = True
+        self._readers: set[asyncio.Future[None]] = set()
+
+    def close_streams(self) -> None:
+        """Shutting down: stop reading streams; their answered requests still go out.
+
+        A gateway sees the stream end and sends what it had not been answered to
+        another worker, so long-lived streams do not hold the shutdown open.
+        """
+        self.ready = False
+        for reader in self._readers:
+            reader.cancel()
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         if telemetry.tracing_enabled() and "traceparent" in request.parameters:
@@ -110,10 +121,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await pending.put(None)
 
         reader = asyncio.ensure_future(read())
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
         try:
             while (task := await pending.get()) is not None:
                 yield await task
-            await reader  # surfaces a broken request stream
+            if not reader.cancelled():
+                await reader  # surfaces a broken request stream
         finally:
             reader.cancel()
             while not pending.empty():
