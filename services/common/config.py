@@ -51,6 +51,22 @@ class ServerSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
 
 
+class RegistryClientSettings(BaseSettings):
+    """How a data-plane service reaches the registry (workers and gateways)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    registry_token: SecretStr | None = Field(
+        None, description="Token (role worker) for the registry."
+    )
+    registry_token_file: Path | None = Field(None, description="File holding --registry-token.")
+    registry_ca: Path | None = Field(None, description="CA bundle to verify the registry's TLS.")
+    registry_cert: Path | None = Field(
+        None, description="Client certificate for mTLS to the registry."
+    )
+    registry_key: Path | None = Field(None, description="Key of --registry-cert.")
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 

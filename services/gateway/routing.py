@@ -14,6 +14,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from services.common import weights
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture
@@ -103,13 +104,8 @@ class RoutingTable:
         redistributed = len(live) < len([t for t in route.targets if t[1] > 0])
         if len(live) == 1:
             return Choice(live[0][0], redistributed)
-        total = sum(p for _, p in live)
-        point = (bucket(sticky) if sticky else random.random() * 100) * total / 100
-        for number, percent in live:
-            point -= percent
-            if point < 0:
-                return Choice(number, redistributed)
-        return Choice(live[-1][0], redistributed)
+        point = bucket(sticky) if sticky else random.random() * 100
+        return Choice(weights.pick(live, point), redistributed)
 
     def workers(self, model: str, version: int) -> tuple[str, ...]:
         route = self.models.get(model)

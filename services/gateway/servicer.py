@@ -27,6 +27,7 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from services.common.streams import OrderedStreams
 from services.gateway import metrics, wire
 from services.gateway.feedback import FeedbackBook
 from services.gateway.routing import RoutingTable
@@ -154,12 +155,11 @@ class InferenceFront:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._readers: set[asyncio.Future[None]] = set()
+        self.streams = OrderedStreams(STREAM_WINDOW)
 
     def close_streams(self) -> None:
         """Shutting down: stop reading client streams; answered requests still go out."""
-        for reader in self._readers:
-            reader.cancel()
+        self.streams.close()
 
     async def model_infer(self, data: bytes, context: Ctx) -> bytes:
         try:
@@ -173,7 +173,6 @@ class InferenceFront:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> AsyncIterator[bytes]:
-        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
         metadata = context.invocation_metadata()
 
         async def answer(data: bytes) -> bytes:
@@ -193,23 +192,8 @@ class InferenceFront:
                 wire.INFER_RESPONSE, reply + wire.length_delimited(wire.PARAMETERS, final)
             )
 
-        async def read() -> None:
-            try:
-                async for data in requests:
-                    await pending.put(asyncio.ensure_future(answer(data)))
-            finally:
-                await pending.put(None)
-
-        reader = asyncio.ensure_future(read())
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
-        try:
-            while (task := await pending.get()) is not None:
-                yield await task
-            if not reader.cancelled():
-                await reader
-        finally:
-            reader.cancel()
+        async for response in self.streams.serve(requests, answer):
+            yield response
 
 
 class ControlFront:

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from services.common.config import ServerSettings
+from services.common.config import RegistryClientSettings, ServerSettings
 
 
-class GatewaySettings(ServerSettings):
+class GatewaySettings(ServerSettings, RegistryClientSettings):
     port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9100, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
     )
     registry: str = Field("127.0.0.1:50051", description="The registry's host:port.")
-    registry_token: SecretStr | None = Field(
-        None, description="Token (role worker) for the registry."
-    )
-    registry_token_file: Path | None = Field(None, description="File holding --registry-token.")
-    registry_ca: Path | None = Field(None, description="CA bundle to verify the registry's TLS.")
-    registry_cert: Path | None = Field(
-        None, description="Client certificate for mTLS to the registry."
-    )
-    registry_key: Path | None = Field(None, description="Key of --registry-cert.")
     worker_ca: Path | None = Field(None, description="CA bundle to verify workers' TLS.")
     worker_cert: Path | None = Field(None, description="Client certificate for mTLS to workers.")
     worker_key: Path | None = Field(None, description="Key of --worker-cert.")

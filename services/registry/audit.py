@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.db import AuditRow, Meta
-from services.registry.store import GENESIS_HASH, audit_hash
+from services.registry.store import GENESIS_HASH, audit_hash, page
 
 
 def event_proto(row: AuditRow) -> rpb.AuditEvent:
@@ -37,14 +37,12 @@ async def list_events(
         query = query.where(AuditRow.target == target)
     if page_token:
         query = query.where(AuditRow.sequence < int(names.decode_page(page_token)))
-    rows = (
-        (await session.execute(query.order_by(AuditRow.sequence.desc()).limit(size + 1)))
-        .scalars()
-        .all()
-    )
-    more = len(rows) > size
-    rows = rows[:size]
-    return [event_proto(r) for r in rows], names.encode_page(rows[-1].sequence) if more else ""
+    rows, token = await page(session, query.order_by(AuditRow.sequence.desc()), size, _sequence)
+    return [event_proto(r) for r in rows], token
+
+
+def _sequence(row: AuditRow) -> int:
+    return row.sequence
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.db import ModelRow, RolloutRow, VersionRow
-from services.registry.store import Tx, now_us
+from services.registry.store import Tx, now_us, page
 
 MODEL_MUTABLE = {"description", "labels"}
 VERSION_MUTABLE = {"description", "tags", "metrics", "stage", "reference_statistics"}
@@ -205,14 +205,9 @@ async def list_versions(
     query = select(VersionRow).where(VersionRow.model_id == model.id)
     if page_token:
         query = query.where(VersionRow.number < int(names.decode_page(page_token)))
-    rows = (
-        (await session.execute(query.order_by(VersionRow.number.desc()).limit(size + 1)))
-        .scalars()
-        .all()
+    rows, token = await page(
+        session, query.order_by(VersionRow.number.desc()), size, lambda r: int(r.number)
     )
-    more = len(rows) > size
-    rows = rows[:size]
-    token = names.encode_page(rows[-1].number) if more else ""
     return [version_proto(r) for r in rows], token
 
 

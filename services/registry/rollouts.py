@@ -10,7 +10,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.catalog import model_row
 from services.registry.db import ModelRow, RolloutHistoryRow, RolloutRow, VersionRow
-from services.registry.store import Tx, now_us
+from services.registry.store import Tx, now_us, page
 
 
 def empty(model_id: str) -> rpb.Rollout:
@@ -125,14 +125,9 @@ async def history(
     query = select(RolloutHistoryRow).where(RolloutHistoryRow.model_id == model.id)
     if page_token:
         query = query.where(RolloutHistoryRow.id < int(names.decode_page(page_token)))
-    rows = (
-        (await session.execute(query.order_by(RolloutHistoryRow.id.desc()).limit(size + 1)))
-        .scalars()
-        .all()
+    rows, token = await page(
+        session, query.order_by(RolloutHistoryRow.id.desc()), size, lambda r: int(r.id)
     )
-    more = len(rows) > size
-    rows = rows[:size]
-    token = names.encode_page(rows[-1].id) if more else ""
     return [rpb.Rollout.FromString(r.proto) for r in rows], token
 
 

@@ -17,7 +17,7 @@ from services.registry import audit, catalog, names, rollouts, security, workers
 from services.registry.artifacts import CHUNK, ArtifactStore
 from services.registry.db import ModelRow, TokenRow
 from services.registry.settings import RegistrySettings
-from services.registry.store import Store
+from services.registry.store import Store, page
 from services.registry.watch import Feed
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
@@ -58,16 +58,9 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         if request.page_token:
             query = query.where(ModelRow.name > names.decode_page(request.page_token))
         async with self.store.read() as session:
-            rows = (
-                (await session.execute(query.order_by(ModelRow.name).limit(size + 1)))
-                .scalars()
-                .all()
-            )
-        more = len(rows) > size
-        rows = rows[:size]
+            rows, token = await page(session, query.order_by(ModelRow.name), size, lambda r: r.name)
         return rpb.ListModelsResponse(
-            models=[catalog.model_proto(r) for r in rows],
-            next_page_token=names.encode_page(rows[-1].name) if more else "",
+            models=[catalog.model_proto(r) for r in rows], next_page_token=token
         )
 
     @abort_on_error

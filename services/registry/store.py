@@ -24,7 +24,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from google.protobuf.message import Message
-from sqlalchemy import delete, event, select, text, update
+from sqlalchemy import Select, delete, event, select, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry.db import AuditRow, ChangeRow, Meta
+from services.registry.names import encode_page
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,17 @@ NOTIFY_CHANNEL = "liveml_changes"
 # Any fixed number: the advisory lock that keeps concurrent registries from migrating at once.
 _MIGRATION_LOCK = 7_341_001
 GENESIS_HASH = "0" * 64
+
+
+async def page(
+    session: AsyncSession, query: Select[Any], size: int, key: Callable[[Any], str | int]
+) -> tuple[list[Any], str]:
+    """One page of `query` (already ordered and filtered past the previous page's key):
+    its rows, and the token of the next page ("" when this is the last)."""
+    rows = list((await session.execute(query.limit(size + 1))).scalars().all())
+    more = len(rows) > size
+    rows = rows[:size]
+    return rows, encode_page(key(rows[-1])) if more else ""
 
 
 def now_us() -> int:

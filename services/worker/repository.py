@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from services.common import telemetry
+from services.common import telemetry, weights
 from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from services.worker.batcher import Batcher, Timing, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
@@ -117,14 +117,7 @@ class Repository:
     def default(self, model: str, versions: dict[int, Held]) -> Held:
         ready = [(n, p) for n, p in self.targets.get(model, ()) if p > 0 and _ready(versions, n)]
         if ready:
-            if len(ready) == 1:
-                return versions[ready[0][0]]
-            pick = random.uniform(0, sum(p for _, p in ready))
-            for number, percent in ready:
-                pick -= percent
-                if pick <= 0:
-                    return versions[number]
-            return versions[ready[-1][0]]
+            return versions[weights.pick(ready, random.random() * 100)]
         for number in sorted(versions, reverse=True):
             if versions[number].state is State.READY:
                 return versions[number]

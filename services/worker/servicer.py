@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from importlib.metadata import version as dist_version
 from typing import Any
@@ -16,6 +14,7 @@ from services.common.errors import NotFound, ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
+from services.common.streams import OrderedStreams
 from services.worker import tensors
 from services.worker.repository import Held, Repository, State
 
@@ -54,7 +53,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repository = repository
         self.name = name
         self.ready = True
-        self._readers: set[asyncio.Future[None]] = set()
+        self.streams = OrderedStreams(STREAM_WINDOW)
 
     def close_streams(self) -> None:
         """Shutting down: stop reading streams; their answered requests still go out.
@@ -63,8 +62,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         another worker, so long-lived streams do not hold the shutdown open.
         """
         self.ready = False
-        for reader in self._readers:
-            reader.cancel()
+        self.streams.close()
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         if telemetry.tracing_enabled() and "traceparent" in request.parameters:
@@ -98,9 +96,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answers in request order; a failed request gets error_message, the stream goes on."""
-        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(
-            STREAM_WINDOW
-        )
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
@@ -113,29 +108,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters["triton_final_response"].bool_param = True
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await pending.put(asyncio.ensure_future(answer(request)))
-            finally:
-                await pending.put(None)
-
-        reader = asyncio.ensure_future(read())
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
-        try:
-            while (task := await pending.get()) is not None:
-                yield await task
-            if not reader.cancelled():
-                await reader  # surfaces a broken request stream
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        async for response in self.streams.serve(requests, answer):
+            yield response
 
     # --- health and metadata -------------------------------------------------------------------
 

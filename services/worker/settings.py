@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from services.common.config import ServerSettings
+from services.common.config import RegistryClientSettings, ServerSettings
 
 
-class WorkerSettings(ServerSettings):
+class WorkerSettings(ServerSettings, RegistryClientSettings):
     port: int = Field(9001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9101, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
@@ -18,15 +18,6 @@ class WorkerSettings(ServerSettings):
         None, description="Standalone mode: serve DIR/<model>/<version>/model.onnx (Triton layout)."
     )
     registry: str | None = Field(None, description="Registry mode: the registry's host:port.")
-    registry_token: SecretStr | None = Field(
-        None, description="Token (role worker) for the registry."
-    )
-    registry_token_file: Path | None = Field(None, description="File holding --registry-token.")
-    registry_ca: Path | None = Field(None, description="CA bundle to verify the registry's TLS.")
-    registry_cert: Path | None = Field(
-        None, description="Client certificate for mTLS to the registry."
-    )
-    registry_key: Path | None = Field(None, description="Key of --registry-cert.")
     worker_id: str | None = Field(None, description="Stable worker id (default: a random one).")
     advertise: str | None = Field(
         None, description="host:port gateways reach this worker at (default: --host:--port)."
