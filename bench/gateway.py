@@ -26,7 +26,7 @@ from grpc import aio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.h2bench import SERVER_CORE, Result, free_port, mlp_request
-from bench.worker import KSERVE_VENV, ensure_kserve, key, measure, start
+from bench.worker import key, kserve_rows, measure, start
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.helpers.models import mlp
@@ -159,27 +159,9 @@ def main() -> int:
         asyncio.run(route(reg_port, token, [3]))
         time.sleep(3)
         rows["gateway, failing mirror"] = {key(False, 1): measure(gateway_port, 64, False, 1)}
-        kserve = ensure_kserve() if KSERVE_VENV else None
-        if kserve is not None:
-            print("KServe ModelServer ...", flush=True)
-            port, http = free_port(), free_port()
-            proc = start(
-                [
-                    str(kserve),
-                    str(ROOT / "bench" / "kserve_server.py"),
-                    str(files[0]),
-                    str(port),
-                    str(http),
-                ],
-                port,
-            )
-            try:
-                rows["KServe direct"] = {
-                    key(False, m): measure(port, 64, False, m) for m in (1, 32)
-                }
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        kserve = kserve_rows(files[0])
+        if kserve:
+            rows["KServe direct"] = kserve
     finally:
         for proc in reversed(procs):  # gateway, worker, then the registry they talk to
             proc.terminate()

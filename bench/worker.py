@@ -74,6 +74,22 @@ def ensure_kserve() -> Path | None:
     return python
 
 
+def kserve_rows(model: Path) -> dict[str, Result]:
+    """KServe's ModelServer serving `model`, unary at 1 and 32 in flight ({} if unavailable)."""
+    kserve = ensure_kserve()
+    if kserve is None:
+        return {}
+    print("KServe ModelServer ...", flush=True)
+    port, http = free_port(), free_port()
+    server = ROOT / "bench" / "kserve_server.py"
+    proc = start([str(kserve), str(server), str(model), str(port), str(http)], port)
+    try:
+        return {key(False, m): measure(port, 64, False, m) for m in (1, 32)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def start(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         pinned(SERVER_CORE, args),
@@ -200,27 +216,9 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-    kserve = ensure_kserve()
-    if kserve is not None:
-        print("KServe ModelServer ...", flush=True)
-        port, http = free_port(), free_port()
-        proc = start(
-            [
-                str(kserve),
-                str(ROOT / "bench" / "kserve_server.py"),
-                str(light),
-                str(port),
-                str(http),
-            ],
-            port,
-        )
-        try:
-            rows["KServe ModelServer"] = {
-                key(False, m): measure(port, 64, False, m) for m in (1, 32)
-            }
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    kserve = kserve_rows(light)
+    if kserve:
+        rows["KServe ModelServer"] = kserve
     report(rows, floor)
     return 0
 
