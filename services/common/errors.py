@@ -17,9 +17,11 @@ import grpc
 class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code  # a status relayed from elsewhere (e.g. a worker's answer)
 
 
 class InvalidArgument(ServiceError):

@@ -30,7 +30,12 @@ def connect(
     key: Path | None = None,
     max_message_bytes: int = 256 * 1024 * 1024,
 ) -> tuple[aio.Channel, rpb_grpc.RegistryServiceStub]:
-    options = grpc_options(max_message_bytes)[:2]
+    options = [
+        *grpc_options(max_message_bytes)[:2],
+        # Find a registry that comes back quickly instead of backing off for minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     if ca is not None or cert is not None:
         channel = aio.secure_channel(address, tls.channel_credentials(ca, cert, key), options)
     else:

@@ -86,7 +86,9 @@ class Router:
                 metrics.RETRIES.labels(model).inc()
                 continue
             except TimeoutError:
-                raise ServiceError("deadline exceeded waiting for the worker") from None
+                raise ServiceError(
+                    "deadline exceeded waiting for the worker", grpc.StatusCode.DEADLINE_EXCEEDED
+                ) from None
             if reply.error and reply.status == UNAVAILABLE:
                 last = reply.error  # draining or not loaded there: another worker may have it
                 metrics.RETRIES.labels(model).inc()
@@ -129,9 +131,7 @@ class Router:
         if reply.error:
             code = CODES.get(reply.status, grpc.StatusCode.UNKNOWN)
             metrics.REQUESTS.labels(*label, code.name).inc()
-            error = ServiceError(reply.error)
-            error.code = code
-            raise error
+            raise ServiceError(reply.error, code)
         metrics.REQUESTS.labels(*label, "OK").inc()
         metrics.LATENCY.labels(*label).observe(time.perf_counter() - started)
         answer = bytes(reply.response)

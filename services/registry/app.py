@@ -90,7 +90,7 @@ async def start(settings: RegistrySettings) -> Registry:
     )
     artifacts = ArtifactStore(settings.artifact_dir, keys, settings.max_artifact_bytes)
     async with store.write("registry") as tx:
-        await workers.renew_all(tx)
+        await workers.renew_all(tx, settings.restart_grace_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
     servicer = RegistryServicer(settings, store, artifacts, feed)

@@ -41,6 +41,9 @@ class RegistrySettings(ServerSettings):
     )
     token_ttl: float = Field(30 * 86400, gt=0, description="Default token lifetime, seconds.")
     lease_seconds: float = Field(10.0, gt=0, description="Default worker lease, seconds.")
+    restart_grace_seconds: float = Field(
+        30.0, ge=0, description="Lease every known worker gets when the registry starts, seconds."
+    )
     watch_progress_seconds: float = Field(
         5.0, gt=0, description="Progress message interval of an idle watch, seconds."
     )

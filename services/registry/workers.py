@@ -101,11 +101,14 @@ async def live(session: AsyncSession) -> list[rpb.Worker]:
     return [rpb.Worker.FromString(r.proto) for r in rows]
 
 
-async def renew_all(tx: Tx) -> None:
-    """Give every worker a fresh lease: while no registry ran, none could renew one."""
+async def renew_all(tx: Tx, grace_seconds: float) -> None:
+    """Give every worker a fresh lease: while no registry ran, none could renew one, and
+    their clients may take a few reconnect attempts to find the registry again."""
     rows = (await tx.session.execute(select(WorkerRow))).scalars().all()
     for row in rows:
-        row.lease_expire_us = max(row.lease_expire_us, now_us() + row.lease_us)
+        row.lease_expire_us = max(
+            row.lease_expire_us, now_us() + max(row.lease_us, int(grace_seconds * 1e6))
+        )
 
 
 async def any_expired(session: AsyncSession) -> bool:
