@@ -184,12 +184,14 @@ class Repository:
     ) -> Held:
         """Open, check, warm up and publish a version; FAILED (with why) if any step fails."""
         held = self.held.setdefault(model, {}).get(version)
+        # While a failed version is retried, its last failure stays visible.
+        retrying = f"retrying; last failure: {held.error}" if held and held.error else ""
         if held is None or held.state in (State.FAILED, State.DRAINING):
             held = Held(model, version, batching=batching)
             self.held[model][version] = held
         elif held.state is State.READY:
             return held
-        self._set(held, State.LOADING)
+        self._set(held, State.LOADING, retrying)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
