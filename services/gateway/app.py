@@ -49,10 +49,6 @@ class Gateway:
     def port(self) -> int:
         return self.running.port
 
-    @property
-    def table(self) -> RoutingTable:
-        return self.router.table()
-
     async def halt(self) -> None:
         self.front.close_streams()
         for task in self.tasks:

@@ -13,6 +13,7 @@ from grpc import aio
 from services.common import server
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.worker.loader import RegistryLoader
 from services.worker.repository import Batching, Repository
 from services.worker.runtime import Threads
 from services.worker.servicer import InferenceServicer
@@ -31,7 +32,7 @@ class Worker:
     servicer: InferenceServicer
     running: server.RunningServer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    stoppers: list[object] = field(default_factory=list)
+    loader: RegistryLoader | None = None
 
     @property
     def port(self) -> int:
@@ -40,8 +41,8 @@ class Worker:
     async def halt(self) -> None:
         """Stop background work (before the server stops accepting calls)."""
         self.servicer.close_streams()
-        for stopper in self.stoppers:
-            await stopper.stop()  # type: ignore[attr-defined]
+        if self.loader is not None:
+            await self.loader.stop()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -74,11 +75,9 @@ async def start(settings: WorkerSettings) -> Worker:
         await watcher.sync()
         worker.tasks.append(asyncio.create_task(watcher.run(settings.scan_seconds)))
     else:
-        from services.worker.loader import RegistryLoader
-
         loader = RegistryLoader(settings, repository, default, running.port)
         await loader.start()
-        worker.stoppers.append(loader)
+        worker.loader = loader
     return worker
 
 

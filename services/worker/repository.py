@@ -10,7 +10,6 @@ READY version keeps answering, so a swap never leaves a gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import gc
 import logging
@@ -276,8 +275,6 @@ class Repository:
             if held.batcher is not None:
                 await held.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            gc.collect()
 
 
 def _spans(held: Held, t: Timing) -> None:

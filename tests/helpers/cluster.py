@@ -19,7 +19,7 @@ from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.conftest import free_port
-from tests.helpers.procs import Proc, python_module, restart, wait_port
+from tests.helpers.procs import Proc, python_module, registry_process, restart, wait_port
 from tests.helpers.registry import auth, stream, upload
 from tests.helpers.wait import async_wait_until
 
@@ -139,24 +139,7 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(root: Path, **registry_env: str) -> AsyncIterator[Cluster]:
-    port = free_port()
-    proc = python_module(
-        "services.cli.main",
-        {
-            "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{root}/registry.db",
-            "LIVEML_ARTIFACT_DIR": str(root / "artifacts"),
-            "LIVEML_ADMIN_TOKEN_FILE": str(root / "admin.token"),
-            "LIVEML_WATCH_POLL_SECONDS": "0.2",
-            **registry_env,
-        },
-        "registry",
-        "serve",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-    )
-    wait_port(port, proc)
+    proc, port = registry_process(root, LIVEML_WATCH_POLL_SECONDS="0.2", **registry_env)
     admin = (root / "admin.token").read_text().strip()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     stub = rpb_grpc.RegistryServiceStub(channel)

@@ -76,3 +76,29 @@ def wait_port(port: int, proc: Proc | None = None, timeout: float = 30.0) -> Non
         return port_open("127.0.0.1", port)
 
     wait_until(ready, timeout, f"port {port}")
+
+
+def registry_process(root: Path, *flags: str, **env: str) -> tuple[Proc, int]:
+    """`liveml registry serve` on a free port: SQLite, artifacts and admin token under `root`
+    unless `env` says otherwise (LIVEML_* variables)."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = python_module(
+        "services.cli.main",
+        {
+            "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{root}/registry.db",
+            "LIVEML_ARTIFACT_DIR": str(root / "artifacts"),
+            "LIVEML_ADMIN_TOKEN_FILE": str(root / "admin.token"),
+            **env,
+        },
+        "registry",
+        "serve",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        *flags,
+    )
+    wait_port(port, proc)
+    return proc, port

@@ -10,9 +10,8 @@ from grpc import aio
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from tests.conftest import free_port
 from tests.helpers.models import linear
-from tests.helpers.procs import Proc, python_module, wait_port
+from tests.helpers.procs import Proc, registry_process
 from tests.helpers.registry import (
     auth,
     database,
@@ -47,23 +46,12 @@ async def test_concurrent_create_version_numbers_are_distinct_and_gap_free(tmp_p
 
 
 def start_registry(url: str, tmp_path: Path, token_file: Path) -> tuple[Proc, int]:
-    port = free_port()
-    proc = python_module(
-        "services.cli.main",
-        {
-            "LIVEML_DATABASE_URL": url,
-            "LIVEML_ARTIFACT_DIR": str(tmp_path / "artifacts"),
-            "LIVEML_ADMIN_TOKEN_FILE": str(token_file),
-            "LIVEML_METRICS_PORT": "-1",
-            "LIVEML_WATCH_POLL_SECONDS": "5",  # NOTIFY must do the work, not polling
-        },
-        "registry",
-        "serve",
-        "--port",
-        str(port),
+    return registry_process(
+        tmp_path,
+        LIVEML_DATABASE_URL=url,
+        LIVEML_ADMIN_TOKEN_FILE=str(token_file),
+        LIVEML_WATCH_POLL_SECONDS="5",  # NOTIFY must do the work, not polling
     )
-    wait_port(port, proc)
-    return proc, port
 
 
 async def test_watch_on_one_registry_sees_writes_through_another(tmp_path: Path) -> None:

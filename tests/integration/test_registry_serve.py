@@ -16,32 +16,14 @@ from grpc import aio
 from services.common import pki, tls
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from tests.conftest import free_port, require
-from tests.helpers.procs import ROOT, Proc, python_module, wait_port
+from tests.conftest import require
+from tests.helpers.procs import ROOT, Proc, registry_process
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
 def serve(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[Proc, int]:
-    port = free_port()
-    proc = python_module(
-        "services.cli.main",
-        {
-            "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/registry.db",
-            "LIVEML_ARTIFACT_DIR": str(tmp_path / "artifacts"),
-            "LIVEML_ADMIN_TOKEN_FILE": str(tmp_path / "admin.token"),
-            **(env or {}),
-        },
-        "registry",
-        "serve",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        *flags,
-    )
-    wait_port(port, proc)
-    return proc, port
+    return registry_process(tmp_path, *flags, **(env or {}))
 
 
 @pytest.fixture
