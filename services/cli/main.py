@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import registry_cmds
+from services.cli import canary_cmds, registry_cmds
 from services.cli.serve_cmds import gateway_app, registry_app, worker_app
 from services.common import pki
 
@@ -25,6 +25,7 @@ app.add_typer(registry_cmds.versions_app, name="versions")
 app.add_typer(registry_cmds.rollout_app, name="rollout")
 app.add_typer(registry_cmds.token_app, name="token")
 app.add_typer(registry_cmds.audit_app, name="audit")
+app.command("alerts")(canary_cmds.alerts)
 app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(gateway_app, name="gateway")

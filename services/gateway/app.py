@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,9 @@ from services.common import registry_client, server, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
+from services.common.windows import Reporter, WindowBook
 from services.gateway.feedback import FeedbackBook
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
@@ -43,6 +46,7 @@ class Gateway:
     front: InferenceFront
     watcher: RegistryWatcher
     channels: list[aio.Channel]
+    reporter: Reporter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -56,6 +60,7 @@ class Gateway:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.reporter.stop()
         await self.router.shadow.close()
 
     async def stop(self, grace: float = 0) -> None:
@@ -95,13 +100,19 @@ async def start(settings: GatewaySettings) -> Gateway:
 
     current = [RoutingTable()]
     pool = UpstreamPool(connect)
+    book = WindowBook(
+        rpb.WINDOW_SOURCE_GATEWAY,
+        f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",
+    )
     router = Router(
         lambda: current[0],
         pool,
-        FeedbackBook(settings.feedback_size, settings.feedback_seconds),
+        FeedbackBook(settings.feedback_size, settings.feedback_seconds, book, settings.group_key),
         settings.route_key_header,
         settings.default_timeout,
         settings.shadow_queue,
+        book,
+        settings.group_key,
     )
     front, control = InferenceFront(router), ControlFront(router, control_channel)
 
@@ -118,8 +129,12 @@ async def start(settings: GatewaySettings) -> Gateway:
         return SERVICES
 
     running = await server.start_server("gateway", settings, register)
-    gateway = Gateway(settings, running, router, front, watcher, [registry_channel])
-    gateway.tasks.append(asyncio.create_task(watcher.run(), name="registry-watch"))
+    reporter = Reporter([book], stub, metadata, settings.report_seconds)
+    gateway = Gateway(settings, running, router, front, watcher, [registry_channel], reporter)
+    gateway.tasks += [
+        asyncio.create_task(watcher.run(), name="registry-watch"),
+        asyncio.create_task(reporter.run(), name="window-reporter"),
+    ]
     return gateway
 
 

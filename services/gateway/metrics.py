@@ -37,4 +37,9 @@ FEEDBACK = Counter(
     "Ground truth joined to the version that answered, by outcome.",
     ["model", "version", "outcome"],
 )
+GROUP_PREDICTIONS = Counter(
+    "liveml_gateway_group_predictions",
+    "Predictions for requests that carry a group attribute, by outcome (fairness).",
+    ["model", "version", "group", "outcome"],
+)
 INGESTED = Counter("liveml_gateway_ingested_examples", "Labelled examples accepted.", ["model"])

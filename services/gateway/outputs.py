@@ -31,6 +31,15 @@ def prediction(array: np.ndarray[Any, Any]) -> int | float | str:
     return float(row[0])
 
 
+def is_positive(predicted: int | float | str) -> bool:
+    """The positive class for fairness: class 1, a label other than 0, a number above 0.5."""
+    if isinstance(predicted, str):
+        return predicted not in ("", "0", "false", "no", "negative")
+    if isinstance(predicted, int):
+        return predicted != 0
+    return predicted > 0.5
+
+
 def agree(
     primary: np.ndarray[Any, Any], mirror: np.ndarray[Any, Any], tolerance: float = 0.01
 ) -> bool:

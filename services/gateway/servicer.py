@@ -28,8 +28,10 @@ from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.streams import OrderedStreams
+from services.common.windows import WindowBook
 from services.gateway import metrics, wire
 from services.gateway.feedback import FeedbackBook
+from services.gateway.outputs import first_output, is_positive, prediction
 from services.gateway.routing import RoutingTable
 from services.gateway.shadow import Copy, Shadow
 from services.gateway.upstream import UpstreamDown, UpstreamPool
@@ -53,6 +55,8 @@ class Router:
         route_key_header: str,
         default_timeout: float,
         shadow_capacity: int,
+        book: WindowBook,
+        group_key: str = "group",
     ) -> None:
         self.table = table
         self.pool = pool
@@ -60,6 +64,8 @@ class Router:
         self.route_key_header = route_key_header
         self.default_timeout = default_timeout
         self.shadow = Shadow(self.send_to_version, shadow_capacity)
+        self.book = book
+        self.group_key = group_key
 
     async def send_to_version(self, model: str, version: int, data: bytes) -> bytes:
         """The answer (ModelInferResponse bytes) of some READY worker of the version."""
@@ -117,32 +123,51 @@ class Router:
             if "traceparent" in carrier:
                 request = wire.with_string_parameter(request, TRACEPARENT, carrier["traceparent"])
         started = time.perf_counter()
-        label = (routing.model_name, str(choice.version), "primary")
+        model, version = routing.model_name, choice.version
+        label = (model, str(version), "primary")
         metrics.IN_FLIGHT.inc()
         try:
             reply = await self._send(
-                routing.model_name,
-                choice.version,
-                request,
-                deadline or time.monotonic() + self.default_timeout,
+                model, version, request, deadline or time.monotonic() + self.default_timeout
             )
+        except ServiceError as exc:
+            self.book.request(model, version, 0.0, exc.code.name)
+            raise
         finally:
             metrics.IN_FLIGHT.dec()
         if reply.error:
             code = CODES.get(reply.status, grpc.StatusCode.UNKNOWN)
             metrics.REQUESTS.labels(*label, code.name).inc()
+            self.book.request(model, version, 0.0, code.name)
             raise ServiceError(reply.error, code)
+        seconds = time.perf_counter() - started
         metrics.REQUESTS.labels(*label, "OK").inc()
-        metrics.LATENCY.labels(*label).observe(time.perf_counter() - started)
+        metrics.LATENCY.labels(*label).observe(seconds)
+        self.book.request(model, version, seconds)
         answer = bytes(reply.response)
+        group = routing.parameters.get(self.group_key, "") if routing.parameters else ""
+        if group:
+            self._count_group(model, version, group, answer)
         if routing.id:
-            self.feedback.remember(routing.model_name, routing.id, str(choice.version), answer)
+            self.feedback.remember(model, routing.id, str(version), answer, group)
         for mirror, percent in route.mirrors:
             if percent >= 100 or random.random() * 100 < percent:
                 self.shadow.offer(
                     Copy(routing.model_name, mirror, wire.with_version(data, mirror), answer)
                 )
         return answer, str(choice.version)
+
+    def _count_group(self, model: str, version: int, group: str, answer: bytes) -> None:
+        """Fairness: what each group was predicted (decoded only for requests in a group)."""
+        output = first_output(answer)
+        if output is None:
+            return
+        positive = is_positive(prediction(output))
+        row = self.book.tally(model, version).group(group)
+        row[0] += 1
+        row[1] += int(positive)
+        outcome = "positive" if positive else "negative"
+        metrics.GROUP_PREDICTIONS.labels(model, str(version), group, outcome).inc()
 
 
 def _deadline(context: Ctx) -> float | None:

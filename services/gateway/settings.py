@@ -31,3 +31,12 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     feedback_seconds: float = Field(
         3600.0, gt=0, description="How long a prediction is remembered for feedback."
     )
+    group_key: str = Field(
+        "group", description="Request parameter naming a request's group (fairness metrics)."
+    )
+    report_seconds: float = Field(
+        5.0, gt=0, description="How often per-version windows are reported to the registry."
+    )
+    gateway_id: str | None = Field(
+        None, description="Name in reported windows (default: host and port)."
+    )

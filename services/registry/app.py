@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,8 +16,10 @@ from services.common import server
 from services.common.auth import Role
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from services.registry import security, workers
+from services.registry import metrics, security, workers
+from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore, KeyRing
+from services.registry.controller import Controller
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, wait_for_database
@@ -33,6 +36,7 @@ class Registry:
     store: Store
     feed: Feed
     running: server.RunningServer
+    controller: Controller
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -45,6 +49,7 @@ class Registry:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.controller.stop()  # hands leadership over without waiting for the lease
         await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
         await self.store.close()
@@ -93,7 +98,20 @@ async def start(settings: RegistrySettings) -> Registry:
         await workers.renew_all(tx, settings.restart_grace_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
-    servicer = RegistryServicer(settings, store, artifacts, feed)
+    alerts = Alerts(store, settings.alert_webhook)
+    controller = Controller(
+        store,
+        alerts,
+        settings.controller_id or f"{socket.gethostname()}:{os.getpid()}",
+        tick_seconds=settings.controller_seconds,
+        lease_seconds=settings.leader_lease_seconds,
+        monitor_window=settings.monitor_window_seconds,
+        monitor_seconds=settings.monitor_seconds,
+        keep_windows=settings.keep_windows_seconds,
+        drift_alert_psi=settings.drift_alert_psi,
+        ready_alert_seconds=settings.ready_alert_seconds,
+    )
+    servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
@@ -108,7 +126,8 @@ async def start(settings: RegistrySettings) -> Registry:
     running = await server.start_server(
         "registry", settings, register, authenticator=authenticator, policy=security.POLICY
     )
-    registry = Registry(settings, store, feed, running)
+    registry = Registry(settings, store, feed, running, controller)
+    metrics.watch(controller)
 
     async def expire() -> None:
         async with store.read() as session:
@@ -125,6 +144,7 @@ async def start(settings: RegistrySettings) -> Registry:
     registry.tasks += [
         asyncio.create_task(_every(min(1.0, settings.lease_seconds / 2), "lease sweep", expire)),
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+        asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
     return registry
 
@@ -136,6 +156,7 @@ def serve(settings: RegistrySettings) -> int:
         async def halt_background() -> None:
             for task in registry.tasks:
                 task.cancel()
+            await registry.controller.stop()
             await registry.feed.stop()  # ends open watches so the server can stop
 
         registry.running.on_stop.append(halt_background)

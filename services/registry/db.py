@@ -119,3 +119,35 @@ class ChangeRow(Base):
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
     resource_name: Mapped[str] = mapped_column(String(512), nullable=False)
     proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class WindowRow(Base):
+    """A per-version window reported by a gateway or a worker (the `Window` message)."""
+
+    __tablename__ = "windows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    source: Mapped[int] = mapped_column(Integer, nullable=False)
+    end_us: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # What makes two raises the same alert (kind, model, version): one FIRING row each.
+    fingerprint: Mapped[str] = mapped_column(String(256), nullable=False, index=True)
+    firing: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class LeaseRow(Base):
+    """A named leadership lease (the rollout controller's): who holds it and until when."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False)

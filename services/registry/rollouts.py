@@ -1,6 +1,14 @@
-"""Rollouts: the desired traffic of a model, validated, versioned and reversible."""
+"""Rollouts: the desired traffic of a model, validated, versioned and reversible.
+
+A rollout whose analysis policy has steps is a canary: the registry starts its
+status at the first step, and from then on the controller (controller.py) moves it
+through `transition`, fenced by the revision it decided on.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,6 +53,8 @@ async def _validate(session: AsyncSession, model: ModelRow, rollout: rpb.Rollout
         raise InvalidArgument(
             f"analysis steps must ascend within 1-100 and end at 100, got {steps}"
         )
+    if steps and rollout.status.phase == rpb.AnalysisStatus.PHASE_PROGRESSING:
+        _check_canary(rollout, steps)
     wanted = (
         {t.version for t in targets} | {m.version for m in rollout.mirrors} | set(rollout.pinned)
     )
@@ -72,8 +82,46 @@ async def _validate(session: AsyncSession, model: ModelRow, rollout: rpb.Rollout
         )
 
 
+def _check_canary(rollout: rpb.Rollout, steps: list[int]) -> None:
+    candidate = rollout.analysis.candidate_version
+    shares = {t.version: t.percent for t in rollout.targets}
+    if candidate not in shares or len(shares) != 2:
+        raise InvalidArgument(
+            "a canary (analysis with steps) needs exactly two targets, the stable version "
+            f"and analysis.candidate_version (got candidate {candidate}, "
+            f"targets {sorted(shares)})"
+        )
+    step = steps[rollout.status.step_index]
+    if shares[candidate] != step:
+        raise InvalidArgument(
+            f"candidate version {candidate} must start at the first step's weight, "
+            f"{step}%, got {shares[candidate]}%"
+        )
+
+
+def start_status(rollout: rpb.Rollout) -> None:
+    """A canary starts at its first step (status is the registry's, never the client's)."""
+    rollout.ClearField("status")
+    if not rollout.analysis.steps:
+        return
+    status = rollout.status
+    status.phase = rpb.AnalysisStatus.PHASE_PROGRESSING
+    status.candidate_version = rollout.analysis.candidate_version
+    others = [t.version for t in rollout.targets if t.version != status.candidate_version]
+    status.stable_version = others[0] if others else 0
+    status.start_time.FromMicroseconds(now_us())
+    status.step_start_time.CopyFrom(status.start_time)
+    status.last_decision = f"started at {rollout.analysis.steps[0]}%"
+    status.last_decision_time.CopyFrom(status.start_time)
+
+
 async def _store(
-    tx: Tx, model: ModelRow, before: rpb.Rollout | None, after: rpb.Rollout, action: str
+    tx: Tx,
+    model: ModelRow,
+    before: rpb.Rollout | None,
+    after: rpb.Rollout,
+    action: str,
+    details: dict[str, Any] | None = None,
 ) -> rpb.Rollout:
     after.revision = tx.revision
     after.updater = tx.actor
@@ -95,6 +143,7 @@ async def _store(
             "targets": {str(t.version): t.percent for t in after.targets},
             "mirrors": {str(m.version): m.percent for m in after.mirrors},
             "pinned": list(after.pinned),
+            **(details or {}),
         },
     )
     return after
@@ -111,11 +160,38 @@ async def update(tx: Tx, rollout: rpb.Rollout, expected_revision: int = 0) -> rp
             f"rollout of '{model_id}' changed: expected revision {expected_revision}, "
             f"it is at {have}; read it again and retry"
         )
-    await _validate(tx.session, model, rollout)
     after = rpb.Rollout()
     after.CopyFrom(rollout)
     after.name = f"models/{model_id}/rollout"
+    start_status(after)
+    await _validate(tx.session, model, after)
     return await _store(tx, model, before, after, "UpdateRollout")
+
+
+async def transition(
+    tx: Tx,
+    model_id: str,
+    expected_revision: int,
+    change: Callable[[rpb.Rollout], None],
+    action: str,
+    details: dict[str, Any],
+) -> rpb.Rollout:
+    """Apply a controller or operator decision to the rollout it was made on."""
+    model = await model_row(tx.session, model_id, lock=True)
+    current = await tx.session.get(RolloutRow, model.id)
+    if current is None:
+        raise NotFound(f"model '{model_id}' has no rollout")
+    before = rpb.Rollout.FromString(current.proto)
+    if expected_revision and before.revision != expected_revision:
+        raise Aborted(
+            f"rollout of '{model_id}' changed (revision {before.revision}, decided on "
+            f"{expected_revision}); the decision is dropped"
+        )
+    after = rpb.Rollout()
+    after.CopyFrom(before)
+    change(after)
+    await _validate(tx.session, model, after)
+    return await _store(tx, model, before, after, action, details)
 
 
 async def history(

@@ -42,14 +42,34 @@ POLICY: dict[str, set[Role]] = {
             "Watch",
         )
     },
-    **{SERVICE + m: set(_READ) for m in ("ListRolloutHistory", "ListAuditEvents", "VerifyAudit")},
+    **{
+        SERVICE + m: set(_READ)
+        for m in (
+            "ListRolloutHistory",
+            "ListAuditEvents",
+            "VerifyAudit",
+            "GetVersionMetrics",
+            "ListAlerts",
+            "WatchAlerts",
+        )
+    },
     **{SERVICE + m: {Role.PUBLISHER} for m in ("CreateModel", "UpdateModel", "CreateVersion")},
     SERVICE + "UpdateVersion": {Role.PUBLISHER, Role.DEPLOYER},
     **{
         SERVICE + m: {Role.DEPLOYER}
-        for m in ("ReviewVersion", "SetAlias", "DeleteAlias", "UpdateRollout", "RollbackRollout")
+        for m in (
+            "ReviewVersion",
+            "SetAlias",
+            "DeleteAlias",
+            "UpdateRollout",
+            "RollbackRollout",
+            "ControlRollout",
+        )
     },
-    **{SERVICE + m: set(_DATA_PLANE) for m in ("RegisterWorker", "Heartbeat", "DeleteWorker")},
+    **{
+        SERVICE + m: set(_DATA_PLANE)
+        for m in ("RegisterWorker", "Heartbeat", "DeleteWorker", "ReportWindows")
+    },
 }
 
 

@@ -10,14 +10,16 @@ from sqlalchemy import select
 
 from services.common import onnxsig
 from services.common.auth import current_principal
-from services.common.errors import InvalidArgument, NotFound, abort_on_error
+from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from services.registry import audit, catalog, names, rollouts, security, workers
+from services.registry import audit, catalog, names, rollouts, security, windows, workers
+from services.registry.alerts import Alerts
 from services.registry.artifacts import CHUNK, ArtifactStore
+from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.settings import RegistrySettings
-from services.registry.store import Store, page
+from services.registry.store import Store, now_us, page
 from services.registry.watch import Feed
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
@@ -30,12 +32,22 @@ def actor() -> str:
 
 class RegistryServicer(rpb_grpc.RegistryServiceServicer):
     def __init__(
-        self, settings: RegistrySettings, store: Store, artifacts: ArtifactStore, feed: Feed
+        self,
+        settings: RegistrySettings,
+        store: Store,
+        artifacts: ArtifactStore,
+        feed: Feed,
+        alerts: Alerts,
+        controller: Controller,
     ) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
         self.feed = feed
+        self.alerts = alerts
+        self.controller = controller
+        # Versions known to have reference statistics (checked once, then skipped).
+        self._with_reference: set[tuple[str, int]] = set()
 
     # --- models ---------------------------------------------------------------------
 
@@ -185,6 +197,10 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
     async def UpdateRollout(self, request: rpb.UpdateRolloutRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
             rollout = await rollouts.update(tx, request.rollout, request.expected_revision)
+            # An operator's new rollout settles what the last canary's rollback raised.
+            await self.alerts.resolve_model(
+                tx, names.rollout(rollout.name), ("RolloutRolledBack",), "rollout replaced"
+            )
         return rpb.UpdateRolloutResponse(rollout=rollout)
 
     @abort_on_error
@@ -200,6 +216,67 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         async with self.store.write(actor()) as tx:
             rollout = await rollouts.rollback(tx, request.name)
         return rpb.RollbackRolloutResponse(rollout=rollout)
+
+    @abort_on_error
+    async def ControlRollout(self, request: rpb.ControlRolloutRequest, context: Ctx) -> Any:
+        rollout = await self.controller.control(
+            request.name, request.action, request.reason, actor()
+        )
+        return rpb.ControlRolloutResponse(rollout=rollout)
+
+    # --- windows and alerts -----------------------------------------------------------------
+
+    @abort_on_error
+    async def ReportWindows(self, request: rpb.ReportWindowsRequest, context: Ctx) -> Any:
+        for window in request.windows:
+            windows.check(window)
+        async with self.store.write_unversioned() as session:
+            accepted = await windows.store(session, request.windows)
+        for window in request.windows:
+            if window.source == windows.WORKER and (window.inputs or window.outputs):
+                await self._adopt_reference(window)
+        return rpb.ReportWindowsResponse(accepted=accepted)
+
+    async def _adopt_reference(self, window: rpb.Window) -> None:
+        key = (window.model, window.version)
+        if key in self._with_reference:
+            return
+        try:
+            async with self.store.write("registry") as tx:
+                await windows.adopt_reference(tx, window)
+        except ServiceError:
+            return  # e.g. a version deleted since: its windows age out
+        self._with_reference.add(key)
+
+    @abort_on_error
+    async def GetVersionMetrics(self, request: rpb.GetVersionMetricsRequest, context: Ctx) -> Any:
+        model = names.model(request.parent)
+        seconds = request.window.ToTimedelta().total_seconds() or 300.0
+        if seconds < 0:
+            raise InvalidArgument("window must not be negative")
+        async with self.store.read() as session:
+            await catalog.model_row(session, model)
+            measured = await windows.summarize(session, model, now_us() - int(seconds * 1e6))
+        return rpb.GetVersionMetricsResponse(metrics=[measured[v] for v in sorted(measured)])
+
+    @abort_on_error
+    async def ListAlerts(self, request: rpb.ListAlertsRequest, context: Ctx) -> Any:
+        found, token = await self.alerts.page(
+            request.firing_only,
+            request.model,
+            names.page_size(request.page_size),
+            request.page_token,
+        )
+        return rpb.ListAlertsResponse(alerts=found, next_page_token=token)
+
+    @abort_on_error
+    async def WatchAlerts(
+        self, request: rpb.WatchAlertsRequest, context: Ctx
+    ) -> AsyncIterator[rpb.WatchAlertsResponse]:
+        if request.since_sequence < 0:
+            raise InvalidArgument("since_sequence must not be negative")
+        async for changed in self.alerts.watch(request.since_sequence):
+            yield rpb.WatchAlertsResponse(alerts=changed)
 
     # --- change feed ------------------------------------------------------------------------
 

@@ -53,3 +53,32 @@ class RegistrySettings(ServerSettings):
     watch_keep_revisions: int = Field(
         10_000, ge=10, description="Change-feed revisions kept before compaction."
     )
+    controller_seconds: float = Field(
+        1.0, gt=0, description="How often the rollout controller looks at canaries, seconds."
+    )
+    leader_lease_seconds: float = Field(
+        5.0, gt=0, description="Controller leadership lease among replicas, seconds."
+    )
+    controller_id: str | None = Field(
+        None, description="This replica's name as controller leader (default: host and pid)."
+    )
+    monitor_window_seconds: float = Field(
+        300.0, gt=0, description="Window the drift alerts and /metrics numbers cover, seconds."
+    )
+    monitor_seconds: float = Field(
+        5.0, gt=0, description="How often drift and worker alerts are evaluated, seconds."
+    )
+    keep_windows_seconds: float = Field(
+        3600.0, gt=0, description="How long reported windows are kept, seconds."
+    )
+    drift_alert_psi: float = Field(
+        0.25, gt=0, description="Raise DriftHigh when a version's worst feature PSI exceeds this."
+    )
+    ready_alert_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Raise NoReadyWorker when a target has had no READY worker this long, s.",
+    )
+    alert_webhook: str | None = Field(
+        None, description="URL that gets every alert change as a JSON POST."
+    )

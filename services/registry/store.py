@@ -95,6 +95,8 @@ class Tx:
     revision: int
     actor: str
     events: list[rpb.WatchEvent] = field(default_factory=list)
+    # Run once the transaction has committed (e.g. waking alert watchers, webhooks).
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def put(self, resource: Message, name: str) -> None:
         self._emit(rpb.WatchEvent.TYPE_PUT, resource, name)
@@ -219,6 +221,14 @@ class Store:
         if tx.events:
             for listener in self.listeners:
                 listener(revision)
+        for hook in tx.after_commit:
+            hook()
+
+    @asynccontextmanager
+    async def write_unversioned(self) -> AsyncIterator[AsyncSession]:
+        """A write that the change feed does not carry (windows, leases): no revision."""
+        async with self._writes() as session, session.begin():
+            yield session
 
     async def revision(self) -> tuple[int, int]:
         """(current revision, compacted revision)."""

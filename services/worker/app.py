@@ -13,6 +13,8 @@ from grpc import aio
 from services.common import server
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.windows import WindowBook
 from services.worker.loader import RegistryLoader
 from services.worker.repository import Batching, Repository
 from services.worker.runtime import Threads
@@ -58,8 +60,9 @@ class Worker:
 async def start(settings: WorkerSettings) -> Worker:
     if (settings.model_dir is None) == (settings.registry is None):
         raise ValueError("give exactly one of --model-dir (standalone) or --registry")
+    book = WindowBook(rpb.WINDOW_SOURCE_WORKER, "") if settings.registry else None
     repository = Repository(
-        Threads(settings.intra_op_threads), settings.run_threads, settings.inline_us
+        Threads(settings.intra_op_threads), settings.run_threads, settings.inline_us, book
     )
     servicer = InferenceServicer(repository)
     default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)

@@ -28,6 +28,7 @@ from services.common import onnxsig, registry_client
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import RegistryWatcher
+from services.common.windows import FeatureCounts, Reporter
 from services.worker.repository import Batching, Held, Repository, State
 from services.worker.runtime import Runtime
 from services.worker.settings import WorkerSettings
@@ -75,6 +76,12 @@ class RegistryLoader:
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
         repository.on_change.append(self._changed)
+        self.reporter: Reporter | None = None
+        if repository.book is not None:
+            repository.book.reporter = self.name
+            self.reporter = Reporter(
+                [repository.book], self.stub, self.metadata, settings.report_seconds
+            )
 
     def _changed(self, held: Held) -> None:
         self._report.set()
@@ -89,6 +96,8 @@ class RegistryLoader:
             asyncio.create_task(self._heartbeat(), name="registry-heartbeat"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
+        if self.reporter is not None:
+            self._tasks.append(asyncio.create_task(self.reporter.run(), name="window-reporter"))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._loading.values()]:
@@ -96,6 +105,8 @@ class RegistryLoader:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.reporter is not None:
+            await self.reporter.stop()
         if self._registered.is_set():
             with contextlib.suppress(aio.AioRpcError):
                 await self.stub.DeleteWorker(
@@ -186,6 +197,9 @@ class RegistryLoader:
     def reconcile(self) -> float:
         """Start loads and retirements; return seconds until the next failed load may retry."""
         desired = self.desired()
+        for key, version in self.versions.items():
+            if key in desired:
+                self.track_features(version)  # a reference the registry adopted since
         for model, rollout in self.rollouts.items():
             self.repository.targets[model] = [(t.version, t.percent) for t in rollout.targets]
         now = time.monotonic()
@@ -252,11 +266,28 @@ class RegistryLoader:
                 raise InvalidArgument(f"signature does not match the registry's: {why}")
 
         held = await self.repository.load(model, number, path, batching, check)
+        self.track_features(version)
         if held.state is State.FAILED:
             self._fail(key, held.error, report=False)
         else:
             self._failures.pop(key, None)
         self._wake.set()
+
+    def track_features(self, version: rpb.Version) -> None:
+        """Histogram a version's inputs and outputs on its reference bins (or learn bins
+        when it has none yet; the registry then adopts them as its reference)."""
+        book = self.repository.book
+        model = version.name.split("/")[1]
+        key = (model, version.number)
+        held = self.repository.held.get(model, {}).get(version.number)
+        if book is None or held is None or held.state is not State.READY:
+            return
+        reference = (
+            version.reference_statistics if version.HasField("reference_statistics") else None
+        )
+        current = book.features.get(key)
+        if current is None or (reference is not None and not current.has_reference):
+            book.features[key] = FeatureCounts(reference, self.settings.drift_learn_rows)
 
     def _fail(self, key: Key, message: str, report: bool = True) -> None:
         attempts, _ = self._failures.get(key, (0, 0.0))

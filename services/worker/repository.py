@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from services.common import telemetry, weights
 from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from services.common.windows import WindowBook
 from services.worker.batcher import Batcher, Timing, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
 from services.worker.stats import VersionStats
@@ -74,9 +75,16 @@ class Held:
 
 class Repository:
     def __init__(
-        self, threads: Threads = Threads(), run_threads: int = 2, inline_us: float = 0.0
+        self,
+        threads: Threads = Threads(),
+        run_threads: int = 2,
+        inline_us: float = 0.0,
+        book: WindowBook | None = None,
     ) -> None:
         self.threads = threads
+        # Per-version windows for the registry (registry mode only): counts, and the
+        # histograms of inputs and outputs that drift is computed from.
+        self.book = book
         # Versions whose batch-1 run takes less than this run on the event loop itself:
         # handing a 20 us run to a thread costs more than the run, and blocks the loop
         # for no less time than the hand-off's own Python work.
@@ -144,9 +152,13 @@ class Repository:
                 _spans(held, timing)
         except ServiceError as exc:
             held.stats.failure(exc.code.name, time.perf_counter() - started)
+            if self.book is not None:
+                self.book.request(held.model, held.version, 0.0, exc.code.name)
             raise
         except Exception as exc:
             held.stats.failure("INTERNAL", time.perf_counter() - started)
+            if self.book is not None:
+                self.book.request(held.model, held.version, 0.0, "INTERNAL")
             raise ServiceError(
                 f"model '{held.model}' version {held.version} failed: {exc}"
             ) from exc
@@ -154,7 +166,13 @@ class Repository:
             held.inflight -= 1
             if held.inflight == 0:
                 held.idle.set()
-        held.stats.request(rows(inputs), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        held.stats.request(rows(inputs), seconds)
+        if self.book is not None:
+            self.book.request(held.model, held.version, seconds)
+            features = self.book.features.get((held.model, held.version))
+            if features is not None and held.runtime is not None:
+                features.observe(inputs, dict(zip(held.runtime.output_names, outputs, strict=True)))
         return outputs
 
     async def _run(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
@@ -261,6 +279,8 @@ class Repository:
         versions = self.held.get(held.model, {})
         if versions.get(held.version) is held:
             del versions[held.version]
+            if self.book is not None:
+                self.book.features.pop((held.model, held.version), None)
         held.stats.forget()
         if not versions:
             self.held.pop(held.model, None)

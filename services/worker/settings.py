@@ -45,3 +45,12 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
     scan_seconds: float = Field(
         1.0, gt=0, description="Standalone mode: model-dir rescan interval."
     )
+    report_seconds: float = Field(
+        5.0, gt=0, description="Registry mode: how often per-version windows are reported."
+    )
+    drift_learn_rows: int = Field(
+        500,
+        ge=10,
+        description="Rows that choose drift bins for a version published without reference "
+        "statistics.",
+    )

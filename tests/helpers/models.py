@@ -144,3 +144,100 @@ def mlp(path: Path, n_in: int = 64, hidden: int = 256, n_out: int = 10, seed: in
         initializer=inits,
     )
     return _save(graph, path)
+
+
+# --- classifiers for canary analysis ------------------------------------------------------
+
+# The true rule the canary tests' feedback follows: class 1 when x . RULE > 0.
+RULE = np.array([1.0, -1.0, 0.5, 0.25], dtype=np.float32)
+
+
+def _scores(flip: bool) -> np.ndarray:
+    """Weights whose argmax is class 1 exactly when x . RULE > 0 (or the reverse: `flip`)."""
+    columns = [-RULE, RULE] if not flip else [RULE, -RULE]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _classifier_graph(name: str, flip: bool, extra: list, extra_init: list, tail: str | None):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["s" if tail else "y"])]
+    if tail:
+        nodes += extra
+        nodes.append(helper.make_node("Add", ["s", tail], ["y"]))
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(_scores(flip), "W"), *extra_init],
+    )
+
+
+def classifier(path: Path, flip: bool = False) -> Path:
+    """x FP32 [-1, 4] -> y scores [-1, 2]; argmax follows RULE (or contradicts it: `flip`)."""
+    return _save(_classifier_graph("classifier", flip, [], [], None), path)
+
+
+def slow_classifier(path: Path, rounds: int, width: int = 256) -> Path:
+    """The same answers as `classifier`, after `rounds` dense layers whose result is
+    multiplied by zero: the same model, only slower."""
+    rng = np.random.default_rng(1)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["h_in", "M"], ["hm"]),
+            helper.make_node("Tanh", ["hm"], ["h_out"]),
+        ],
+        "layer",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+        initializer=[
+            numpy_helper.from_array(
+                (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "M"
+            )
+        ],
+    )
+    extra = [
+        helper.make_node("MatMul", ["x", "P"], ["h0"]),
+        helper.make_node("Loop", ["rounds", "true", "h0"], ["h"], body=body),
+        helper.make_node("ReduceSum", ["h", "axis1"], ["r"], keepdims=1),
+        helper.make_node("Mul", ["r", "zero"], ["nothing"]),
+    ]
+    init = [
+        numpy_helper.from_array(rng.standard_normal((4, width)).astype(np.float32), "P"),
+        numpy_helper.from_array(np.array(rounds, dtype=np.int64), "rounds"),
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    return _save(_classifier_graph("slow_classifier", False, extra, init, "nothing"), path)
+
+
+def failing_classifier(path: Path, always: bool = False) -> Path:
+    """Answers all-zero inputs (so it loads and warms up) and fails at run time on most
+    others: it looks up a table at an index computed from the input. `always` fails on
+    every input, warm-up included."""
+    extra = [
+        helper.make_node("ReduceSum", ["x", "axis1"], ["sx"], keepdims=0),
+        helper.make_node("Abs", ["sx"], ["ax"]),
+        helper.make_node("Mul", ["ax", "thousand"], ["big0"]),
+        helper.make_node("Add", ["big0", "offset"], ["big"]),
+        helper.make_node("Cast", ["big"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["looked"]),
+        helper.make_node("Unsqueeze", ["looked", "axis1"], ["col"]),
+        helper.make_node("Mul", ["col", "zero"], ["nothing"]),
+    ]
+    init = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1000.0, dtype=np.float32), "thousand"),
+        numpy_helper.from_array(np.array(100.0 if always else 0.0, dtype=np.float32), "offset"),
+        numpy_helper.from_array(np.zeros(4, dtype=np.float32), "table"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    return _save(_classifier_graph("failing_classifier", False, extra, init, "nothing"), path)

@@ -46,12 +46,18 @@ async def test_rollout_set_history_and_rollback(iris: RunningRegistry) -> None:
                 mirrors=[rpb.TrafficTarget(version=3, percent=50)],
                 pinned=[1],
                 sticky_key="user",
-                analysis=rpb.AnalysisPolicy(steps=[10, 50, 100], min_requests=100),
+                analysis=rpb.AnalysisPolicy(
+                    steps=[10, 50, 100], min_requests=100, candidate_version=2
+                ),
             )
         )
     ).rollout
     assert canary.revision > one.revision and canary.updater.startswith("tokens/")
     assert [(t.version, t.percent) for t in canary.targets] == [(1, 90), (2, 10)]
+    # The registry starts the canary's status; a client's own status is ignored.
+    assert canary.status.phase == rpb.AnalysisStatus.PHASE_PROGRESSING
+    assert (canary.status.stable_version, canary.status.candidate_version) == (1, 2)
+    assert canary.status.step_index == 0 and canary.status.start_time.seconds > 0
 
     history = await client.ListRolloutHistory(
         rpb.ListRolloutHistoryRequest(name="models/iris/rollout")
@@ -98,6 +104,21 @@ async def test_rollout_set_history_and_rollback(iris: RunningRegistry) -> None:
             rollout((1, 100), analysis=rpb.AnalysisPolicy(steps=[50, 10])),
             grpc.StatusCode.INVALID_ARGUMENT,
             "analysis steps must ascend within 1-100 and end at 100",
+        ),
+        (
+            rollout((1, 90), (2, 10), analysis=rpb.AnalysisPolicy(steps=[10, 100])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs exactly two targets, the stable version and analysis.candidate_version "
+            "(got candidate 0, targets [1, 2])",
+        ),
+        (
+            rollout(
+                (1, 75),
+                (2, 25),
+                analysis=rpb.AnalysisPolicy(steps=[10, 100], candidate_version=2),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "candidate version 2 must start at the first step's weight, 10%, got 25%",
         ),
         (
             rpb.UpdateRolloutRequest(rollout=rpb.Rollout(name="models/nope/rollout")),

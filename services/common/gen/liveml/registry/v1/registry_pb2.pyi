@@ -49,6 +49,12 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_VIEWER: _ClassVar[Role]
     ROLE_WORKER: _ClassVar[Role]
     ROLE_CLIENT: _ClassVar[Role]
+
+class WindowSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WINDOW_SOURCE_UNSPECIFIED: _ClassVar[WindowSource]
+    WINDOW_SOURCE_GATEWAY: _ClassVar[WindowSource]
+    WINDOW_SOURCE_WORKER: _ClassVar[WindowSource]
 STAGE_UNSPECIFIED: Stage
 STAGE_NONE: Stage
 STAGE_STAGING: Stage
@@ -72,6 +78,9 @@ ROLE_PUBLISHER: Role
 ROLE_VIEWER: Role
 ROLE_WORKER: Role
 ROLE_CLIENT: Role
+WINDOW_SOURCE_UNSPECIFIED: WindowSource
+WINDOW_SOURCE_GATEWAY: WindowSource
+WINDOW_SOURCE_WORKER: WindowSource
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "datatype", "shape")
@@ -265,7 +274,7 @@ class TrafficTarget(_message.Message):
     def __init__(self, version: _Optional[int] = ..., percent: _Optional[int] = ...) -> None: ...
 
 class AnalysisPolicy(_message.Message):
-    __slots__ = ("steps", "step_interval", "min_requests", "max_error_rate_delta", "max_p99_latency_ratio", "max_accuracy_drop", "max_drift_psi", "max_fairness_gap", "ready_timeout", "max_idle_intervals")
+    __slots__ = ("steps", "step_interval", "min_requests", "max_error_rate_delta", "max_p99_latency_ratio", "max_accuracy_drop", "max_drift_psi", "max_fairness_gap", "ready_timeout", "max_idle_intervals", "candidate_version")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STEP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +285,7 @@ class AnalysisPolicy(_message.Message):
     MAX_FAIRNESS_GAP_FIELD_NUMBER: _ClassVar[int]
     READY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_IDLE_INTERVALS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedScalarFieldContainer[int]
     step_interval: _duration_pb2.Duration
     min_requests: int
@@ -286,10 +296,47 @@ class AnalysisPolicy(_message.Message):
     max_fairness_gap: float
     ready_timeout: _duration_pb2.Duration
     max_idle_intervals: int
-    def __init__(self, steps: _Optional[_Iterable[int]] = ..., step_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., max_error_rate_delta: _Optional[float] = ..., max_p99_latency_ratio: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., max_drift_psi: _Optional[float] = ..., max_fairness_gap: _Optional[float] = ..., ready_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_idle_intervals: _Optional[int] = ...) -> None: ...
+    candidate_version: int
+    def __init__(self, steps: _Optional[_Iterable[int]] = ..., step_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., max_error_rate_delta: _Optional[float] = ..., max_p99_latency_ratio: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., max_drift_psi: _Optional[float] = ..., max_fairness_gap: _Optional[float] = ..., ready_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_idle_intervals: _Optional[int] = ..., candidate_version: _Optional[int] = ...) -> None: ...
+
+class AnalysisStatus(_message.Message):
+    __slots__ = ("phase", "stable_version", "candidate_version", "step_index", "start_time", "step_start_time", "idle_intervals", "last_decision", "last_decision_time")
+    class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PHASE_UNSPECIFIED: _ClassVar[AnalysisStatus.Phase]
+        PHASE_PROGRESSING: _ClassVar[AnalysisStatus.Phase]
+        PHASE_PAUSED: _ClassVar[AnalysisStatus.Phase]
+        PHASE_PROMOTED: _ClassVar[AnalysisStatus.Phase]
+        PHASE_ROLLED_BACK: _ClassVar[AnalysisStatus.Phase]
+        PHASE_ABORTED: _ClassVar[AnalysisStatus.Phase]
+    PHASE_UNSPECIFIED: AnalysisStatus.Phase
+    PHASE_PROGRESSING: AnalysisStatus.Phase
+    PHASE_PAUSED: AnalysisStatus.Phase
+    PHASE_PROMOTED: AnalysisStatus.Phase
+    PHASE_ROLLED_BACK: AnalysisStatus.Phase
+    PHASE_ABORTED: AnalysisStatus.Phase
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    STEP_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    IDLE_INTERVALS_FIELD_NUMBER: _ClassVar[int]
+    LAST_DECISION_FIELD_NUMBER: _ClassVar[int]
+    LAST_DECISION_TIME_FIELD_NUMBER: _ClassVar[int]
+    phase: AnalysisStatus.Phase
+    stable_version: int
+    candidate_version: int
+    step_index: int
+    start_time: _timestamp_pb2.Timestamp
+    step_start_time: _timestamp_pb2.Timestamp
+    idle_intervals: int
+    last_decision: str
+    last_decision_time: _timestamp_pb2.Timestamp
+    def __init__(self, phase: _Optional[_Union[AnalysisStatus.Phase, str]] = ..., stable_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., step_index: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_intervals: _Optional[int] = ..., last_decision: _Optional[str] = ..., last_decision_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("name", "targets", "mirrors", "pinned", "sticky_key", "analysis", "revision", "updater", "update_time")
+    __slots__ = ("name", "targets", "mirrors", "pinned", "sticky_key", "analysis", "revision", "updater", "update_time", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     MIRRORS_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +346,7 @@ class Rollout(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     targets: _containers.RepeatedCompositeFieldContainer[TrafficTarget]
     mirrors: _containers.RepeatedCompositeFieldContainer[TrafficTarget]
@@ -308,7 +356,8 @@ class Rollout(_message.Message):
     revision: int
     updater: str
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., mirrors: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., pinned: _Optional[_Iterable[int]] = ..., sticky_key: _Optional[str] = ..., analysis: _Optional[_Union[AnalysisPolicy, _Mapping]] = ..., revision: _Optional[int] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    status: AnalysisStatus
+    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., mirrors: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., pinned: _Optional[_Iterable[int]] = ..., sticky_key: _Optional[str] = ..., analysis: _Optional[_Union[AnalysisPolicy, _Mapping]] = ..., revision: _Optional[int] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[AnalysisStatus, _Mapping]] = ...) -> None: ...
 
 class WorkerVersionState(_message.Message):
     __slots__ = ("model", "version", "state", "error", "update_time")
@@ -821,3 +870,249 @@ class VerifyAuditResponse(_message.Message):
     first_bad_sequence: int
     problem: str
     def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ControlRolloutRequest(_message.Message):
+    __slots__ = ("name", "action", "reason")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ControlRolloutRequest.Action]
+        ACTION_PAUSE: _ClassVar[ControlRolloutRequest.Action]
+        ACTION_RESUME: _ClassVar[ControlRolloutRequest.Action]
+        ACTION_PROMOTE: _ClassVar[ControlRolloutRequest.Action]
+        ACTION_ABORT: _ClassVar[ControlRolloutRequest.Action]
+    ACTION_UNSPECIFIED: ControlRolloutRequest.Action
+    ACTION_PAUSE: ControlRolloutRequest.Action
+    ACTION_RESUME: ControlRolloutRequest.Action
+    ACTION_PROMOTE: ControlRolloutRequest.Action
+    ACTION_ABORT: ControlRolloutRequest.Action
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: ControlRolloutRequest.Action
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[_Union[ControlRolloutRequest.Action, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ControlRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: Rollout
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("bounds", "counts")
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    bounds: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FeatureHistogram(_message.Message):
+    __slots__ = ("name", "bin_edges", "counts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bin_edges: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., bin_edges: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GroupOutcomes(_message.Message):
+    __slots__ = ("group", "predictions", "positive", "feedback_correct", "feedback_total")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    predictions: int
+    positive: int
+    feedback_correct: int
+    feedback_total: int
+    def __init__(self, group: _Optional[str] = ..., predictions: _Optional[int] = ..., positive: _Optional[int] = ..., feedback_correct: _Optional[int] = ..., feedback_total: _Optional[int] = ...) -> None: ...
+
+class Window(_message.Message):
+    __slots__ = ("model", "version", "source", "reporter", "shadow", "start_time", "end_time", "requests", "errors", "latency", "inputs", "outputs", "feedback_correct", "feedback_total", "groups")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REPORTER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    source: WindowSource
+    reporter: str
+    shadow: bool
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    requests: int
+    errors: _containers.ScalarMap[str, int]
+    latency: Histogram
+    inputs: _containers.RepeatedCompositeFieldContainer[FeatureHistogram]
+    outputs: _containers.RepeatedCompositeFieldContainer[FeatureHistogram]
+    feedback_correct: int
+    feedback_total: int
+    groups: _containers.RepeatedCompositeFieldContainer[GroupOutcomes]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[_Union[WindowSource, str]] = ..., reporter: _Optional[str] = ..., shadow: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[FeatureHistogram, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FeatureHistogram, _Mapping]]] = ..., feedback_correct: _Optional[int] = ..., feedback_total: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupOutcomes, _Mapping]]] = ...) -> None: ...
+
+class ReportWindowsRequest(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[Window]
+    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ...) -> None: ...
+
+class ReportWindowsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class VersionMetrics(_message.Message):
+    __slots__ = ("version", "start_time", "end_time", "requests", "errors", "error_rate", "p50_seconds", "p99_seconds", "feedback_total", "accuracy", "drift_psi", "max_drift_psi", "worst_feature", "groups", "fairness_gap", "ready_workers")
+    class DriftPsiEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_PSI_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRIFT_PSI_FIELD_NUMBER: _ClassVar[int]
+    WORST_FEATURE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_GAP_FIELD_NUMBER: _ClassVar[int]
+    READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    requests: int
+    errors: int
+    error_rate: float
+    p50_seconds: float
+    p99_seconds: float
+    feedback_total: int
+    accuracy: float
+    drift_psi: _containers.ScalarMap[str, float]
+    max_drift_psi: float
+    worst_feature: str
+    groups: _containers.RepeatedCompositeFieldContainer[GroupOutcomes]
+    fairness_gap: float
+    ready_workers: int
+    def __init__(self, version: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., feedback_total: _Optional[int] = ..., accuracy: _Optional[float] = ..., drift_psi: _Optional[_Mapping[str, float]] = ..., max_drift_psi: _Optional[float] = ..., worst_feature: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupOutcomes, _Mapping]]] = ..., fairness_gap: _Optional[float] = ..., ready_workers: _Optional[int] = ...) -> None: ...
+
+class GetVersionMetricsRequest(_message.Message):
+    __slots__ = ("parent", "window")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    window: _duration_pb2.Duration
+    def __init__(self, parent: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class GetVersionMetricsResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[VersionMetrics]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[VersionMetrics, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("name", "alert", "severity", "state", "model", "version", "summary", "details", "start_time", "end_time", "sequence")
+    class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SEVERITY_UNSPECIFIED: _ClassVar[Alert.Severity]
+        SEVERITY_INFO: _ClassVar[Alert.Severity]
+        SEVERITY_WARNING: _ClassVar[Alert.Severity]
+        SEVERITY_CRITICAL: _ClassVar[Alert.Severity]
+    SEVERITY_UNSPECIFIED: Alert.Severity
+    SEVERITY_INFO: Alert.Severity
+    SEVERITY_WARNING: Alert.Severity
+    SEVERITY_CRITICAL: Alert.Severity
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Alert.State]
+        STATE_FIRING: _ClassVar[Alert.State]
+        STATE_RESOLVED: _ClassVar[Alert.State]
+    STATE_UNSPECIFIED: Alert.State
+    STATE_FIRING: Alert.State
+    STATE_RESOLVED: Alert.State
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    alert: str
+    severity: Alert.Severity
+    state: Alert.State
+    model: str
+    version: int
+    summary: str
+    details: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    sequence: int
+    def __init__(self, name: _Optional[str] = ..., alert: _Optional[str] = ..., severity: _Optional[_Union[Alert.Severity, str]] = ..., state: _Optional[_Union[Alert.State, str]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., summary: _Optional[str] = ..., details: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "firing_only", "model")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FIRING_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    firing_only: bool
+    model: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., firing_only: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts", "next_page_token")
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    next_page_token: str
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchAlertsRequest(_message.Message):
+    __slots__ = ("since_sequence",)
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    since_sequence: int
+    def __init__(self, since_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchAlertsResponse(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...

@@ -120,6 +120,31 @@ class RegistryServiceStub:
                 request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutRequest.SerializeToString,
                 response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutResponse.FromString,
                 _registered_method=True)
+        self.ControlRollout = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/ControlRollout',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutResponse.FromString,
+                _registered_method=True)
+        self.ReportWindows = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/ReportWindows',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsResponse.FromString,
+                _registered_method=True)
+        self.GetVersionMetrics = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/GetVersionMetrics',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/ListAlerts',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.WatchAlerts = channel.unary_stream(
+                '/liveml.registry.v1.RegistryService/WatchAlerts',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/liveml.registry.v1.RegistryService/Watch',
                 request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
@@ -298,6 +323,41 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlRollout(self, request, context):
+        """Pauses, resumes, promotes or aborts a rollout's automatic canary analysis.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportWindows(self, request, context):
+        """Takes per-version windows of traffic measured by a gateway or a worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersionMetrics(self, request, context):
+        """Summarises a model's recent windows per version: what the rollout controller sees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Lists alerts, newest first, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAlerts(self, request, context):
+        """Streams alert changes (raised or resolved) after a sequence number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Streams the changes the data plane cares about (rollouts, versions,
         workers), each with a global revision. since_revision = 0, or a revision
@@ -457,6 +517,31 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RollbackRollout,
                     request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutRequest.FromString,
                     response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutResponse.SerializeToString,
+            ),
+            'ControlRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlRollout,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutResponse.SerializeToString,
+            ),
+            'ReportWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportWindows,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsResponse.SerializeToString,
+            ),
+            'GetVersionMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersionMetrics,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'WatchAlerts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAlerts,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -969,6 +1054,141 @@ class RegistryService:
             '/liveml.registry.v1.RegistryService/RollbackRollout',
             liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutRequest.SerializeToString,
             liveml_dot_registry_dot_v1_dot_registry__pb2.RollbackRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/ControlRollout',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ControlRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/ReportWindows',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ReportWindowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersionMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/GetVersionMetrics',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.GetVersionMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/ListAlerts',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/WatchAlerts',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.WatchAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

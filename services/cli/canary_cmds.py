@@ -1,0 +1,360 @@
+"""Operator commands for automatic rollouts and alerts.
+
+`liveml rollout canary` starts a canary that the registry's controller walks through
+its steps; `rollout status` (optionally `--watch`, a live view) shows the weights,
+each version's numbers and the controller's last decision; `rollout pause|resume|
+promote|abort` take over by hand; `liveml alerts` lists (or follows) alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf.duration_pb2 import Duration
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from services.cli.client import Connection, Registry, connect, connected, fail
+from services.cli.registry_cmds import (
+    JsonFlag,
+    ModelArg,
+    _all_pages,
+    _as_dict,
+    _fields,
+    _print_json,
+    _rollout_name,
+    _shares,
+    _short,
+    _table,
+    _time,
+    _ttl,
+    rollout_app,
+    stdout,
+)
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+
+
+def _duration(text: str, flag: str) -> Duration:
+    try:
+        delta = _ttl(text)
+    except typer.BadParameter:
+        raise typer.BadParameter(
+            f"{text!r}: expected e.g. 30s, 5m or 1h", param_hint=flag
+        ) from None
+    out = Duration()
+    out.FromTimedelta(delta)
+    return out
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected ascending percents ending at 100, e.g. 10,25,50,100",
+            param_hint="--steps",
+        ) from None
+    return steps
+
+
+@rollout_app.command("canary")
+@connected
+def rollout_canary(
+    conn: Connection,
+    model: ModelArg,
+    version: Annotated[int, typer.Argument(metavar="VERSION", min=1, help="The candidate.")],
+    steps: Annotated[
+        str, typer.Option(help="Candidate weights in percent, ascending, ending at 100.")
+    ] = "10,25,50,100",
+    interval: Annotated[str, typer.Option(help="Time at each step, e.g. 30s or 5m.")] = "60s",
+    min_requests: Annotated[
+        int, typer.Option(min=1, help="Fewest requests per version before a step is judged.")
+    ] = 50,
+    max_error_rate_delta: Annotated[
+        float, typer.Option(help="Largest candidate minus stable error rate.")
+    ] = 0.02,
+    max_p99_ratio: Annotated[
+        float, typer.Option(help="Largest candidate p99 over stable p99.")
+    ] = 1.5,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Largest stable minus candidate feedback accuracy.")
+    ] = 0.05,
+    max_drift_psi: Annotated[float, typer.Option(help="Largest PSI of any feature.")] = 0.25,
+    max_fairness_gap: Annotated[
+        float, typer.Option(help="Largest parity gap across groups (0 = not checked).")
+    ] = 0.0,
+    ready_timeout: Annotated[
+        str, typer.Option(help="How long the candidate may take to become READY.")
+    ] = "5m",
+    max_idle_intervals: Annotated[
+        int, typer.Option(min=1, help="Intervals without enough data before the canary fails.")
+    ] = 3,
+    json_output: JsonFlag = False,
+) -> None:
+    """Start a canary of VERSION against the version now serving all the traffic."""
+    policy = rpb.AnalysisPolicy(
+        steps=_steps(steps),
+        step_interval=_duration(interval, "--interval"),
+        min_requests=min_requests,
+        max_error_rate_delta=max_error_rate_delta,
+        max_p99_latency_ratio=max_p99_ratio,
+        max_accuracy_drop=max_accuracy_drop,
+        max_drift_psi=max_drift_psi,
+        max_fairness_gap=max_fairness_gap,
+        ready_timeout=_duration(ready_timeout, "--ready-timeout"),
+        max_idle_intervals=max_idle_intervals,
+        candidate_version=version,
+    )
+    with connect(conn) as registry:
+        current: rpb.GetRolloutResponse = registry.GetRollout(
+            rpb.GetRolloutRequest(name=_rollout_name(model))
+        )
+        serving = [t.version for t in current.rollout.targets if t.percent > 0]
+        if len(serving) != 1 or serving[0] == version:
+            fail(
+                f"a canary starts from one version serving all of '{model}' traffic; "
+                f"now: {_shares(current.rollout.targets)}",
+                hint=f"liveml rollout set {model} --target VERSION=100",
+            )
+        rollout = rpb.Rollout()
+        rollout.CopyFrom(current.rollout)
+        del rollout.targets[:]
+        first = policy.steps[0] if policy.steps else 100
+        rollout.targets.add(version=serving[0], percent=100 - first)
+        rollout.targets.add(version=version, percent=first)
+        rollout.analysis.CopyFrom(policy)
+        resp: rpb.UpdateRolloutResponse = registry.UpdateRollout(
+            rpb.UpdateRolloutRequest(rollout=rollout, expected_revision=current.rollout.revision)
+        )
+    if json_output:
+        _print_json(resp)
+        return
+    _fields(_status_fields(resp.rollout), title=f"canary of v{version} started")
+
+
+def _status_fields(rollout: rpb.Rollout) -> list[tuple[str, str]]:
+    status = rollout.status
+    rows = [("targets", _shares(rollout.targets))]
+    if status.phase:
+        steps = list(rollout.analysis.steps)
+        at = steps[status.step_index] if status.step_index < len(steps) else 100
+        every = rollout.analysis.step_interval.ToTimedelta()
+        rows += [
+            ("phase", _short(rpb.AnalysisStatus.Phase, status.phase)),
+            ("stable", f"v{status.stable_version}"),
+            ("candidate", f"v{status.candidate_version} at {at}%"),
+            ("steps", f"{', '.join(f'{s}%' for s in steps)} every {every}"),
+            ("step started", _time(status.step_start_time)),
+            ("last decision", status.last_decision),
+            ("decided", _time(status.last_decision_time)),
+        ]
+    return rows
+
+
+def _metrics_table(rollout: rpb.Rollout, metrics: Iterable[rpb.VersionMetrics]) -> Table:
+    shares = {t.version: f"{t.percent}%" for t in rollout.targets}
+    for mirror in rollout.mirrors:
+        shares.setdefault(mirror.version, f"mirror {mirror.percent}%")
+    table = Table(
+        "version",
+        "share",
+        "ready",
+        "requests",
+        "error rate",
+        "p50 ms",
+        "p99 ms",
+        "accuracy",
+        "drift PSI",
+        "fairness gap",
+        title="last 5 minutes",
+    )
+    for m in metrics:
+        table.add_row(
+            f"v{m.version}",
+            shares.get(m.version, "-"),
+            str(m.ready_workers),
+            str(m.requests),
+            f"{m.error_rate:.3f}" if m.requests else "-",
+            f"{m.p50_seconds * 1e3:.2f}" if m.requests else "-",
+            f"{m.p99_seconds * 1e3:.2f}" if m.requests else "-",
+            f"{m.accuracy:.3f} ({m.feedback_total})" if m.feedback_total else "-",
+            Text(f"{m.max_drift_psi:.3f} {m.worst_feature}") if m.drift_psi else Text("-"),
+            f"{m.fairness_gap:.3f}" if len(m.groups) >= 2 else "-",
+        )
+    return table
+
+
+def _status_view(registry: Registry, model: str) -> tuple[rpb.Rollout, list[rpb.VersionMetrics]]:
+    rollout: rpb.GetRolloutResponse = registry.GetRollout(
+        rpb.GetRolloutRequest(name=_rollout_name(model))
+    )
+    metrics: rpb.GetVersionMetricsResponse = registry.GetVersionMetrics(
+        rpb.GetVersionMetricsRequest(parent=f"models/{model.removeprefix('models/')}")
+    )
+    return rollout.rollout, list(metrics.metrics)
+
+
+def _render(model: str, rollout: rpb.Rollout, metrics: list[rpb.VersionMetrics]) -> Group:
+    fields = Table(show_header=False, title=f"rollout of {model}")
+    fields.add_column(style="bold")
+    fields.add_column()
+    for key, value in _status_fields(rollout):
+        fields.add_row(key, Text(value or "-"))
+    return Group(fields, _metrics_table(rollout, metrics))
+
+
+@rollout_app.command("status")
+@connected
+def rollout_status(
+    conn: Connection,
+    model: ModelArg,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep the view live until Ctrl-C.")
+    ] = False,
+    every: Annotated[float, typer.Option(help="Refresh interval of --watch, seconds.")] = 2.0,
+    json_output: JsonFlag = False,
+) -> None:
+    """Weights, per-version numbers and the controller's last decision."""
+    with connect(conn) as registry:
+        rollout, metrics = _status_view(registry, model)
+        if json_output:
+            shown = {"rollout": _as_dict(rollout), "metrics": [_as_dict(m) for m in metrics]}
+            typer.echo(json.dumps(shown, indent=2))
+            return
+        if not watch:
+            stdout.print(_render(model, rollout, metrics))
+            return
+        with Live(_render(model, rollout, metrics), console=stdout, auto_refresh=False) as live:
+            try:
+                while True:
+                    time.sleep(every)  # the refresh interval of the live view (noqa: sleep-ok)
+                    rollout, metrics = _status_view(registry, model)
+                    live.update(_render(model, rollout, metrics), refresh=True)
+            except KeyboardInterrupt:
+                pass
+
+
+def _control(
+    conn: Connection,
+    model: str,
+    action: rpb.ControlRolloutRequest.Action,
+    reason: str,
+    json_output: bool,
+) -> None:
+    with connect(conn) as registry:
+        resp: rpb.ControlRolloutResponse = registry.ControlRollout(
+            rpb.ControlRolloutRequest(name=_rollout_name(model), action=action, reason=reason)
+        )
+    if json_output:
+        _print_json(resp)
+        return
+    _fields(_status_fields(resp.rollout))
+
+
+ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the audit trail).")]
+A = rpb.ControlRolloutRequest
+
+
+@rollout_app.command("pause")
+@connected
+def rollout_pause(
+    conn: Connection, model: ModelArg, reason: ReasonOpt = "", json_output: JsonFlag = False
+) -> None:
+    """Hold a canary at its current weight."""
+    _control(conn, model, A.ACTION_PAUSE, reason, json_output)
+
+
+@rollout_app.command("resume")
+@connected
+def rollout_resume(
+    conn: Connection, model: ModelArg, reason: ReasonOpt = "", json_output: JsonFlag = False
+) -> None:
+    """Continue a paused canary from its current step."""
+    _control(conn, model, A.ACTION_RESUME, reason, json_output)
+
+
+@rollout_app.command("promote")
+@connected
+def rollout_promote(
+    conn: Connection, model: ModelArg, reason: ReasonOpt = "", json_output: JsonFlag = False
+) -> None:
+    """Give the canary's candidate all the traffic now."""
+    _control(conn, model, A.ACTION_PROMOTE, reason, json_output)
+
+
+@rollout_app.command("abort")
+@connected
+def rollout_abort(
+    conn: Connection, model: ModelArg, reason: ReasonOpt = "", json_output: JsonFlag = False
+) -> None:
+    """Stop a canary and send all the traffic back to the stable version."""
+    _control(conn, model, A.ACTION_ABORT, reason, json_output)
+
+
+def _alert_row(a: rpb.Alert) -> tuple[str, ...]:
+    return (
+        _time(a.start_time),
+        _short(rpb.Alert.State, a.state),
+        _short(rpb.Alert.Severity, a.severity),
+        a.alert,
+        a.model or "-",
+        f"v{a.version}" if a.version else "-",
+        a.summary,
+    )
+
+
+ALERT_COLUMNS = ("since", "state", "severity", "alert", "model", "version", "summary")
+
+
+@connected
+def alerts(
+    conn: Connection,
+    firing: Annotated[bool, typer.Option("--firing", help="Only alerts still firing.")] = False,
+    model: Annotated[str, typer.Option(help="Only alerts about this model.")] = "",
+    limit: Annotated[int, typer.Option(min=1, help="Most alerts to list.")] = 50,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Then print each new change until Ctrl-C.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """List alerts, newest first; with --watch, follow new ones."""
+    with connect(conn) as registry:
+
+        def page(token: str) -> tuple[Iterable[rpb.Alert], str]:
+            resp: rpb.ListAlertsResponse = registry.ListAlerts(
+                rpb.ListAlertsRequest(
+                    firing_only=firing, model=model.removeprefix("models/"), page_token=token
+                )
+            )
+            return resp.alerts, resp.next_page_token
+
+        found = _all_pages(page, limit)
+        if json_output:
+            for a in found:
+                typer.echo(json.dumps(_as_dict(a)))
+        else:
+            _table(ALERT_COLUMNS, (_alert_row(a) for a in found), title="alerts")
+        if not watch:
+            return
+        since = max((a.sequence for a in found), default=0)
+        try:
+            for changed in registry.WatchAlerts(rpb.WatchAlertsRequest(since_sequence=since)):
+                for a in changed.alerts:
+                    if model and a.model != model.removeprefix("models/"):
+                        continue
+                    if json_output:
+                        typer.echo(json.dumps(_as_dict(a)))
+                    else:
+                        _table(ALERT_COLUMNS, [_alert_row(a)])
+        except KeyboardInterrupt:
+            pass
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise

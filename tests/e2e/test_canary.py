@@ -1,0 +1,302 @@
+"""Automatic canary analysis end to end: registry, two workers and a gateway as processes,
+real traffic with feedback, step intervals shortened by configuration."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+
+from services.common import drift
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from tests.helpers import models
+from tests.helpers.cluster import Cluster, cluster
+from tests.helpers.traffic import Traffic
+from tests.helpers.wait import async_wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+FAST = {
+    "LIVEML_CONTROLLER_SECONDS": "0.2",
+    "LIVEML_MONITOR_SECONDS": "0.5",
+    "LIVEML_MONITOR_WINDOW_SECONDS": "4",
+    "LIVEML_LEADER_LEASE_SECONDS": "2",
+}
+DATA_PLANE = ("--report-seconds", "0.3")
+Phase = rpb.AnalysisStatus
+
+
+def seconds(value: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def policy(candidate: int, **overrides: Any) -> rpb.AnalysisPolicy:
+    fields: dict[str, Any] = {
+        "steps": [20, 50, 100],
+        "step_interval": seconds(2.5),
+        "min_requests": 30,
+        "max_error_rate_delta": 0.05,
+        "max_p99_latency_ratio": 1.8,
+        "max_accuracy_drop": 0.1,
+        "ready_timeout": seconds(20),
+        "max_idle_intervals": 3,
+        "candidate_version": candidate,
+    }
+    fields.update(overrides)
+    return rpb.AnalysisPolicy(**fields)
+
+
+@asynccontextmanager
+async def serving(root: Path, **registry_env: str) -> AsyncIterator[tuple[Cluster, str]]:
+    """A cluster serving v1 (a correct classifier) of `clf` on two workers and a gateway."""
+    async with cluster(root, **{**FAST, **registry_env}) as c:
+        await c.create_model("clf")
+        await c.push("clf", models.classifier(root / "v1.onnx"))
+        await c.route("clf", (1, 100))
+        c.start_worker("w1", *DATA_PLANE)
+        c.start_worker("w2", *DATA_PLANE)
+        await c.wait_state("w1", "clf", 1, "READY")
+        await c.wait_state("w2", "clf", 1, "READY")
+        port = c.start_gateway(*DATA_PLANE)
+        yield c, f"127.0.0.1:{port}"
+
+
+async def start_canary(c: Cluster, candidate: int, **overrides: Any) -> rpb.Rollout:
+    request = rpb.UpdateRolloutRequest(
+        rollout=rpb.Rollout(
+            name="models/clf/rollout",
+            targets=[
+                rpb.TrafficTarget(version=1, percent=80),
+                rpb.TrafficTarget(version=candidate, percent=20),
+            ],
+            analysis=policy(candidate, **overrides),
+        )
+    )
+    return (await c.stub.UpdateRollout(request, metadata=c.md)).rollout  # type: ignore[no-any-return]
+
+
+async def rollout(c: Cluster) -> rpb.Rollout:
+    reply = await c.stub.GetRollout(
+        rpb.GetRolloutRequest(name="models/clf/rollout"), metadata=c.md
+    )
+    return reply.rollout  # type: ignore[no-any-return]
+
+
+async def wait_phase(c: Cluster, phase: int, within: float = 60) -> rpb.Rollout:
+    seen: list[rpb.Rollout] = []
+
+    async def reached() -> rpb.Rollout | None:
+        current = await rollout(c)
+        seen[:] = [current]
+        return current if current.status.phase == phase else None
+
+    try:
+        return await async_wait_until(reached, within, f"phase {Phase.Phase.Name(phase)}")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status: {seen[-1].status if seen else None}") from None
+
+
+async def audit(c: Cluster, action: str) -> list[dict[str, Any]]:
+    reply = await c.stub.ListAuditEvents(
+        rpb.ListAuditEventsRequest(target="models/clf/rollout", page_size=200), metadata=c.md
+    )
+    return [json.loads(e.details) | {"actor": e.actor} for e in reply.events if e.action == action]
+
+
+async def alerts(c: Cluster, kind: str, firing_only: bool = False) -> list[rpb.Alert]:
+    reply = await c.stub.ListAlerts(
+        rpb.ListAlertsRequest(model="clf", firing_only=firing_only), metadata=c.md
+    )
+    return [a for a in reply.alerts if a.alert == kind]
+
+
+async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
+        traffic = Traffic(address, "clf")
+        traffic.start()
+        started = await start_canary(c, 2)
+        assert started.status.phase == Phase.PHASE_PROGRESSING
+        done = await wait_phase(c, Phase.PHASE_PROMOTED)
+        await traffic.stop()
+
+        assert [(t.version, t.percent) for t in done.targets] == [(2, 100)]
+        steps = await audit(c, "CanaryStep")
+        assert [(s["from_percent"], s["to_percent"]) for s in steps[::-1]] == [(20, 50)]
+        promoted = await audit(c, "CanaryPromote")
+        assert len(promoted) == 1 and promoted[0]["actor"] == "controller"
+        for decision in (*steps, *promoted):
+            assert decision["candidate"]["requests"] >= 30 and decision["stable"]["requests"] >= 30
+            assert {check["check"] for check in decision["checks"]} >= {
+                "max_error_rate_delta",
+                "max_p99_latency_ratio",
+                "max_accuracy_drop",
+            }
+            assert all(check["ok"] for check in decision["checks"])
+        v2 = await c.stub.GetVersion(
+            rpb.GetVersionRequest(name="models/clf/aliases/champion"), metadata=c.md
+        )
+        assert v2.version.number == 2 and v2.version.stage == rpb.STAGE_PRODUCTION
+        assert [a.state for a in await alerts(c, "CanaryPromoted")] == [rpb.Alert.STATE_RESOLVED]
+        assert not traffic.failures, traffic.failures[:3]
+
+
+@pytest.mark.parametrize(
+    ("build", "breach", "clients"),
+    [
+        (models.failing_classifier, "max_error_rate_delta", 8),
+        # Few clients, so the box has spare CPU and only the candidate's own work is slow.
+        (lambda p: models.slow_classifier(p, rounds=600), "max_p99_latency_ratio", 2),
+        (lambda p: models.classifier(p, flip=True), "max_accuracy_drop", 8),
+    ],
+    ids=["errors", "slow", "inaccurate"],
+)
+async def test_bad_candidate_is_rolled_back(
+    tmp_path: Path, build: Any, breach: str, clients: int
+) -> None:
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", build(tmp_path / "v2.onnx"))
+        traffic = Traffic(address, "clf", clients=clients)
+        traffic.start()
+        await start_canary(c, 2)
+        back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
+        rolled_back_at = time.monotonic()
+        await async_wait_until(
+            lambda: sum(1 for at, _ in traffic.answers if at > rolled_back_at + 1) >= 50,
+            30,
+            "answers after the rollback",
+        )
+        await traffic.stop()
+
+        assert [(t.version, t.percent) for t in back.targets] == [(1, 100)]
+        assert breach in back.status.last_decision
+        (event,) = await audit(c, "CanaryRollback")
+        assert event["breached"] == breach and event["actor"] == "controller"
+        assert event["candidate"]["requests"] >= 30
+        failed = [c for c in event["checks"] if not c["ok"]]
+        assert failed and failed[0]["check"] == breach
+        (alert,) = await alerts(c, "RolloutRolledBack", firing_only=True)
+        assert alert.severity == rpb.Alert.SEVERITY_CRITICAL and breach in alert.summary
+        # Only the candidate itself failed requests, and it gets none once rolled back.
+        assert all("version 2" in message for _, message in traffic.failures), traffic.failures[:3]
+        assert traffic.versions_after(rolled_back_at + 1) == {"1"}
+
+
+async def test_candidate_that_never_becomes_ready_is_rolled_back(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", models.failing_classifier(tmp_path / "v2.onnx", always=True))
+        traffic = Traffic(address, "clf", clients=2)
+        traffic.start()
+        await start_canary(c, 2, ready_timeout=seconds(3))
+        back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
+        await traffic.stop()
+        assert "not READY on any worker within 3 s" in back.status.last_decision
+        (event,) = await audit(c, "CanaryRollback")
+        assert event["breached"] == "ready_timeout" and event["ready_workers"] == 0
+        assert not traffic.failures, traffic.failures[:3]
+
+
+async def test_too_little_data_fails_the_canary(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (c, _):
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
+        await c.wait_state("w1", "clf", 1, "READY")
+        await start_canary(c, 2, step_interval=seconds(0.6), max_idle_intervals=2)
+        back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
+        assert "too little data" in back.status.last_decision
+        waits = await audit(c, "CanaryWait")
+        assert [w["idle_intervals"] for w in waits[::-1]] == [1, 2]
+        (event,) = await audit(c, "CanaryRollback")
+        assert event["breached"] == "min_requests" and event["idle_intervals"] == 3
+
+
+async def test_operator_pauses_resumes_and_aborts(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
+        control = c.stub.ControlRollout
+        A = rpb.ControlRolloutRequest
+        name = "models/clf/rollout"
+        with pytest.raises(aio.AioRpcError) as info:
+            await control(A(name=name, action=A.ACTION_PAUSE), metadata=c.md)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has no canary in progress to pause" in (info.value.details() or "")
+
+        await start_canary(c, 2, step_interval=seconds(0.5))
+        paused = await control(A(name=name, action=A.ACTION_PAUSE, reason="look"), metadata=c.md)
+        assert paused.rollout.status.phase == Phase.PHASE_PAUSED
+        traffic = Traffic(address, "clf", clients=4)
+        traffic.start()
+        await async_wait_until(lambda: len(traffic.answers) > 200, 30, "traffic while paused")
+        held = await rollout(c)
+        assert held.status.phase == Phase.PHASE_PAUSED and held.status.step_index == 0
+        resumed = await control(A(name=name, action=A.ACTION_RESUME), metadata=c.md)
+        assert resumed.rollout.status.phase == Phase.PHASE_PROGRESSING
+        aborted = await control(A(name=name, action=A.ACTION_ABORT, reason="no"), metadata=c.md)
+        await traffic.stop()
+        assert aborted.rollout.status.phase == Phase.PHASE_ABORTED
+        assert [(t.version, t.percent) for t in aborted.rollout.targets] == [(1, 100)]
+        (event,) = await audit(c, "CanaryAbort")
+        assert event["reason"].endswith(": no") and event["actor"].startswith("tokens/")
+        with pytest.raises(aio.AioRpcError) as info:
+            await control(A(name=name, action=A.ACTION_PROMOTE), metadata=c.md)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "(it is ABORTED)" in (info.value.details() or "")
+        assert not traffic.failures
+
+
+async def test_drift_raises_psi_and_its_alert_only_when_inputs_shift(tmp_path: Path) -> None:
+    async with cluster(tmp_path, **FAST, LIVEML_DRIFT_ALERT_PSI="0.25") as c:
+        await c.create_model("clf")
+        train = np.random.default_rng(7).standard_normal((5000, 4)).astype(np.float32)
+        reference = drift.reference_statistics({"x": train}, {"y": train @ models._scores(False)})
+        await c.push(
+            "clf", models.classifier(tmp_path / "v1.onnx"), reference_statistics=reference
+        )
+        await c.route("clf", (1, 100))
+        c.start_worker("w1", *DATA_PLANE)
+        await c.wait_state("w1", "clf", 1, "READY")
+        address = f"127.0.0.1:{c.start_gateway(*DATA_PLANE)}"
+
+        async def psi() -> rpb.VersionMetrics | None:
+            reply = await c.stub.GetVersionMetrics(
+                rpb.GetVersionMetricsRequest(parent="models/clf", window=seconds(3)),
+                metadata=c.md,
+            )
+            found = [m for m in reply.metrics if m.version == 1 and m.requests >= 400]
+            return found[0] if found and found[0].drift_psi else None
+
+        steady = Traffic(address, "clf", clients=4, feedback=False)
+        steady.start()
+        calm = await async_wait_until(psi, 30, "drift numbers without a shift")
+        assert calm.max_drift_psi < 0.1, dict(calm.drift_psi)
+        # Alerts are evaluated every 0.5 s; several rounds of the steady state raise none.
+        for _ in range(3):
+            current = await async_wait_until(psi, 30, "drift numbers")
+            assert current.max_drift_psi < 0.25
+        await steady.stop()
+        assert not await alerts(c, "DriftHigh")
+
+        shifted = Traffic(address, "clf", clients=4, feedback=False, mean=1.5)
+        shifted.start()
+
+        async def high() -> rpb.VersionMetrics | None:
+            found = await psi()
+            return found if found and found.max_drift_psi > 0.25 else None
+
+        moved = await async_wait_until(high, 30, "drift PSI above 0.25")
+        (alert,) = await async_wait_until(
+            lambda: alerts(c, "DriftHigh", firing_only=True), 30, "DriftHigh alert"
+        )
+        await shifted.stop()
+        assert moved.worst_feature.startswith(("x[", "y["))
+        assert alert.severity == rpb.Alert.SEVERITY_WARNING and "PSI" in alert.summary

@@ -1,0 +1,71 @@
+"""Client traffic through a gateway with ground truth sent back, for canary and drift tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from grpc import aio
+
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from tests.helpers.cluster import infer_request
+from tests.helpers.models import RULE
+
+
+@dataclass
+class Traffic:
+    """Unary clients sending x ~ N(mean, 1) and, for each answer, the true class."""
+
+    address: str
+    model: str
+    clients: int = 8
+    mean: float = 0.0
+    feedback: bool = True
+    group_key: str = ""
+    answers: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _client(self, index: int) -> None:
+        rng = np.random.default_rng(index)
+        async with aio.insecure_channel(self.address) as channel:
+            infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+            feedback = gpb_grpc.GatewayServiceStub(channel).SubmitFeedback
+            n = 0
+            while not self._stop.is_set():
+                x = rng.normal(self.mean, 1.0, size=(1, 4)).astype(np.float32)
+                request = infer_request(self.model, x, f"{index}-{n}")
+                if self.group_key:
+                    request.parameters[self.group_key].string_param = "ab"[n % 2]
+                n += 1
+                try:
+                    reply = await infer(request, timeout=10)
+                except aio.AioRpcError as exc:
+                    self.failures.append((time.monotonic(), f"{exc.code().name}: {exc.details()}"))
+                    continue
+                self.answers.append((time.monotonic(), reply.model_version))
+                if self.feedback:
+                    truth = int(float((x @ RULE)[0]) > 0)
+                    await feedback(
+                        gpb.SubmitFeedbackRequest(
+                            model_name=self.model,
+                            request_id=request.id,
+                            ground_truth=gpb.Label(class_index=truth),
+                        ),
+                        timeout=10,
+                    )
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def versions_after(self, moment: float) -> set[str]:
+        return {version for at, version in self.answers if at > moment}
