@@ -206,6 +206,7 @@ class Controller:
         self.ready_alert_seconds = ready_alert_seconds
         self._ready_since: dict[tuple[str, int], float] = {}
         self._last_monitor = 0.0
+        self._ticked = False
         self._last_prune = 0.0
         # model -> (rollout, per-version numbers over the monitor window), for /metrics.
         self.snapshot: dict[str, tuple[rpb.Rollout, dict[int, rpb.VersionMetrics]]] = {}
@@ -227,10 +228,15 @@ class Controller:
             await self.lease.release()
 
     async def tick(self) -> None:
-        was = self.lease.held
+        was = self.lease.held if self._ticked else None
         leader = await self.lease.hold()
+        self._ticked = True
         if leader != was:
-            log.info("rollout controller: %s", "leading" if leader else "standing by")
+            log.info(
+                "rollout controller %s: %s",
+                self.lease.holder,
+                "leading" if leader else "standing by",
+            )
         now = time.time()
         current = await self._rollouts()
         if leader:
@@ -359,6 +365,8 @@ class Controller:
         event: bool = True,
         more: Callable[[Tx], Any] | None = None,
     ) -> rpb.Rollout:
+        if actor == "controller":  # which replica decided, when several share the database
+            details = {**details, "controller": self.lease.holder}
         async with self.store.write(actor) as tx:
             after = await rollouts.transition(tx, model, rollout.revision, change, action, details)
             if alert is not None:

@@ -18,8 +18,11 @@ from grpc import aio
 
 from services.common import drift
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.helpers import models
 from tests.helpers.cluster import Cluster, cluster
+from tests.helpers.procs import registry_process
+from tests.helpers.registry import auth, database
 from tests.helpers.traffic import Traffic
 from tests.helpers.wait import async_wait_until
 
@@ -87,9 +90,7 @@ async def start_canary(c: Cluster, candidate: int, **overrides: Any) -> rpb.Roll
 
 
 async def rollout(c: Cluster) -> rpb.Rollout:
-    reply = await c.stub.GetRollout(
-        rpb.GetRolloutRequest(name="models/clf/rollout"), metadata=c.md
-    )
+    reply = await c.stub.GetRollout(rpb.GetRolloutRequest(name="models/clf/rollout"), metadata=c.md)
     return reply.rollout  # type: ignore[no-any-return]
 
 
@@ -259,9 +260,7 @@ async def test_drift_raises_psi_and_its_alert_only_when_inputs_shift(tmp_path: P
         await c.create_model("clf")
         train = np.random.default_rng(7).standard_normal((5000, 4)).astype(np.float32)
         reference = drift.reference_statistics({"x": train}, {"y": train @ models._scores(False)})
-        await c.push(
-            "clf", models.classifier(tmp_path / "v1.onnx"), reference_statistics=reference
-        )
+        await c.push("clf", models.classifier(tmp_path / "v1.onnx"), reference_statistics=reference)
         await c.route("clf", (1, 100))
         c.start_worker("w1", *DATA_PLANE)
         await c.wait_state("w1", "clf", 1, "READY")
@@ -300,3 +299,82 @@ async def test_drift_raises_psi_and_its_alert_only_when_inputs_shift(tmp_path: P
         await shifted.stop()
         assert moved.worst_feature.startswith(("x[", "y["))
         assert alert.severity == rpb.Alert.SEVERITY_WARNING and "PSI" in alert.summary
+
+
+async def test_fairness_gap_is_measured_and_can_fail_a_canary(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
+        # Group a sends inputs that are mostly positive, group b mostly negative.
+        traffic = Traffic(address, "clf", group_key="group", group_shift=1.5)
+        traffic.start()
+        await start_canary(c, 2, max_fairness_gap=0.3)
+        back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
+        reply = await c.stub.GetVersionMetrics(
+            rpb.GetVersionMetricsRequest(parent="models/clf"), metadata=c.md
+        )
+        await traffic.stop()
+        assert "max_fairness_gap" in back.status.last_decision
+        (event,) = await audit(c, "CanaryRollback")
+        assert event["breached"] == "max_fairness_gap"
+        assert event["candidate"]["fairness_gap"] > 0.3
+        v1 = next(m for m in reply.metrics if m.version == 1)
+        groups = {g.group: g for g in v1.groups}
+        assert set(groups) == {"a", "b"}
+        rate = {name: g.positive / g.predictions for name, g in groups.items()}
+        assert rate["a"] > 0.7 > 0.3 > rate["b"]
+        assert v1.fairness_gap == pytest.approx(rate["a"] - rate["b"])
+        assert all(g.feedback_total > 0 for g in groups.values())
+        assert all(g.feedback_correct == g.feedback_total for g in groups.values())
+
+
+async def test_one_controller_among_registries_and_failover(tmp_path: Path) -> None:
+    """Two registry processes on one PostgreSQL: one leads; killing it hands over."""
+    async with database("postgres", tmp_path) as url:
+        env = {**FAST, "LIVEML_DATABASE_URL": url, "LIVEML_WATCH_POLL_SECONDS": "0.2"}
+        a, _ = registry_process(tmp_path, **env, LIVEML_CONTROLLER_ID="A")
+        a.expect("rollout controller A: leading")
+        b, port_b = registry_process(tmp_path, **env, LIVEML_CONTROLLER_ID="B")
+        b.expect("rollout controller B: standing by")
+        admin = (tmp_path / "admin.token").read_text().strip()
+        async with aio.insecure_channel(f"127.0.0.1:{port_b}") as channel:
+            stub = rpb_grpc.RegistryServiceStub(channel)
+            made = await stub.CreateToken(
+                rpb.CreateTokenRequest(display_name="workers", role=rpb.ROLE_WORKER),
+                metadata=auth(admin),
+            )
+            c = Cluster(tmp_path, b, port_b, admin, channel, stub, worker_token=made.secret)
+            try:
+                await c.create_model("clf")
+                await c.push("clf", models.classifier(tmp_path / "v1.onnx"))
+                await c.route("clf", (1, 100))
+                c.start_worker("w1", *DATA_PLANE)
+                c.start_worker("w2", *DATA_PLANE)
+                await c.wait_state("w1", "clf", 1, "READY")
+                address = f"127.0.0.1:{c.start_gateway(*DATA_PLANE)}"
+                await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
+                traffic = Traffic(address, "clf")
+                traffic.start()
+                await start_canary(c, 2, steps=[20, 40, 60, 100])
+                (first,) = await async_wait_until(
+                    lambda: audit(c, "CanaryStep"), 60, "the first step"
+                )
+                a.popen.kill()  # SIGKILL: no goodbye, the lease must expire
+                a.popen.wait()
+                done = await wait_phase(c, Phase.PHASE_PROMOTED)
+                await traffic.stop()
+                steps = (await audit(c, "CanaryStep"))[::-1]
+                promoted = await audit(c, "CanaryPromote")
+            finally:
+                for gateway in c.gateways:
+                    gateway.stop()
+                for worker, _ in c.workers.values():
+                    worker.stop()
+                b.stop()
+                a.stop()
+        assert [(t.version, t.percent) for t in done.targets] == [(2, 100)]
+        assert first["controller"] == "A"
+        # Each step decided once, by whichever replica led at the time.
+        assert [(s["from_percent"], s["to_percent"]) for s in steps] == [(20, 40), (40, 60)]
+        assert [p["controller"] for p in promoted] == ["B"]
+        assert "leading" in "".join(b.output).split("standing by", 1)[1]
+        assert not traffic.failures, traffic.failures[:3]

@@ -26,6 +26,8 @@ class Traffic:
     mean: float = 0.0
     feedback: bool = True
     group_key: str = ""
+    # With groups: group a's inputs are shifted by +group_shift, group b's by -group_shift.
+    group_shift: float = 0.0
     answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -38,10 +40,13 @@ class Traffic:
             feedback = gpb_grpc.GatewayServiceStub(channel).SubmitFeedback
             n = 0
             while not self._stop.is_set():
+                group = "ab"[n % 2]
                 x = rng.normal(self.mean, 1.0, size=(1, 4)).astype(np.float32)
+                if self.group_shift:  # along the rule, so the groups' classes differ
+                    x += (self.group_shift if group == "a" else -self.group_shift) * RULE
                 request = infer_request(self.model, x, f"{index}-{n}")
                 if self.group_key:
-                    request.parameters[self.group_key].string_param = "ab"[n % 2]
+                    request.parameters[self.group_key].string_param = group
                 n += 1
                 try:
                     reply = await infer(request, timeout=10)
