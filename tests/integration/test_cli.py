@@ -127,3 +127,61 @@ def test_audit_verify_names_an_edited_row(registry_env: dict[str, str], tmp_path
     assert broken.returncode == 1
     assert "audit trail BROKEN at event #2" in broken.stderr
     assert "CreateModel on models/evil" in broken.stderr
+
+
+def test_canary_status_control_and_alerts_with_the_cli(
+    registry_env: dict[str, str], tmp_path: Path
+) -> None:
+    liveml(registry_env, "models", "create", "iris")
+    for seed in (1, 2):
+        liveml(
+            registry_env,
+            "versions",
+            "push",
+            str(linear(tmp_path / f"v{seed}.onnx", seed=seed)),
+            "--model",
+            "iris",
+        )
+    refused = liveml(registry_env, "rollout", "canary", "iris", "2", ok=False)
+    assert refused.returncode != 0
+    assert "a canary starts from one version serving all of 'iris' traffic" in refused.stderr
+    liveml(registry_env, "rollout", "set", "iris", "--target", "1=100")
+    bad = liveml(registry_env, "rollout", "canary", "iris", "2", "--interval", "soon", ok=False)
+    assert "'soon': expected e.g. 30s, 5m or 1h" in bad.stderr
+
+    started = liveml(
+        registry_env,
+        "rollout",
+        "canary",
+        "iris",
+        "2",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "30s",
+        "--json",
+    )
+    rollout = json.loads(started.stdout)["rollout"]
+    assert rollout["analysis"]["steps"] == [10, 50, 100]
+    assert rollout["status"]["phase"] == "PHASE_PROGRESSING"
+    assert [(t["version"], t["percent"]) for t in rollout["targets"]] == [("1", 90), ("2", 10)]
+
+    status = liveml(registry_env, "rollout", "status", "iris")
+    for text in ("progressing", "v2 at 10%", "started at 10%", "last 5 minutes"):
+        assert text in status.stdout, status.stdout
+    paused = liveml(registry_env, "rollout", "pause", "iris", "--reason", "checking")
+    assert "paused" in paused.stdout and "pause by" in paused.stdout
+    again = liveml(registry_env, "rollout", "pause", "iris", ok=False)
+    assert "already paused" in again.stderr
+    liveml(registry_env, "rollout", "resume", "iris")
+    promoted = liveml(registry_env, "rollout", "promote", "iris", "--json")
+    final = json.loads(promoted.stdout)["rollout"]
+    assert final["status"]["phase"] == "PHASE_PROMOTED"
+    assert [(t["version"], t["percent"]) for t in final["targets"]] == [("2", 100)]
+
+    listed = liveml(registry_env, "alerts", "--json")
+    kinds = [json.loads(line)["alert"] for line in listed.stdout.splitlines()]
+    assert kinds == ["CanaryPromoted"]
+    table = liveml(registry_env, "alerts")
+    assert "CanaryPromoted" in table.stdout and "resolved" in table.stdout
+    assert "CanaryPromoted" not in liveml(registry_env, "alerts", "--firing").stdout
