@@ -47,7 +47,10 @@ def version() -> None:
 @app.command()
 def demo(
     keep: Path | None = typer.Option(
-        None, "--keep", help="Keep the demo's database and artifacts in this folder."
+        None,
+        "--keep",
+        envvar="LIVEML_DEMO_DIR",
+        help="Keep the demo's database, artifacts and process logs in this folder.",
     ),
 ) -> None:
     """Run the live-update demo on the embedded default (SQLite, local artifacts)."""

@@ -119,6 +119,7 @@ async def start(settings: GatewaySettings) -> Gateway:
     def rebuild(picture: Picture) -> None:
         # One assignment: a request sees either the old table or the new one, never a mix.
         current[0] = RoutingTable.build(picture, watcher.revision)
+        router.table_changed()
         control.ready.set()
 
     watcher = RegistryWatcher(stub, metadata, rebuild)

@@ -42,6 +42,8 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 TRACEPARENT = "traceparent"
+# Longest a request waits for a newer routing table when its version was just retired.
+TABLE_WAIT = 2.0
 
 
 class Router:
@@ -66,6 +68,7 @@ class Router:
         self.shadow = Shadow(self.send_to_version, shadow_capacity)
         self.book = book
         self.group_key = group_key
+        self._changed = asyncio.Event()
 
     async def send_to_version(self, model: str, version: int, data: bytes) -> bytes:
         """The answer (ModelInferResponse bytes) of some READY worker of the version."""
@@ -101,6 +104,20 @@ class Router:
                 continue
             return reply
 
+    def table_changed(self) -> None:
+        """A new routing table is in place: wake requests waiting for one."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _newer_table(self, seen: RoutingTable, deadline: float) -> bool:
+        if self.table() is not seen:
+            return True
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(TABLE_WAIT, max(0.0, deadline - time.monotonic()))):
+                await changed.wait()
+        return self.table() is not seen
+
     async def infer(self, data: bytes, metadata: Any, deadline: float | None) -> tuple[bytes, str]:
         """Route one request; return (reply bytes, answering version) or raise ServiceError."""
         try:
@@ -112,29 +129,44 @@ class Router:
         sticky = routing.parameters.get(route.sticky_key) if route.sticky_key else None
         if sticky is None and metadata:
             sticky = next((v for k, v in metadata if k == self.route_key_header), None)
-        choice = table.choose(routing.model_name, routing.model_version, sticky)
-        if choice.redistributed:
-            metrics.REDISTRIBUTED.labels(routing.model_name).inc()
-        request = data if routing.model_version else wire.with_version(data, choice.version)
+        traceparent = ""
         if telemetry.tracing_enabled():
             # The worker stream is shared, so the trace context travels in the request.
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            if "traceparent" in carrier:
-                request = wire.with_string_parameter(request, TRACEPARENT, carrier["traceparent"])
+            traceparent = carrier.get("traceparent", "")
         started = time.perf_counter()
-        model, version = routing.model_name, choice.version
-        label = (model, str(version), "primary")
+        model = routing.model_name
+        deadline = deadline or time.monotonic() + self.default_timeout
+        version = 0
         metrics.IN_FLIGHT.inc()
         try:
-            reply = await self._send(
-                model, version, request, deadline or time.monotonic() + self.default_timeout
-            )
+            while True:
+                choice = table.choose(model, routing.model_version, sticky)
+                version = choice.version
+                if choice.redistributed:
+                    metrics.REDISTRIBUTED.labels(model).inc()
+                request = data if routing.model_version else wire.with_version(data, version)
+                if traceparent:
+                    request = wire.with_string_parameter(request, TRACEPARENT, traceparent)
+                try:
+                    reply = await self._send(model, version, request, deadline)
+                    break
+                except Unavailable:
+                    # Every worker of the chosen version is draining or gone: the rollout
+                    # moved on and this gateway's table has not caught up yet. A request
+                    # the rollout routes (not one pinned by the caller) waits for the new
+                    # table and is routed again.
+                    if routing.model_version or not await self._newer_table(table, deadline):
+                        raise
+                    table = self.table()
         except ServiceError as exc:
-            self.book.request(model, version, 0.0, exc.code.name)
+            if version:  # failures before a version was chosen belong to no version
+                self.book.request(model, version, 0.0, exc.code.name)
             raise
         finally:
             metrics.IN_FLIGHT.dec()
+        label = (model, str(version), "primary")
         if reply.error:
             code = CODES.get(reply.status, grpc.StatusCode.UNKNOWN)
             metrics.REQUESTS.labels(*label, code.name).inc()
@@ -155,7 +187,7 @@ class Router:
                 self.shadow.offer(
                     Copy(routing.model_name, mirror, wire.with_version(data, mirror), answer)
                 )
-        return answer, str(choice.version)
+        return answer, str(version)
 
     def _count_group(self, model: str, version: int, group: str, answer: bytes) -> None:
         """Fairness: what each group was predicted (decoded only for requests in a group)."""

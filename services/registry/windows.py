@@ -29,6 +29,9 @@ WORKER = rpb.WINDOW_SOURCE_WORKER
 # Groups with fewer predictions than this are left out of the fairness gap: their rate
 # is noise.
 MIN_GROUP_PREDICTIONS = 20
+# PSI over ten bins of n samples of an unchanged distribution is about 9/n on average:
+# below this many samples a feature's PSI is noise, so it is not reported.
+MIN_DRIFT_SAMPLES = 200
 
 
 def check(window: rpb.Window) -> None:
@@ -219,6 +222,8 @@ def metrics_of(
         for name, (edges, counts) in s.features.items():
             ref = expected.get(name)
             if ref is None or not _same_edges(list(ref.bin_edges), edges):
+                continue
+            if sum(counts) < MIN_DRIFT_SAMPLES:
                 continue
             m.drift_psi[name] = drift.psi(list(ref.bin_fractions), counts)
         if m.drift_psi:
