@@ -139,7 +139,7 @@ class Router:
         model = routing.model_name
         deadline = deadline or time.monotonic() + self.default_timeout
         version = 0
-        metrics.IN_FLIGHT.inc()
+        metrics.REQUESTS.in_flight += 1
         try:
             while True:
                 choice = table.choose(model, routing.model_version, sticky)
@@ -165,16 +165,14 @@ class Router:
                 self.book.request(model, version, 0.0, exc.code.name)
             raise
         finally:
-            metrics.IN_FLIGHT.dec()
-        label = (model, str(version), "primary")
+            metrics.REQUESTS.in_flight -= 1
         if reply.error:
             code = CODES.get(reply.status, grpc.StatusCode.UNKNOWN)
-            metrics.REQUESTS.labels(*label, code.name).inc()
+            metrics.REQUESTS.record(model, str(version), "primary", code.name, 0.0)
             self.book.request(model, version, 0.0, code.name)
             raise ServiceError(reply.error, code)
         seconds = time.perf_counter() - started
-        metrics.REQUESTS.labels(*label, "OK").inc()
-        metrics.LATENCY.labels(*label).observe(seconds)
+        metrics.REQUESTS.record(model, str(version), "primary", "OK", seconds)
         self.book.request(model, version, seconds)
         answer = bytes(reply.response)
         group = routing.parameters.get(self.group_key, "") if routing.parameters else ""

@@ -55,12 +55,11 @@ class Shadow:
             try:
                 answer = await self._send(copy.model, copy.version, copy.request)
             except Exception as exc:  # a failing mirror is counted, never raised
-                metrics.REQUESTS.labels(*labels, "shadow", "ERROR").inc()
+                metrics.REQUESTS.record(*labels, "shadow", "ERROR", 0.0)
                 log.debug("mirror %s v%d failed: %s", copy.model, copy.version, exc)
                 continue
             elapsed = time.perf_counter() - started
-            metrics.REQUESTS.labels(*labels, "shadow", "OK").inc()
-            metrics.LATENCY.labels(*labels, "shadow").observe(elapsed)
+            metrics.REQUESTS.record(*labels, "shadow", "OK", elapsed)
             mine, theirs = first_output(answer), first_output(copy.primary)
             same = mine is not None and theirs is not None and agree(theirs, mine)
             ok, total = self.agreement.get((copy.model, copy.version), (0, 0))

@@ -144,7 +144,6 @@ class StreamReply:
 
     error: str
     response: memoryview
-    model_version: str
     status: int  # the worker's gRPC status code for an error (liveml_status), else 0
 
 
@@ -155,13 +154,9 @@ def stream_reply(data: bytes) -> StreamReply:
             error = bytes(value).decode(errors="replace")
         elif number == INFER_RESPONSE and isinstance(value, memoryview):
             response = value
-    version, status = "", 0
-    if response.nbytes:
-        parsed = routing(bytes(response)) if error else None
-        for number, _, value in fields(response):
-            if number == MODEL_VERSION and isinstance(value, memoryview):
-                version = bytes(value).decode()
-                break
-        if parsed is not None and parsed.parameters.get("liveml_status", "").isdigit():
+    status = 0
+    if error and response.nbytes:  # only errors are read further: for their status code
+        parsed = routing(bytes(response))
+        if parsed.parameters.get("liveml_status", "").isdigit():
             status = int(parsed.parameters["liveml_status"])
-    return StreamReply(error, response, version, status)
+    return StreamReply(error, response, status)

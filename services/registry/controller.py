@@ -320,7 +320,12 @@ class Controller:
                 _decided(r, f"waiting ({idle}/{limits.max_idle_intervals}): {why}")
 
             await self._decide(
-                model, rollout, wait, "CanaryWait", {**numbers, "idle_intervals": idle}
+                model,
+                rollout,
+                wait,
+                "CanaryWait",
+                {**numbers, "idle_intervals": idle},
+                alert=("CanaryWaiting", alerts.INFO, f"canary of v{candidate} is short of data"),
             )
             return
         checks = judge(limits, s, c)
@@ -517,6 +522,11 @@ class Controller:
             "CanaryPause" if action == Action.ACTION_PAUSE else "CanaryResume",
             details,
             actor=actor,
+            alert=(
+                "CanaryPaused" if action == Action.ACTION_PAUSE else "CanaryResumed",
+                alerts.INFO,
+                f"canary of v{rollout.status.candidate_version} {verb}d by {actor}",
+            ),
         )
 
     # --- monitoring ------------------------------------------------------------------------

@@ -125,7 +125,7 @@ async def alerts(c: Cluster, kind: str, firing_only: bool = False) -> list[rpb.A
 async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> None:
     async with serving(tmp_path) as (c, address):
         await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
-        traffic = Traffic(address, "clf")
+        traffic = Traffic(address, "clf", clients=4)
         traffic.start()
         started = await start_canary(c, 2)
         assert started.status.phase == Phase.PHASE_PROGRESSING
@@ -156,10 +156,10 @@ async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("build", "breach", "clients"),
     [
-        (models.failing_classifier, "max_error_rate_delta", 8),
+        (models.failing_classifier, "max_error_rate_delta", 4),
         # Few clients, so the box has spare CPU and only the candidate's own work is slow.
         (lambda p: models.slow_classifier(p, rounds=600), "max_p99_latency_ratio", 2),
-        (lambda p: models.classifier(p, flip=True), "max_accuracy_drop", 8),
+        (lambda p: models.classifier(p, flip=True), "max_accuracy_drop", 4),
     ],
     ids=["errors", "slow", "inaccurate"],
 )
@@ -305,7 +305,7 @@ async def test_fairness_gap_is_measured_and_can_fail_a_canary(tmp_path: Path) ->
     async with serving(tmp_path) as (c, address):
         await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
         # Group a sends inputs that are mostly positive, group b mostly negative.
-        traffic = Traffic(address, "clf", group_key="group", group_shift=1.5)
+        traffic = Traffic(address, "clf", clients=4, group_key="group", group_shift=1.5)
         traffic.start()
         await start_canary(c, 2, max_fairness_gap=0.3)
         back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
@@ -352,7 +352,7 @@ async def test_one_controller_among_registries_and_failover(tmp_path: Path) -> N
                 await c.wait_state("w1", "clf", 1, "READY")
                 address = f"127.0.0.1:{c.start_gateway(*DATA_PLANE)}"
                 await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
-                traffic = Traffic(address, "clf")
+                traffic = Traffic(address, "clf", clients=4)
                 traffic.start()
                 await start_canary(c, 2, steps=[20, 40, 60, 100])
                 (first,) = await async_wait_until(

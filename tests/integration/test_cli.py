@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.models import linear
-from tests.helpers.procs import ROOT
+from tests.helpers.procs import ROOT, Proc
 from tests.integration.test_registry_serve import serve
 
 
@@ -169,6 +170,15 @@ def test_canary_status_control_and_alerts_with_the_cli(
     status = liveml(registry_env, "rollout", "status", "iris")
     for text in ("progressing", "v2 at 10%", "started at 10%", "last 5 minutes"):
         assert text in status.stdout, status.stdout
+    # The live view refreshes until Ctrl-C, then exits cleanly.
+    live = Proc(
+        [sys.executable, "-m", "services.cli.main", "rollout", "status", "iris", "--watch",
+         "--every", "0.2"],
+        {**{k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}, **registry_env},
+    )  # fmt: skip
+    live.expect("v2 at 10%")
+    live.popen.send_signal(signal.SIGINT)
+    assert live.popen.wait(timeout=20) == 0
     paused = liveml(registry_env, "rollout", "pause", "iris", "--reason", "checking")
     assert "paused" in paused.stdout and "pause by" in paused.stdout
     again = liveml(registry_env, "rollout", "pause", "iris", ok=False)
@@ -181,7 +191,7 @@ def test_canary_status_control_and_alerts_with_the_cli(
 
     listed = liveml(registry_env, "alerts", "--json")
     kinds = [json.loads(line)["alert"] for line in listed.stdout.splitlines()]
-    assert kinds == ["CanaryPromoted"]
+    assert kinds == ["CanaryPromoted", "CanaryResumed", "CanaryPaused"]
     table = liveml(registry_env, "alerts")
     assert "CanaryPromoted" in table.stdout and "resolved" in table.stdout
     assert "CanaryPromoted" not in liveml(registry_env, "alerts", "--firing").stdout
