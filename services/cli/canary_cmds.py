@@ -231,14 +231,19 @@ def rollout_status(
         if not watch:
             stdout.print(_render(model, rollout, metrics))
             return
-        with Live(_render(model, rollout, metrics), console=stdout, auto_refresh=False) as live:
-            try:
+        try:
+            if not stdout.is_terminal:  # a pipe or a log: one full view per refresh
                 while True:
-                    time.sleep(every)  # the refresh interval of the live view (noqa: sleep-ok)
+                    stdout.print(_render(model, rollout, metrics))
+                    time.sleep(every)  # the refresh interval (noqa: sleep-ok)
+                    rollout, metrics = _status_view(registry, model)
+            with Live(_render(model, rollout, metrics), console=stdout, auto_refresh=False) as live:
+                while True:
+                    time.sleep(every)  # the refresh interval (noqa: sleep-ok)
                     rollout, metrics = _status_view(registry, model)
                     live.update(_render(model, rollout, metrics), refresh=True)
-            except KeyboardInterrupt:
-                pass
+        except KeyboardInterrupt:
+            pass
 
 
 def _control(
