@@ -862,8 +862,16 @@ def token_create(
         ),
     ] = None,
     json_output: JsonFlag = False,
+    secret_only: Annotated[
+        bool,
+        typer.Option(
+            "--secret-only", help="Print only the secret on stdout (e.g. into a token file)."
+        ),
+    ] = False,
 ) -> None:
     """Create an access token and print its secret (the only time it is shown)."""
+    if secret_only and json_output:
+        raise typer.BadParameter("give --json or --secret-only, not both", param_hint="--json")
     request = rpb.CreateTokenRequest(
         display_name=name,
         role=f"ROLE_{role.name}",
@@ -871,6 +879,9 @@ def token_create(
     )
     with connect(conn) as registry:
         resp: rpb.CreateTokenResponse = registry.CreateToken(request)
+    if secret_only:
+        typer.echo(resp.secret)  # plain: a token file holds the secret and a newline
+        return
     if json_output:
         _print_json(resp)
     else:

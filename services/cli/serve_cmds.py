@@ -19,8 +19,12 @@ registry_app = typer.Typer(
 def registry_serve(settings: RegistrySettings) -> None:
     """Run the registry (control plane) until SIGTERM."""
     from services.registry import app as registry
+    from services.registry.secrets import SecretsError
 
-    raise typer.Exit(registry.serve(settings))
+    try:
+        raise typer.Exit(registry.serve(settings))
+    except SecretsError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 worker_app = typer.Typer(help="Inference workers (onnxruntime, hot swap).", no_args_is_help=True)

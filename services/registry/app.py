@@ -18,8 +18,9 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.registry import metrics, security, workers
 from services.registry.alerts import Alerts
-from services.registry.artifacts import ArtifactStore, KeyRing
+from services.registry.artifacts import ArtifactStore
 from services.registry.controller import Controller
+from services.registry.secrets import resolved_secrets, supplied_admin_token
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, wait_for_database
@@ -64,15 +65,32 @@ def _write_secret(path: os.PathLike[str], secret: str) -> None:
 
 
 async def bootstrap_admin(settings: RegistrySettings, store: Store) -> None:
-    """On first start, create an admin token and write it to a 0600 file (never logged)."""
+    """On an empty database, create the admin token (its secret is never logged).
+
+    Its secret is the one an operator put in --admin-token-file, or else a new one that
+    is written there (mode 0600). Registries starting together on one empty database
+    create one admin between them: the write transaction's meta row lock orders them,
+    and each looks for tokens again once it holds it.
+    """
     if await security.count_tokens(store):
         return
     async with store.write("registry") as tx:
-        row, secret = await security.create_token(tx, "bootstrap admin", Role.ADMIN, None)
+        if await security.count_tokens_in(tx.session):
+            return  # another registry got there first
+        supplied = supplied_admin_token(settings.admin_token_file)
+        row, secret = await security.create_token(
+            tx, "bootstrap admin", Role.ADMIN, None, secret=supplied
+        )
         token = security.token_proto(row)
-        await tx.audit("CreateToken", token.name, None, token, {"role": "admin", "bootstrap": True})
-    _write_secret(settings.admin_token_file, secret)
-    log.info("bootstrap admin token %s written to %s", token.name, settings.admin_token_file)
+        details = {"role": "admin", "bootstrap": True, "supplied": supplied is not None}
+        await tx.audit("CreateToken", token.name, None, token, details)
+        if supplied is None:
+            # Before the commit: a token written but never committed is adopted next start.
+            _write_secret(settings.admin_token_file, secret)
+    if supplied is None:
+        log.info("bootstrap admin token %s written to %s", token.name, settings.admin_token_file)
+    else:
+        log.info("bootstrap admin token %s taken from %s", token.name, settings.admin_token_file)
 
 
 async def _every(seconds: float, what: str, job: Callable[[], Awaitable[None]]) -> None:
@@ -85,15 +103,16 @@ async def _every(seconds: float, what: str, job: Callable[[], Awaitable[None]]) 
 
 
 async def start(settings: RegistrySettings) -> Registry:
-    await wait_for_database(settings.database_url)
-    store = Store(settings.database_url)
+    """Start a registry; SecretsError if a secret setting is unusable (the message says why)."""
+    secrets = resolved_secrets(settings)
+    await wait_for_database(secrets.database_url)
+    store = Store(secrets.database_url)
     await store.migrate()
-    keys = KeyRing.parse(
-        settings.artifact_key.get_secret_value() if settings.artifact_key else None,
-        settings.artifact_key_id,
-        settings.artifact_old_keys.get_secret_value() if settings.artifact_old_keys else None,
+    if settings.auth:
+        await bootstrap_admin(settings, store)
+    artifacts = ArtifactStore(
+        settings.artifact_dir, secrets.artifact_keys, settings.max_artifact_bytes
     )
-    artifacts = ArtifactStore(settings.artifact_dir, keys, settings.max_artifact_bytes)
     async with store.write("registry") as tx:
         await workers.renew_all(tx, settings.restart_grace_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
@@ -119,7 +138,6 @@ async def start(settings: RegistrySettings) -> Registry:
 
     authenticator = None
     if settings.auth:
-        await bootstrap_admin(settings, store)
         authenticator = security.TokenAuthenticator(
             store, security.parse_cert_roles(settings.cert_roles)
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import AuthError, Principal, Role, hash_secret
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -73,6 +75,12 @@ POLICY: dict[str, set[Role]] = {
 }
 
 
+# Operator-made tokens (a supplied bootstrap admin token) must look like generated ones:
+# an id that fits the tokens table, and a secret long enough to be unguessable.
+MIN_SUPPLIED_SECRET = 32
+_WELL_FORMED = re.compile(rf"lml_[A-Za-z0-9-]{{1,32}}_[A-Za-z0-9_-]{{{MIN_SUPPLIED_SECRET},}}")
+
+
 def new_secret(token_id: str) -> str:
     return f"lml_{token_id}_{secrets.token_urlsafe(32)}"
 
@@ -82,6 +90,11 @@ def token_id_of(secret: str) -> str | None:
     if len(parts) == 3 and parts[0] == "lml" and parts[1]:
         return parts[1]
     return None
+
+
+def well_formed(secret: str) -> bool:
+    """Whether `secret` is a token secret this registry could have made (lml_<id>_<secret>)."""
+    return _WELL_FORMED.fullmatch(secret) is not None
 
 
 def token_proto(row: TokenRow) -> rpb.Token:
@@ -99,10 +112,17 @@ def token_proto(row: TokenRow) -> rpb.Token:
 
 
 async def create_token(
-    tx: Tx, display_name: str, role: Role, ttl_seconds: float | None
+    tx: Tx, display_name: str, role: Role, ttl_seconds: float | None, secret: str | None = None
 ) -> tuple[TokenRow, str]:
-    token_id = secrets.token_hex(6)
-    secret = new_secret(token_id)
+    """A new token: a generated secret, or `secret` (well formed) stored under its own id."""
+    if secret is None:
+        token_id = secrets.token_hex(6)
+        secret = new_secret(token_id)
+    else:
+        supplied_id = token_id_of(secret)
+        if supplied_id is None or not well_formed(secret):
+            raise ValueError("not a well-formed token secret (lml_<id>_<secret>)")
+        token_id = supplied_id
     created = now_us()
     row = TokenRow(
         id=token_id,
@@ -121,7 +141,11 @@ async def create_token(
 
 async def count_tokens(store: Store) -> int:
     async with store.read() as session:
-        return int((await session.execute(select(func.count()).select_from(TokenRow))).scalar_one())
+        return await count_tokens_in(session)
+
+
+async def count_tokens_in(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(TokenRow))).scalar_one())
 
 
 def _when(us: int) -> str:

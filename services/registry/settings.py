@@ -18,6 +18,9 @@ class RegistrySettings(ServerSettings):
         "sqlite+aiosqlite:///.liveml/registry.db",
         description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB.",
     )
+    database_password_file: Path | None = Field(
+        None, description="File holding the database password (the URL must then have none)."
+    )
     artifact_dir: Path = Field(Path(".liveml/artifacts"), description="Artifact store folder.")
     max_artifact_bytes: int = Field(
         1 << 30, ge=1, description="Largest artifact an upload may carry."
@@ -25,16 +28,25 @@ class RegistrySettings(ServerSettings):
     artifact_key: SecretStr | None = Field(
         None, description="Base64 AES-256 key: artifacts are encrypted at rest when set."
     )
+    artifact_key_file: Path | None = Field(
+        None, description="File holding --artifact-key (set one of the two)."
+    )
     artifact_key_id: str = Field(
         "k1", description="Id recorded with artifacts sealed by --artifact-key."
     )
     artifact_old_keys: SecretStr | None = Field(
         None, description="Retired keys still needed to read old artifacts: id:base64,id:base64."
     )
+    artifact_old_keys_file: Path | None = Field(
+        None, description="File holding --artifact-old-keys (empty: none; set one of the two)."
+    )
     auth: bool = Field(True, description="Require a token or client certificate on every call.")
     admin_token_file: Path = Field(
         Path(".liveml/admin.token"),
-        description="Where the bootstrap admin token is written (mode 0600) on first start.",
+        description=(
+            "Bootstrap admin token: on an empty database, the token this file holds, "
+            "else a new one written here (mode 0600)."
+        ),
     )
     cert_roles: str = Field(
         "", description="Client-certificate identities and roles (mTLS): CN=role,CN=role."

@@ -25,7 +25,7 @@ from alembic import command
 from alembic.config import Config
 from google.protobuf.message import Message
 from sqlalchemy import Select, delete, event, select, text, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -166,9 +166,10 @@ class Tx:
 class Store:
     """The database of one registry process."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
-        self.url = url
-        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+        # A URL object keeps a password out of anything that prints it (it shows ***).
+        self.url = make_url(url)
+        self.dialect = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
@@ -277,13 +278,14 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-async def wait_for_database(url: str, attempts: int = 30) -> None:
+async def wait_for_database(url: str | URL, attempts: int = 30) -> None:
     """Retry connecting until the database answers (a registry may start before it).
 
     An embedded SQLite database only needs its folder to exist.
     """
-    if url.startswith("sqlite"):
-        path = make_url(url).database
+    url = make_url(url)
+    if url.get_backend_name() == "sqlite":
+        path = url.database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return

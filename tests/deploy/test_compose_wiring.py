@@ -14,8 +14,8 @@ same outside Docker is rewritten:
   granted, made by deploy/make_secrets.py; each volume is a folder shared by the
   services that mount it.
 
-The image's entry point (deploy/docker/entrypoint.sh) and HEALTHCHECK command run as
-the Dockerfile says. Then a model is registered, rolled out, and a V2 inference through
+The image's entry point (`liveml` itself, which reads its secrets from the mounted files)
+and HEALTHCHECK command run as the Dockerfile says. Then a model is registered, rolled out, and a V2 inference through
 the gateway (over TLS, as Compose serves it) must answer what onnxruntime computes; the
 Prometheus targets in deploy/prometheus/prometheus.yml must answer, and traces must
 reach the collector.
@@ -181,9 +181,10 @@ class Stack:
         given = self.service(name).get("entrypoint")
         if given is not None:
             return [self.rewrite(name, a) for a in df.command(given)]
+        # The image's: a program on its PATH (the virtualenv's bin, as in the image).
         entry = df.image_entrypoint()
-        copies = {Path(dest).name: source for dest, source in df.image_copies().items()}
-        return ["sh", str(copies[entry[0]]), *entry[1:]]
+        assert (VENV_BIN / entry[0]).is_file(), f"the image's entry point {entry[0]} is missing"
+        return entry
 
     def start(self, name: str) -> None:
         command = [self.rewrite(name, a) for a in df.command(self.service(name).get("command"))]
@@ -360,3 +361,6 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
     )
     # The one-shot minted the data-plane token once, into the volume the others read.
     assert "data-plane token created" in stack.output("tokens")
+    # The database password came from its secret file and was never printed.
+    password = (stack.secrets / "postgres_password").read_text().strip()
+    assert password not in stack.output("registry")
