@@ -249,7 +249,7 @@ class Controller:
         if now - self._last_monitor >= self.monitor_seconds:
             self._last_monitor = now
             await self._monitor(current, now, leader)
-        if leader and now - self._last_prune >= 60:
+        if leader and now - self._last_prune >= min(60.0, self.keep_windows / 2):
             self._last_prune = now
             async with self.store.write_unversioned() as session:
                 await windows.prune(session, self.keep_windows)

@@ -275,3 +275,30 @@ async def test_watch_alerts_refuses_a_negative_sequence(registry: RunningRegistr
 
 def test_latency_bounds_are_shared_by_book_and_summary() -> None:
     assert latency([0.001]).bounds == list(LATENCY_BOUNDS)
+
+
+async def test_old_windows_are_pruned(db_url: str, tmp_path: Path) -> None:
+    settings = registry_settings(db_url, tmp_path, keep_windows_seconds=6, controller_seconds=0.1)
+    async with running_registry(settings) as registry:
+        client = registry.client()
+        await client.CreateModel(rpb.CreateModelRequest(model_id="iris"))
+        await push(client, "iris", linear(tmp_path / "v1.onnx").read_bytes())
+        old = window(1, requests=5)
+        old.end_time.FromNanoseconds(time.time_ns() - 30 * 1_000_000_000)
+        await (await worker_client(registry)).ReportWindows(
+            rpb.ReportWindowsRequest(windows=[old, window(1, requests=7)])
+        )
+        query = rpb.GetVersionMetricsRequest(parent="models/iris")
+        query.window.FromSeconds(600)
+
+        async def requests() -> int:
+            reply = await client.GetVersionMetrics(query)
+            return sum(m.requests for m in reply.metrics)
+
+        assert await requests() == 12
+        await async_wait_until(lambda: _is(requests(), 7), 10, "the old window pruned")
+        await async_wait_until(lambda: _is(requests(), 0), 20, "the recent one pruned in turn")
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
