@@ -1,16 +1,18 @@
 """Long-lived streams to the workers, carrying requests as raw bytes.
 
-One `ModelStreamInfer` stream per worker carries every request the gateway sends
-it. A worker answers a stream in request order, so replies are matched to
-requests first-in first-out and no request id needs rewriting. When a stream
-breaks, everything waiting on it fails with `UpstreamDown` (and may be retried on
-another worker) and the next request opens a new stream.
+One `liveml.worker.v1.WorkerService/Forward` stream per worker carries every request
+the gateway sends it. A writer task sends, in one message, every request that queued
+up while its previous write was in flight, so under load gRPC's per-message cost
+(several times the gateway's own per-request work) is shared by many requests, and a
+lone request goes out at once. Requests are numbered; replies come back in the order
+they completed, matched by number. When a stream breaks, everything waiting on it
+fails with `UpstreamDown` (and may be retried on another worker) and the next request
+opens a new stream.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -18,13 +20,99 @@ from collections.abc import Callable, Sequence
 
 from grpc import aio
 
+from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
+
 log = logging.getLogger(__name__)
 
-STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
+# One message carries at most this many requests, or about this many bytes.
+MAX_BATCH = 256
+MAX_BATCH_BYTES = 4 << 20
 
 
 class UpstreamDown(Exception):
     """The worker's stream failed before this request was answered."""
+
+
+class _Stream:
+    """One open Forward stream: a writer task, a reader task and what waits on them."""
+
+    def __init__(self, address: str, channel: aio.Channel, first_sequence: int) -> None:
+        self.address = address
+        self.call = channel.stream_stream(
+            FORWARD_METHOD, request_serializer=None, response_deserializer=None
+        )()
+        self.sequence = first_sequence
+        self.queue: list[bytes] = []
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.wake = asyncio.Event()
+        self.broken = False
+        self.messages = 0  # ForwardRequest messages written (each carries 1+ requests)
+        self.writer = asyncio.create_task(self._write(), name=f"upstream write {address}")
+        self.reader = asyncio.create_task(self._read(), name=f"upstream read {address}")
+
+    def send(self, data: bytes) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.waiting[self.sequence + len(self.queue)] = future
+        self.queue.append(data)
+        self.wake.set()
+        return future
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue:
+                    count, size = 0, 0
+                    for data in self.queue:
+                        if count and (count >= MAX_BATCH or size + len(data) > MAX_BATCH_BYTES):
+                            break
+                        count, size = count + 1, size + len(data)
+                    batch, self.queue = self.queue[:count], self.queue[count:]
+                    message = wpb.ForwardRequest(first_sequence=self.sequence, requests=batch)
+                    self.sequence += count
+                    self.messages += 1
+                    await self.call.write(message.SerializeToString())
+        except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self.fail(f"{exc}")
+
+    async def _read(self) -> None:
+        reason = "stream closed"
+        try:
+            async for raw in self.call:
+                for reply in wpb.ForwardResponse.FromString(raw).replies:
+                    future = self.waiting.pop(reply.sequence, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply.response)
+        except aio.AioRpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            reason = "stream cancelled"
+        self.fail(reason)
+
+    def fail(self, reason: str) -> None:
+        """Everything not yet answered fails; the stream is not used again."""
+        self.broken = True
+        self.queue.clear()
+        waiting, self.waiting = self.waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(UpstreamDown(f"worker {self.address}: {reason}"))
+
+    def forget(self, future: asyncio.Future[bytes]) -> None:
+        """A caller gave up (deadline): its answer, if it comes, is dropped."""
+        for sequence, waiting in list(self.waiting.items()):
+            if waiting is future:
+                del self.waiting[sequence]
+                return
+
+    async def close(self) -> None:
+        self.call.cancel()
+        for task in (self.writer, self.reader):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Upstream:
@@ -32,64 +120,31 @@ class Upstream:
         self.address = address
         self.channel = channel
         self.outstanding = 0
-        self._call: aio.StreamStreamCall | None = None
-        self._pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        self._write = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
-
-    def _open(self) -> aio.StreamStreamCall:
-        call = self.channel.stream_stream(
-            STREAM_METHOD, request_serializer=None, response_deserializer=None
-        )()
-        self._call = call
-        self._reader = asyncio.create_task(self._read(call), name=f"upstream {self.address}")
-        return call
-
-    async def _read(self, call: aio.StreamStreamCall) -> None:
-        error: BaseException | None = None
-        try:
-            async for reply in call:
-                future = self._pending.popleft()
-                if not future.done():
-                    future.set_result(reply)
-        except (aio.AioRpcError, asyncio.CancelledError) as exc:
-            error = exc
-        finally:
-            if self._call is call:
-                self._call = None
-            reason = (
-                f"{error.code().name}: {error.details()}"
-                if isinstance(error, aio.AioRpcError)
-                else "stream closed"
-            )
-            while self._pending:
-                future = self._pending.popleft()
-                if not future.done():
-                    future.set_exception(UpstreamDown(f"worker {self.address}: {reason}"))
+        self._stream: _Stream | None = None
+        self._sequence = 0
 
     async def send(self, data: bytes, within: float | None) -> bytes:
         """One request's reply (a serialized ModelStreamInferResponse)."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        stream = self._stream
+        if stream is None or stream.broken:
+            if stream is not None:
+                self._sequence = stream.sequence + len(stream.queue)
+                asyncio.get_running_loop().create_task(stream.close())
+            stream = self._stream = _Stream(self.address, self.channel, self._sequence)
+        future = stream.send(data)
         self.outstanding += 1
         try:
-            async with self._write:
-                call = self._call or self._open()
-                self._pending.append(future)
-                try:
-                    await call.write(data)
-                except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                    raise UpstreamDown(f"worker {self.address}: {exc}") from None
             async with asyncio.timeout(within):
-                return await asyncio.shield(future)
+                return await future
+        except TimeoutError:
+            stream.forget(future)
+            raise
         finally:
             self.outstanding -= 1
 
     async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        if self._stream is not None:
+            await self._stream.close()
         await self.channel.close()
 
 

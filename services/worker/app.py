@@ -14,7 +14,10 @@ from services.common import server
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
+from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
+from services.worker.forward import ForwardServicer
 from services.worker.loader import RegistryLoader
 from services.worker.repository import Batching, Repository
 from services.worker.runtime import Threads
@@ -25,6 +28,7 @@ from services.worker.standalone import FolderWatcher
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+FORWARD_SERVICE = wpb.DESCRIPTOR.services_by_name["WorkerService"].full_name
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Worker:
     repository: Repository
     servicer: InferenceServicer
     running: server.RunningServer
+    forward: ForwardServicer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loader: RegistryLoader | None = None
 
@@ -43,6 +48,7 @@ class Worker:
     async def halt(self) -> None:
         """Stop background work (before the server stops accepting calls)."""
         self.servicer.close_streams()
+        self.forward.close()
         if self.loader is not None:
             await self.loader.stop()
         for task in self.tasks:
@@ -65,14 +71,16 @@ async def start(settings: WorkerSettings) -> Worker:
         Threads(settings.intra_op_threads), settings.run_threads, settings.inline_us, book
     )
     servicer = InferenceServicer(repository)
+    forward = ForwardServicer(servicer.stream_answer)
     default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
-        return [SERVICE_NAME]
+        wpb_grpc.add_WorkerServiceServicer_to_server(forward, grpc_server)  # type: ignore[no-untyped-call]
+        return [SERVICE_NAME, FORWARD_SERVICE]
 
     running = await server.start_server("worker", settings, register)
-    worker = Worker(settings, repository, servicer, running)
+    worker = Worker(settings, repository, servicer, running, forward)
     if settings.model_dir is not None:
         watcher = FolderWatcher(settings.model_dir, repository, default, settings.drain_grace)
         await watcher.sync()

@@ -97,19 +97,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answers in request order; a failed request gets error_message, the stream goes on."""
 
-        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            try:
-                response = await self.infer(request)
-            except ServiceError as exc:
-                failed = pb.ModelInferResponse(id=request.id)
-                # The status code, so a gateway can tell a retryable failure from bad input.
-                failed.parameters["liveml_status"].int64_param = exc.code.value[0]
-                return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
-            response.parameters["triton_final_response"].bool_param = True
-            return pb.ModelStreamInferResponse(infer_response=response)
-
-        async for response in self.streams.serve(requests, answer):
+        async for response in self.streams.serve(requests, self.stream_answer):
             yield response
+
+    async def stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        """One request's answer on a stream: a failure is an error_message, not an abort."""
+        try:
+            response = await self.infer(request)
+        except ServiceError as exc:
+            failed = pb.ModelInferResponse(id=request.id)
+            # The status code, so a gateway can tell a retryable failure from bad input.
+            failed.parameters["liveml_status"].int64_param = exc.code.value[0]
+            return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+        response.parameters["triton_final_response"].bool_param = True
+        return pb.ModelStreamInferResponse(infer_response=response)
 
     # --- health and metadata -------------------------------------------------------------------
 
