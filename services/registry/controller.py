@@ -246,6 +246,8 @@ class Controller:
                         await self._evaluate(model, rollout, now)
                     except (Aborted, FailedPrecondition, InvalidArgument) as exc:
                         log.info("canary of %s: decision dropped: %s", model, exc)
+                    except ServiceError as exc:  # one model's trouble must not stall the rest
+                        log.warning("canary of %s: %s", model, exc.message)
         if now - self._last_monitor >= self.monitor_seconds:
             self._last_monitor = now
             await self._monitor(current, now, leader)
