@@ -74,8 +74,9 @@ class _Stream:
                     self.sequence += count
                     self.messages += 1
                     await self.call.write(message.SerializeToString())
-        except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            self.fail(f"{exc}")
+        except Exception as exc:  # any failed write ends the stream; waiters retry elsewhere
+            self.fail(f"{type(exc).__name__}: {exc}")
+            self.call.cancel()
 
     async def _read(self) -> None:
         reason = "stream closed"
@@ -122,6 +123,7 @@ class Upstream:
         self.outstanding = 0
         self._stream: _Stream | None = None
         self._sequence = 0
+        self._closing: set[asyncio.Task[None]] = set()  # streams being closed in the background
 
     async def send(self, data: bytes, within: float | None) -> bytes:
         """One request's reply (a serialized ModelStreamInferResponse)."""
@@ -129,7 +131,9 @@ class Upstream:
         if stream is None or stream.broken:
             if stream is not None:
                 self._sequence = stream.sequence + len(stream.queue)
-                asyncio.get_running_loop().create_task(stream.close())
+                closing = asyncio.get_running_loop().create_task(stream.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             stream = self._stream = _Stream(self.address, self.channel, self._sequence)
         future = stream.send(data)
         self.outstanding += 1
