@@ -36,7 +36,8 @@ MAX_PENDING = 2000  # windows kept while the registry is unreachable
 class _Binner:
     """Histograms of one tensor's features on fixed bins, counted in one vectorised step."""
 
-    def __init__(self, names: list[str], edges: list[list[float]]) -> None:
+    def __init__(self, names: list[str], edges: list[list[float]], width: int) -> None:
+        self.width = width  # of the tensors it counts (it may count fewer features)
         self.names = names
         self.edges = edges
         sizes = [len(e) - 1 for e in edges]
@@ -50,7 +51,13 @@ class _Binner:
         self.counts = np.zeros(sum(sizes), dtype=np.int64)
 
     def add(self, array: npt.NDArray[Any]) -> None:
-        flat = array.reshape(array.shape[0], -1)[:, : len(self.names)].astype(np.float64)
+        whole = array.reshape(array.shape[0], -1)
+        if whole.shape[1] != self.width:
+            return  # a tensor of another width than the one the bins were made for
+        flat = whole[:, : len(self.names)].astype(np.float64)
+        # Infinities would pass the +inf padding into the next feature's bins; NaN
+        # counts in the first bin.
+        flat = np.nan_to_num(flat, nan=-1e300, posinf=1e300, neginf=-1e300)
         index = (self.inner[None, :, :] <= flat[:, :, None]).sum(axis=2) + self.offsets
         self.counts += np.bincount(index.ravel(), minlength=self.counts.size)
 
@@ -133,18 +140,23 @@ class FeatureCounts:
             if len(names) != len(features):  # a reference that does not describe it
                 self._binners[key] = None
                 return
-            created = _Binner(names, [known[n] for n in names])
+            width = array.reshape(array.shape[0], -1).shape[1]
+            created = _Binner(names, [known[n] for n in names], width)
             created.add(array)
             self._binners[key] = created
             return
         seen = self._learning.setdefault(key, [])
-        seen.append(np.asarray(array).reshape(array.shape[0], -1)[:, : drift.MAX_FEATURES])
+        whole = np.asarray(array).reshape(array.shape[0], -1)
+        if seen and whole.shape[1] != seen[0].shape[1]:
+            return  # varying widths: learn the bins from the first width only
+        seen.append(whole)
         if sum(len(a) for a in seen) < self.learn_rows:
             return
         rows = np.concatenate(seen)
         del self._learning[key]
         names = [n for n, _ in features]
-        created = _Binner(names, [drift.edges_of(rows[:, j]) for j in range(len(names))])
+        edges = [drift.edges_of(rows[:, j]) for j in range(len(names))]
+        created = _Binner(names, edges, rows.shape[1])
         created.add(rows)
         self._binners[key] = created
 
@@ -292,7 +304,10 @@ class Reporter:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.report()
+            try:
+                await self.report()
+            except Exception:  # a bad report must not end reporting for good
+                log.exception("reporting windows failed")
 
     async def stop(self) -> None:
         """A last report, so a process that leaves does not take its last window along."""

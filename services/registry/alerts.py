@@ -42,6 +42,7 @@ class Alerts:
         self.webhook = webhook
         self.poll_seconds = poll_seconds
         self._changed = asyncio.Event()
+        self._posting: set[asyncio.Task[None]] = set()
         self.posted = 0
 
     # --- writing (inside the caller's transaction) ------------------------------------------
@@ -137,9 +138,13 @@ class Alerts:
         log.info("alert %s %s: %s", rpb.Alert.State.Name(alert.state), alert.alert, alert.summary)
 
         def after() -> None:
+            # Every watcher waits on the event of its time: none can clear another's wake-up.
             self._changed.set()
+            self._changed = asyncio.Event()
             if self.webhook:
-                asyncio.get_running_loop().create_task(self._post(alert))
+                posting = asyncio.get_running_loop().create_task(self._post(alert))
+                self._posting.add(posting)
+                posting.add_done_callback(self._posting.discard)
 
         tx.after_commit.append(after)
 
@@ -186,14 +191,14 @@ class Alerts:
                 ).scalar_one_or_none()
             since = last or 0
         while True:
-            self._changed.clear()
+            changed = self._changed
             found = await self.changes_after(since)
             if found:
                 since = max(a.sequence for a in found)
                 yield found
             try:
                 async with asyncio.timeout(self.poll_seconds):
-                    await self._changed.wait()
+                    await changed.wait()
             except TimeoutError:
                 pass
 

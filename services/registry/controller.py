@@ -248,6 +248,8 @@ class Controller:
                         log.info("canary of %s: decision dropped: %s", model, exc)
                     except ServiceError as exc:  # one model's trouble must not stall the rest
                         log.warning("canary of %s: %s", model, exc.message)
+                    except Exception:
+                        log.exception("canary of %s: evaluation failed", model)
         if now - self._last_monitor >= self.monitor_seconds:
             self._last_monitor = now
             await self._monitor(current, now, leader)
@@ -338,7 +340,8 @@ class Controller:
             await self._rollback(model, rollout, first.name, f"{first.name}: {first.text}", numbers)
             return
         summary = "; ".join(check.text for check in checks)
-        following = limits.steps[status.step_index + 1]
+        last = status.step_index + 1 >= len(limits.steps)
+        following = 100 if last else limits.steps[status.step_index + 1]
         if following >= 100:
             await self.promote(model, rollout, "controller", f"passed {step}%: {summary}", numbers)
             return
@@ -592,6 +595,16 @@ class Controller:
             elif ready:
                 resolve.append(("NoReadyWorker", target.version, f"{ready} READY worker(s)"))
         firing = await self.alerts.firing_keys(model)
+        served = {t.version for t in rollout.targets if t.percent > 0}
+        watched = served | {m.version for m in rollout.mirrors} | set(rollout.pinned)
+        for key in firing:  # versions the rollout moved away from settle their alerts
+            kind, _, number = key.rpartition("/")
+            kind = kind.rsplit("/", 1)[0]
+            version = int(number)
+            if (kind == "NoReadyWorker" and version not in served) or (
+                kind == "DriftHigh" and version not in watched
+            ):
+                resolve.append((kind, version, "no longer served"))
         raise_ = [r for r in raise_ if alerts.fingerprint(r[0], model, r[2]) not in firing]
         resolve = [r for r in resolve if alerts.fingerprint(r[0], model, r[1]) in firing]
         if not raise_ and not resolve:

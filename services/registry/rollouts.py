@@ -235,4 +235,7 @@ async def rollback(tx: Tx, name: str) -> rpb.Rollout:
         ) from None
     after = rpb.Rollout()
     after.CopyFrom(previous)
+    # The traffic comes back, not a canary's progress: a restored canary would be judged
+    # again on windows it was already judged on.
+    after.ClearField("status")
     return await _store(tx, model, before, after, "RollbackRollout")

@@ -62,6 +62,10 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                 room.release()
                 wake.set()
 
+        def finished(task: asyncio.Task[None]) -> None:
+            working.discard(task)
+            wake.set()  # after the discard, so the loop below sees the task gone
+
         async def read() -> None:
             try:
                 async for message in requests:
@@ -69,7 +73,7 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                         await room.acquire()
                         task = asyncio.create_task(one(message.first_sequence + offset, data))
                         working.add(task)
-                        task.add_done_callback(working.discard)
+                        task.add_done_callback(finished)
             finally:
                 wake.set()
 
@@ -83,7 +87,7 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                 if done:
                     ready, done[:] = list(done), []
                     yield wpb.ForwardResponse(replies=ready)
-                elif reader.done() and not working:
+                if reader.done() and not working and not done:
                     return
         finally:
             reader.cancel()

@@ -69,3 +69,16 @@ def test_quantile_interpolates_within_a_bucket() -> None:
     assert quantile(bounds, [0, 10, 0, 0], 0.5) == pytest.approx(1.5)
     assert quantile(bounds, [0, 0, 0, 5], 0.99) == 4.0
     assert quantile(bounds, [0, 0, 0, 0], 0.99) == 0.0
+
+
+def test_infinities_nan_and_other_widths_stay_in_their_own_bins() -> None:
+    reference = drift.reference_statistics(
+        {"x": np.random.default_rng(3).standard_normal((1000, 2)).astype(np.float32)}, {}
+    )
+    counts = FeatureCounts(reference)
+    counts.observe({"x": np.array([[np.inf, -np.inf], [np.nan, 0.0]], dtype=np.float32)}, {})
+    counts.observe({"x": np.zeros((1, 3), dtype=np.float32)}, {})  # another width: ignored
+    inputs, _ = counts.drain()
+    by_name = {f.name: list(f.counts) for f in inputs}
+    assert by_name["x[0]"][-1] == 1 and by_name["x[0]"][0] == 1  # +inf last bin, NaN first
+    assert by_name["x[1]"][0] == 1 and sum(by_name["x[1]"]) == 2
