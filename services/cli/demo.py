@@ -364,24 +364,20 @@ class Demo:
             )
             seen = ""
 
-            async def finished() -> rpb.Rollout | None:
+            async def anything_final() -> rpb.Rollout | None:
                 nonlocal seen
-                now = await rollout()
+                now = await rollout()  # one read decides: a second could be newer
                 if now.status.last_decision != seen:
                     seen = now.status.last_decision
                     console.print(f"   [dim]controller:[/] {seen}")
-                return now if now.status.phase == end else None
-
-            async def anything_final() -> rpb.Rollout | None:
-                now = await finished()
-                if now is None:
-                    latest = await rollout()
-                    if latest.status.phase not in (Phase.PHASE_PROGRESSING, Phase.PHASE_PAUSED):
-                        raise DemoFailure(
-                            f"canary of v{number} ended {Phase.Phase.Name(latest.status.phase)}"
-                            f", expected {Phase.Phase.Name(end)}: {latest.status.last_decision}"
-                        )
-                return now
+                if now.status.phase == end:
+                    return now
+                if now.status.phase not in (Phase.PHASE_PROGRESSING, Phase.PHASE_PAUSED):
+                    raise DemoFailure(
+                        f"canary of v{number} ended {Phase.Phase.Name(now.status.phase)}"
+                        f", expected {Phase.Phase.Name(end)}: {now.status.last_decision}"
+                    )
+                return None
 
             return await until(anything_final, 90, f"the canary of v{number} to finish")
 
