@@ -14,8 +14,9 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from services.common import versions as versions_
 from services.common import weights
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import NotFound, Unavailable
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture
 
@@ -84,12 +85,7 @@ class RoutingTable:
     def choose(self, model: str, version: str, sticky: str | None) -> Choice:
         route = self.route(model)
         if version:
-            try:
-                number = int(version)
-            except ValueError:
-                raise InvalidArgument(
-                    f"model version must be a positive integer or empty, got {version!r}"
-                ) from None
+            number = versions_.number(version)
             if not route.known(number):
                 raise NotFound(
                     f"Request for unknown model: '{model}' version {number} is not found "

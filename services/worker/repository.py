@@ -24,7 +24,8 @@ from typing import Any
 import numpy.typing as npt
 
 from services.common import telemetry, weights
-from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from services.common import versions as versions_
+from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
 from services.worker.batcher import Batcher, Timing, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
@@ -102,12 +103,7 @@ class Repository:
         if not versions:
             raise NotFound(f"Request for unknown model: '{model}' is not found")
         if version:
-            try:
-                number = int(version)
-            except ValueError:
-                raise InvalidArgument(
-                    f"model version must be a positive integer or empty, got {version!r}"
-                ) from None
+            number = versions_.number(version)
             held = versions.get(number)
             if held is None:
                 known = ", ".join(str(v) for v in sorted(versions)) or "none"
