@@ -259,6 +259,14 @@ def report(rows: dict[str, dict[str, Result | float]], floor: float) -> None:
             1.0,
         ),
         (
+            "batching on / off, worst of unary and stream at 1 and 32",
+            min(
+                rate("liveml (batching on)", key(s, m)) / rate("liveml (batching off)", key(s, m))
+                for s, m in MODES
+            ),
+            1.0,
+        ),
+        (
             "heavy: batching on / off, unary@32",
             rate("liveml heavy (batching on)", "unary@32")
             / rate("liveml heavy (batching off)", "unary@32"),

@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import typer
 from pydantic import Field, SecretStr
@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
         None, description="OpenTelemetry collector (host:port) to export traces to."
     )
     log_level: str = Field("INFO", description="Python log level.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="Event loop: uvloop when installed (auto), or asyncio's own."
+    )
 
 
 class RegistryClientSettings(BaseSettings):

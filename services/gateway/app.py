@@ -99,7 +99,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         return control_channels[address]
 
     current = [RoutingTable()]
-    pool = UpstreamPool(connect)
+    pool = UpstreamPool(connect, settings.forward_hold_ms / 1000)
     book = WindowBook(
         rpb.WINDOW_SOURCE_GATEWAY,
         f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",

@@ -71,12 +71,13 @@ class Router:
         self._changed = asyncio.Event()
 
     async def send_to_version(self, model: str, version: int, data: bytes) -> bytes:
-        """The answer (ModelInferResponse bytes) of some READY worker of the version."""
-        reply = await self._send(model, version, data, time.monotonic() + self.default_timeout)
+        """A shadow copy's answer (ModelInferResponse bytes) from a READY worker of the version."""
+        deadline = time.monotonic() + self.default_timeout
+        reply = await self._send(model, version, data, deadline, shadow=True)
         return bytes(reply.response)
 
     async def _send(
-        self, model: str, version: int, data: bytes, deadline: float
+        self, model: str, version: int, data: bytes, deadline: float, shadow: bool = False
     ) -> wire.StreamReply:
         tried: set[str] = set()
         last = "no READY worker"
@@ -89,7 +90,7 @@ class Router:
                 )
             tried.add(upstream.address)
             try:
-                reply = wire.stream_reply(await upstream.send(data, remaining))
+                reply = wire.stream_reply(await upstream.send(data, remaining, shadow))
             except UpstreamDown as exc:
                 last = str(exc)
                 metrics.RETRIES.labels(model).inc()

@@ -24,6 +24,12 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     default_timeout: float = Field(
         30.0, gt=0, description="Deadline for a request whose caller set none, seconds."
     )
+    forward_hold_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a request waits to share one message to a worker with others "
+        "while that worker still owes answers to the last one, ms (0 = send at once).",
+    )
     shadow_queue: int = Field(
         256, ge=1, description="Mirror copies waiting at most; more are dropped."
     )

@@ -1,13 +1,20 @@
 """Long-lived streams to the workers, carrying requests as raw bytes.
 
-One `liveml.worker.v1.WorkerService/Forward` stream per worker carries every request
-the gateway sends it. A writer task sends, in one message, every request that queued
-up while its previous write was in flight, so under load gRPC's per-message cost
-(several times the gateway's own per-request work) is shared by many requests, and a
-lone request goes out at once. Requests are numbered; replies come back in the order
-they completed, matched by number. When a stream breaks, everything waiting on it
-fails with `UpstreamDown` (and may be retried on another worker) and the next request
-opens a new stream.
+One `liveml.worker.v1.WorkerService/Forward` stream per worker carries the gateway's
+primary requests to it (shadow copies get a second one, so they never hold a primary
+back). A writer task sends, in one message, every request that queued up while its
+previous write was in flight, so under load gRPC's per-message cost (several times
+the gateway's own per-request work) is shared by many requests.
+
+Under load the writer also waits, at most `hold`, for as many requests as it has
+learned arrive together (`services.common.gather`): with unary clients requests reach
+it one at a time, and each message costs both processes far more than the requests
+in it, so gathering them multiplies what a gateway and a worker sharing a core can
+serve. A lone client is learned to have no company, and its requests go out at once.
+
+Requests are numbered; replies come back in the order they completed, matched by
+number. When a stream breaks, everything waiting on it fails with `UpstreamDown`
+(and may be retried on another worker) and the next request opens a new stream.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from grpc import aio
 
+from services.common.gather import Gather
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 
 log = logging.getLogger(__name__)
@@ -37,8 +45,11 @@ class UpstreamDown(Exception):
 class _Stream:
     """One open Forward stream: a writer task, a reader task and what waits on them."""
 
-    def __init__(self, address: str, channel: aio.Channel, first_sequence: int) -> None:
+    def __init__(
+        self, address: str, channel: aio.Channel, first_sequence: int, hold: float
+    ) -> None:
         self.address = address
+        self.gather = Gather(hold, MAX_BATCH)
         self.call = channel.stream_stream(
             FORWARD_METHOD, request_serializer=None, response_deserializer=None
         )()
@@ -46,6 +57,7 @@ class _Stream:
         self.queue: list[bytes] = []
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.wake = asyncio.Event()
+        self.holding = False  # waiting for more requests to share the next message
         self.broken = False
         self.messages = 0  # ForwardRequest messages written (each carries 1+ requests)
         self.writer = asyncio.create_task(self._write(), name=f"upstream write {address}")
@@ -64,6 +76,10 @@ class _Stream:
                 await self.wake.wait()
                 self.wake.clear()
                 while self.queue:
+                    wanted = self.gather.wanted()
+                    timed_out = len(self.queue) < wanted and await self._gather(wanted)
+                    if self.broken:
+                        return
                     count, size = 0, 0
                     for data in self.queue:
                         if count and (count >= MAX_BATCH or size + len(data) > MAX_BATCH_BYTES):
@@ -73,10 +89,25 @@ class _Stream:
                     message = wpb.ForwardRequest(first_sequence=self.sequence, requests=batch)
                     self.sequence += count
                     self.messages += 1
+                    self.gather.sent(count, timed_out)
                     await self.call.write(message.SerializeToString())
         except Exception as exc:  # any failed write ends the stream; waiters retry elsewhere
             self.fail(f"{type(exc).__name__}: {exc}")
             self.call.cancel()
+
+    async def _gather(self, wanted: int) -> bool:
+        """Wait until `wanted` requests queued; True if the hold ran out first."""
+        self.holding = True
+        try:
+            async with asyncio.timeout(self.gather.hold):
+                while len(self.queue) < wanted and not self.broken:
+                    self.wake.clear()
+                    await self.wake.wait()
+            return False
+        except TimeoutError:
+            return True
+        finally:
+            self.holding = False
 
     async def _read(self) -> None:
         reason = "stream closed"
@@ -96,6 +127,7 @@ class _Stream:
         """Everything not yet answered fails; the stream is not used again."""
         self.broken = True
         self.queue.clear()
+        self.wake.set()  # a writer gathering requests stops
         waiting, self.waiting = self.waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -117,24 +149,30 @@ class _Stream:
 
 
 class Upstream:
-    def __init__(self, address: str, channel: aio.Channel) -> None:
+    def __init__(self, address: str, channel: aio.Channel, hold: float = 0.0) -> None:
         self.address = address
         self.channel = channel
+        self.hold = hold
         self.outstanding = 0
-        self._stream: _Stream | None = None
-        self._sequence = 0
+        self._streams: dict[bool, _Stream] = {}  # by "carries shadow copies"
         self._closing: set[asyncio.Task[None]] = set()  # streams being closed in the background
 
-    async def send(self, data: bytes, within: float | None) -> bytes:
+    def _stream(self, shadow: bool) -> _Stream:
+        stream = self._streams.get(shadow)
+        if stream is not None and not stream.broken:
+            return stream
+        first = 0
+        if stream is not None:
+            first = stream.sequence + len(stream.queue)
+            closing = asyncio.get_running_loop().create_task(stream.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        stream = self._streams[shadow] = _Stream(self.address, self.channel, first, self.hold)
+        return stream
+
+    async def send(self, data: bytes, within: float | None, shadow: bool = False) -> bytes:
         """One request's reply (a serialized ModelStreamInferResponse)."""
-        stream = self._stream
-        if stream is None or stream.broken:
-            if stream is not None:
-                self._sequence = stream.sequence + len(stream.queue)
-                closing = asyncio.get_running_loop().create_task(stream.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
-            stream = self._stream = _Stream(self.address, self.channel, self._sequence)
+        stream = self._stream(shadow)
         future = stream.send(data)
         self.outstanding += 1
         try:
@@ -147,22 +185,23 @@ class Upstream:
             self.outstanding -= 1
 
     async def close(self) -> None:
-        if self._stream is not None:
-            await self._stream.close()
+        for stream in self._streams.values():
+            await stream.close()
         await self.channel.close()
 
 
 class UpstreamPool:
     """Upstreams by address, and the least-loaded-of-two choice between them."""
 
-    def __init__(self, connect: Callable[[str], aio.Channel]) -> None:
+    def __init__(self, connect: Callable[[str], aio.Channel], hold: float = 0.0) -> None:
         self._connect = connect
+        self.hold = hold
         self._upstreams: dict[str, Upstream] = {}
 
     def get(self, address: str) -> Upstream:
         upstream = self._upstreams.get(address)
         if upstream is None:
-            upstream = Upstream(address, self._connect(address))
+            upstream = Upstream(address, self._connect(address), self.hold)
             self._upstreams[address] = upstream
         return upstream
 

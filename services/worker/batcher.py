@@ -1,11 +1,12 @@
 """Dynamic batching of one model version: queue requests, merge them, split the answers.
 
 Requests are merged along the batch axis (dimension 0) up to `max_batch_size`
-rows. A batch starts as soon as the runner is free, with whatever is queued then,
-so a lone request pays no delay; `max_queue_delay` (0 by default) lets a batch
-wait that long for more requests when the box would rather trade latency for
-throughput. Requests whose other dimensions or dtypes differ are not merged, and a
-request larger than the maximum runs alone.
+rows. A batch starts when the runner is free, with whatever is queued then, and
+waits for more, at most `max_queue_delay`, only as long as waiting has lately
+brought company (`services.common.gather`): a lone client's request runs at once,
+while concurrent unary requests, which arrive one at a time, share one run.
+Requests whose other dimensions or dtypes differ are not merged, and a request
+larger than the maximum runs alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.gather import Gather
 from services.worker.runtime import Arrays
 
 Run = Callable[[Arrays], Awaitable[list[npt.NDArray[Any]]]]
@@ -71,6 +73,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self._observe = observe
+        self._gather = Gather(max_queue_delay, max_batch_size)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
@@ -114,16 +117,22 @@ class Batcher:
             first = await self._next(None)
             assert first is not None
             batch, size = [first], first.rows
+            wanted = self._gather.wanted()
             deadline = loop.time() + self.max_queue_delay
+            timed_out = False
             while size < self.max_batch_size:
-                item = await self._next(max(0.0, deadline - loop.time()))
+                # What is queued joins at once; more is waited for only up to `wanted`.
+                within = max(0.0, deadline - loop.time()) if size < wanted else 0.0
+                item = await self._next(within)
                 if item is None:
+                    timed_out = size < wanted
                     break
                 if item.key != first.key or size + item.rows > self.max_batch_size:
                     self._carry = item
                     break
                 batch.append(item)
                 size += item.rows
+            self._gather.sent(size, timed_out)
             await self._execute(batch, size)
 
     async def _execute(self, batch: list[_Pending], size: int) -> None:

@@ -223,9 +223,9 @@ class Repository:
             return held
         held.runtime = runtime
         held.inline = warm * 1e6 < self.inline_us
-        # A run cheaper than a thread hand-off is also cheaper than merging and splitting
-        # a batch, so inline versions are not batched.
-        if held.max_batch_size > 1 and not held.inline:
+        # Even a run cheaper than a thread hand-off is worth sharing: served between
+        # gRPC's calls it finds onnxruntime's code and weights cold (bench/RESULTS.md).
+        if held.max_batch_size > 1:
             held.batcher = Batcher(
                 lambda inputs: self._run(held, inputs),
                 held.max_batch_size,

@@ -36,7 +36,10 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
     )
     max_batch_size: int = Field(32, ge=0, description="Default largest merged batch (0 = off).")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, description="Default time a batch may wait for more requests, ms."
+        2.0,
+        ge=0,
+        description="Default longest a batch waits for more requests, ms; it waits only "
+        "while waiting has lately brought more (0 = never wait).",
     )
     drain_grace: float = Field(
         2.0, ge=0, description="Seconds a retired version stays after its last request."

@@ -27,6 +27,8 @@ from tests.helpers.wait import wait_until
 def worker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
     (tmp_path / "m" / "clf" / "1").mkdir(parents=True)
     models.classifier(tmp_path / "m" / "clf" / "1" / "model.onnx")
+    (tmp_path / "m" / "slow" / "1").mkdir(parents=True)
+    models.slow_classifier(tmp_path / "m" / "slow" / "1" / "model.onnx", rounds=3000)
     port = free_port()
     proc = python_module(
         "services.cli.main",
@@ -35,7 +37,11 @@ def worker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
         "--metrics-port", "-1",
     )  # fmt: skip
     wait_port(port, proc)
-    wait_until(lambda: "clf v1 READY" in "".join(proc.output), 30, "the model to load")
+    wait_until(
+        lambda: all(f"{m} v1 READY" in "".join(proc.output) for m in ("clf", "slow")),
+        60,
+        "the models to load",
+    )
     yield proc, port
     proc.stop()
 
@@ -90,8 +96,7 @@ async def test_concurrent_requests_share_messages(worker: tuple[Proc, int]) -> N
                 for i, x in enumerate(xs)
             )
         )
-        stream = upstream._stream
-        assert stream is not None and stream.messages < len(xs) / 4  # coalesced
+        assert upstream._streams[False].messages < len(xs) / 4  # coalesced
     finally:
         await upstream.close()
     for i, (x, data) in enumerate(zip(xs, replies, strict=True)):
@@ -99,6 +104,40 @@ async def test_concurrent_requests_share_messages(worker: tuple[Proc, int]) -> N
         assert answer.id == str(i) and answer.model_version == "1"
         scores = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
         assert scores.argmax() == int(float((x @ models.RULE)[0]) > 0)
+
+
+async def test_requests_arriving_one_at_a_time_gather_into_messages(
+    worker: tuple[Proc, int],
+) -> None:
+    """Unary calls reach the writer one at a time; under load they share messages."""
+    _, port = worker
+    upstream = Upstream(f"127.0.0.1:{port}", aio.insecure_channel(f"127.0.0.1:{port}"), 0.05)
+    x = np.zeros((1, 4), dtype=np.float32)
+
+    def request(i: int) -> bytes:
+        return wire.with_version(infer_request("clf", x, str(i)).SerializeToString(), 1)
+
+    try:
+        lone = await upstream.send(request(0), 10)
+        assert reply_of(lone).infer_response.id == "0"
+        stream = upstream._streams[False]
+        sends = []
+        for i in range(1, 301):  # 300 clients, whose requests arrive one at a time
+            sends.append(asyncio.ensure_future(upstream.send(request(i), 10)))
+            await asyncio.sleep(0)  # the send queues its request
+            for _ in range(100_000):  # until it is written, or held for company
+                if not stream.queue or stream.holding:
+                    break
+                await asyncio.sleep(0)
+        replies = await asyncio.gather(*sends)
+        # Alone until the first probe (16 sends), then gathered: without it, 301 messages.
+        assert stream.messages <= 60, stream.messages
+        assert [reply_of(r).infer_response.id for r in replies] == [str(i) for i in range(1, 301)]
+        # Shadow copies travel on their own stream, so they never hold a primary back.
+        await upstream.send(request(301), 10, shadow=True)
+        assert upstream._streams[True] is not stream
+    finally:
+        await upstream.close()
 
 
 async def test_a_dead_worker_fails_what_waits_on_it(worker: tuple[Proc, int]) -> None:

@@ -84,15 +84,27 @@ async def test_a_failing_batch_fails_each_of_its_requests() -> None:
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05])
-async def test_queue_delay_waits_for_more(delay: float) -> None:
+async def test_requests_arriving_one_at_a_time_are_gathered_within_the_delay(
+    delay: float,
+) -> None:
+    """Unary calls reach the batcher one at a time: with a delay, it learns to wait."""
     rec = Recorder()
     rec.gate.set()
     batcher = Batcher(rec.run, max_batch_size=8, max_queue_delay=delay)
-    first = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}))
-    await asyncio.sleep(0)  # let the batcher take the first request (noqa: sleep-ok)
-    await asyncio.sleep(0)  # yield to the loop once (noqa: sleep-ok)
-    second = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}))
-    await asyncio.gather(first, second)
-    # With a delay the batch waited for the second request; without one it did not.
-    assert rec.batches == ([2] if delay else [1, 1])
+    tasks = []
+    for i in range(100):
+        tasks.append(asyncio.create_task(batcher.submit({"x": np.full((1, 2), i, np.float32)})))
+        for _ in range(1000):  # until the batcher has taken it (into a run or a batch)
+            await asyncio.sleep(0)  # yield to the loop once (noqa: sleep-ok)
+            if batcher._queue.empty():
+                break
+    results = await asyncio.gather(*tasks)
+    assert sum(rec.batches) == 100
+    if delay:
+        # Alone until the first probe (16 runs), then batches of 8: about 27 runs.
+        assert len(rec.batches) <= 40 and max(rec.batches) == 8, rec.batches
+    else:
+        assert rec.batches == [1] * 100
+    for i, (outputs, _) in enumerate(results):
+        np.testing.assert_array_equal(outputs[0], np.full((1, 2), 2 * i, np.float32))
     await batcher.close()
