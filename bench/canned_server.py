@@ -7,7 +7,6 @@ liveml's servers (uvloop), so the ceiling is the best a Python gRPC server does 
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
