@@ -30,6 +30,10 @@ class Gather:
         self._spacing = FIRST_SPACING
         self._until_probe = FIRST_SPACING
 
+    def waits(self) -> bool:
+        """Whether the next send would wait for company (without counting it as a send)."""
+        return self.hold > 0 and self.most > 1 and (self.target > 1 or self._until_probe <= 1)
+
     def wanted(self) -> int:
         """How many requests to wait for before sending (1: send what is there now)."""
         if self.hold <= 0 or self.most == 1:

@@ -77,11 +77,29 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
+        self._free = asyncio.Event()  # no batch is forming or running
+        self._free.set()
 
     async def submit(self, inputs: Arrays) -> Result:
         n = rows(inputs)
         if n > self.max_batch_size or n == 0:
             return await run_alone(self._run, inputs, self._observe)
+        if (
+            self._free.is_set()
+            and self._queue.empty()
+            and self._carry is None
+            and not self._gather.waits()
+        ):
+            # Nobody to share a run with and nobody expected: run now, without the hop
+            # through the queue and the batcher's task.
+            self._gather.wanted()
+            self._free.clear()
+            try:
+                result = await run_alone(self._run, inputs, self._observe)
+            finally:
+                self._free.set()
+            self._gather.sent(1, timed_out=False)
+            return result
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batcher")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -116,24 +134,32 @@ class Batcher:
         while True:
             first = await self._next(None)
             assert first is not None
-            batch, size = [first], first.rows
-            wanted = self._gather.wanted()
-            deadline = loop.time() + self.max_queue_delay
-            timed_out = False
-            while size < self.max_batch_size:
-                # What is queued joins at once; more is waited for only up to `wanted`.
-                within = max(0.0, deadline - loop.time()) if size < wanted else 0.0
-                item = await self._next(within)
-                if item is None:
-                    timed_out = size < wanted
-                    break
-                if item.key != first.key or size + item.rows > self.max_batch_size:
-                    self._carry = item
-                    break
-                batch.append(item)
-                size += item.rows
-            self._gather.sent(size, timed_out)
-            await self._execute(batch, size)
+            await self._free.wait()  # a request run at once may still be running
+            self._free.clear()
+            try:
+                await self._batch(loop, first)
+            finally:
+                self._free.set()
+
+    async def _batch(self, loop: asyncio.AbstractEventLoop, first: _Pending) -> None:
+        batch, size = [first], first.rows
+        wanted = self._gather.wanted()
+        deadline = loop.time() + self.max_queue_delay
+        timed_out = False
+        while size < self.max_batch_size:
+            # What is queued joins at once; more is waited for only up to `wanted`.
+            within = max(0.0, deadline - loop.time()) if size < wanted else 0.0
+            item = await self._next(within)
+            if item is None:
+                timed_out = size < wanted
+                break
+            if item.key != first.key or size + item.rows > self.max_batch_size:
+                self._carry = item
+                break
+            batch.append(item)
+            size += item.rows
+        self._gather.sent(size, timed_out)
+        await self._execute(batch, size)
 
     async def _execute(self, batch: list[_Pending], size: int) -> None:
         live = [p for p in batch if not p.future.cancelled()]
