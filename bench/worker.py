@@ -90,9 +90,11 @@ def kserve_rows(model: Path) -> dict[str, Result]:
         proc.wait(30)
 
 
-def start(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], port: int, env: dict[str, str] | None = None, core: str = SERVER_CORE
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        pinned(SERVER_CORE, args),
+        pinned(core, args),
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,

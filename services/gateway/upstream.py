@@ -1,10 +1,11 @@
 """Long-lived streams to the workers, carrying requests as raw bytes.
 
 One `liveml.worker.v1.WorkerService/Forward` stream per worker carries the gateway's
-primary requests to it (shadow copies get a second one, so they never hold a primary
-back). A writer task sends, in one message, every request that queued up while its
-previous write was in flight, so under load gRPC's per-message cost (several times
-the gateway's own per-request work) is shared by many requests.
+primary requests to it; shadow copies get a second one, so they never hold a primary
+back, and the worker runs what comes on it at low priority. A writer task sends, in
+one message, every request that queued up while its previous write was in flight, so
+under load gRPC's per-message cost (several times the gateway's own per-request work)
+is shared by many requests.
 
 Under load the writer also waits, at most `hold`, for as many requests as it has
 learned arrive together (`services.common.gather`): with unary clients requests reach
@@ -46,9 +47,10 @@ class _Stream:
     """One open Forward stream: a writer task, a reader task and what waits on them."""
 
     def __init__(
-        self, address: str, channel: aio.Channel, first_sequence: int, hold: float
+        self, address: str, channel: aio.Channel, first_sequence: int, hold: float, shadow: bool
     ) -> None:
         self.address = address
+        self.shadow = shadow
         self.gather = Gather(hold, MAX_BATCH)
         self.call = channel.stream_stream(
             FORWARD_METHOD, request_serializer=None, response_deserializer=None
@@ -86,7 +88,9 @@ class _Stream:
                             break
                         count, size = count + 1, size + len(data)
                     batch, self.queue = self.queue[:count], self.queue[count:]
-                    message = wpb.ForwardRequest(first_sequence=self.sequence, requests=batch)
+                    message = wpb.ForwardRequest(
+                        first_sequence=self.sequence, requests=batch, shadow=self.shadow
+                    )
                     self.sequence += count
                     self.messages += 1
                     self.gather.sent(count, timed_out)
@@ -167,7 +171,8 @@ class Upstream:
             closing = asyncio.get_running_loop().create_task(stream.close())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
-        stream = self._streams[shadow] = _Stream(self.address, self.channel, first, self.hold)
+        stream = _Stream(self.address, self.channel, first, self.hold, shadow)
+        self._streams[shadow] = stream
         return stream
 
     async def send(self, data: bytes, within: float | None, shadow: bool = False) -> bytes:

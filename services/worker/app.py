@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from services.worker.settings import WorkerSettings
 from services.worker.standalone import FolderWatcher
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.0002  # seconds a thread may hold the GIL while another waits
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 FORWARD_SERVICE = wpb.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -67,8 +70,16 @@ async def start(settings: WorkerSettings) -> Worker:
     if (settings.model_dir is None) == (settings.registry is None):
         raise ValueError("give exactly one of --model-dir (standalone) or --registry")
     book = WindowBook(rpb.WINDOW_SOURCE_WORKER, "") if settings.registry else None
+    if settings.shadow_priority != "normal":
+        # The shadow thread, between its runs, holds the GIL; CPython would let it keep
+        # the event loop (and so primary requests) waiting for up to 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL)
     repository = Repository(
-        Threads(settings.intra_op_threads), settings.run_threads, settings.inline_us, book
+        Threads(settings.intra_op_threads),
+        settings.run_threads,
+        settings.inline_us,
+        book,
+        settings.shadow_priority,
     )
     servicer = InferenceServicer(repository)
     forward = ForwardServicer(servicer.stream_answer)

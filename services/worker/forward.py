@@ -19,7 +19,8 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 
-Answer = Callable[[pb.ModelInferRequest], Awaitable[pb.ModelStreamInferResponse]]
+# (request, is a shadow copy) -> the stream answer
+Answer = Callable[[pb.ModelInferRequest, bool], Awaitable[pb.ModelStreamInferResponse]]
 
 
 class ForwardServicer(wpb_grpc.WorkerServiceServicer):
@@ -28,13 +29,13 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
         self.window = window
         self._readers: set[asyncio.Task[None]] = set()
 
-    async def _answer(self, data: bytes) -> pb.ModelStreamInferResponse:
+    async def _answer(self, data: bytes, shadow: bool) -> pb.ModelStreamInferResponse:
         try:
             request = pb.ModelInferRequest.FromString(data)
         except DecodeError as exc:
             return _failure(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
         try:
-            return await self.answer(request)
+            return await self.answer(request, shadow)
         except Exception as exc:  # every request gets an answer, whatever went wrong
             return _failure(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
@@ -52,9 +53,9 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
         room = asyncio.Semaphore(self.window)
         working: set[asyncio.Task[None]] = set()
 
-        async def one(sequence: int, data: bytes) -> None:
+        async def one(sequence: int, data: bytes, shadow: bool) -> None:
             try:
-                response = await self._answer(data)
+                response = await self._answer(data, shadow)
                 done.append(
                     wpb.ForwardReply(sequence=sequence, response=response.SerializeToString())
                 )
@@ -71,7 +72,9 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                 async for message in requests:
                     for offset, data in enumerate(message.requests):
                         await room.acquire()
-                        task = asyncio.create_task(one(message.first_sequence + offset, data))
+                        task = asyncio.create_task(
+                            one(message.first_sequence + offset, data, message.shadow)
+                        )
                         working.add(task)
                         task.add_done_callback(finished)
             finally:

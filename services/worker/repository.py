@@ -13,7 +13,9 @@ import asyncio
 import enum
 import gc
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +83,7 @@ class Repository:
         run_threads: int = 2,
         inline_us: float = 0.0,
         book: WindowBook | None = None,
+        shadow_priority: str = "idle",
     ) -> None:
         self.threads = threads
         # Per-version windows for the registry (registry mode only): counts, and the
@@ -94,6 +97,14 @@ class Repository:
         # Desired traffic per model (version, percent), from the rollout; empty = newest READY.
         self.targets: dict[str, list[tuple[int, int]]] = {}
         self.executor = ThreadPoolExecutor(max_workers=run_threads, thread_name_prefix="onnx")
+        # Shadow copies run on their own thread at a lower OS priority, so a mirror
+        # version, however slow, gets only the CPU time primary requests leave unused.
+        self.shadow_executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="shadow",
+            initializer=_lower_priority,
+            initargs=(shadow_priority,),
+        )
         self.on_change: list[Callable[[Held], None]] = []
 
     # --- choosing a version ----------------------------------------------------------------
@@ -130,15 +141,24 @@ class Repository:
 
     # --- serving -----------------------------------------------------------------------------
 
-    async def infer(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
-        """Run one request on a READY version (batched when the version batches)."""
+    async def infer(
+        self, held: Held, inputs: Arrays, shadow: bool = False
+    ) -> list[npt.NDArray[Any]]:
+        """Run one request on a READY version (batched when the version batches).
+
+        A shadow copy runs alone on the low-priority shadow thread.
+        """
         if held.state is not State.READY:
             raise Unavailable(f"model '{held.model}' version {held.version} is {held.state.value}")
         held.inflight += 1
         held.idle.clear()
         started = time.perf_counter()
         try:
-            if held.batcher is not None:
+            if shadow:
+                outputs, timing = await run_alone(
+                    lambda x: self._run_shadow(held, x), inputs, held.stats.batch
+                )
+            elif held.batcher is not None:
                 outputs, timing = await held.batcher.submit(inputs)
             else:
                 outputs, timing = await run_alone(
@@ -178,6 +198,12 @@ class Repository:
             # Cheaper than the thread hand-off it would otherwise cost (see `inline_us`).
             return runtime.run(inputs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, runtime.run, inputs)
+
+    async def _run_shadow(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
+        runtime = held.runtime
+        assert runtime is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.shadow_executor, runtime.run, inputs)
 
     # --- loading and retiring ---------------------------------------------------------------
 
@@ -291,6 +317,20 @@ class Repository:
             if held.batcher is not None:
                 await held.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.shadow_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(priority: str) -> None:
+    """Lower the calling thread's OS priority (Linux: per thread); see `shadow_priority`."""
+    tid = threading.get_native_id()
+    try:
+        if priority == "idle":
+            # Runs only on a core nothing else wants, and yields to any other thread.
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif priority == "low":
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (OSError, AttributeError) as exc:  # not Linux, or not allowed: normal priority
+        log.warning("shadow thread keeps normal priority: %s", exc)
 
 
 def _spans(held: Held, t: Timing) -> None:

@@ -64,7 +64,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.ready = False
         self.streams.close()
 
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(
+        self, request: pb.ModelInferRequest, shadow: bool = False
+    ) -> pb.ModelInferResponse:
         if telemetry.tracing_enabled() and "traceparent" in request.parameters:
             # A gateway's request on a shared stream carries its own trace context.
             parent = propagate.extract(
@@ -73,17 +75,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with trace.get_tracer("liveml").start_as_current_span(
                 "liveml.worker.infer", context=parent
             ):
-                return await self._infer(request)
-        return await self._infer(request)
+                return await self._infer(request, shadow)
+        return await self._infer(request, shadow)
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, shadow: bool = False
+    ) -> pb.ModelInferResponse:
         held = self.repository.resolve(request.model_name, request.model_version)
         runtime = held.runtime
         assert runtime is not None
         inputs = tensors.decode_inputs(request, runtime.signature)
         names = runtime.output_names
         chosen = tensors.requested_outputs(request, names)
-        outputs = await self.repository.infer(held, inputs)
+        outputs = await self.repository.infer(held, inputs, shadow)
         return tensors.encode_response(request, held.version, names, chosen, outputs)
 
     # --- inference ---------------------------------------------------------------------------
@@ -100,10 +104,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for response in self.streams.serve(requests, self.stream_answer):
             yield response
 
-    async def stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-        """One request's answer on a stream: a failure is an error_message, not an abort."""
+    async def stream_answer(
+        self, request: pb.ModelInferRequest, shadow: bool = False
+    ) -> pb.ModelStreamInferResponse:
+        """One request's answer on a stream: a failure is an error_message, not an abort.
+
+        `shadow`: a gateway's copy for a mirror version, run at low priority.
+        """
         try:
-            response = await self.infer(request)
+            response = await self.infer(request, shadow)
         except ServiceError as exc:
             failed = pb.ModelInferResponse(id=request.id)
             # The status code, so a gateway can tell a retryable failure from bad input.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -40,6 +41,11 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
         ge=0,
         description="Default longest a batch waits for more requests, ms; it waits only "
         "while waiting has lately brought more (0 = never wait).",
+    )
+    shadow_priority: Literal["idle", "low", "normal"] = Field(
+        "idle",
+        description="OS priority of the thread that runs gateways' shadow copies: idle "
+        "(Linux SCHED_IDLE: only CPU time nothing else wants), low (nice 19) or normal.",
     )
     drain_grace: float = Field(
         2.0, ge=0, description="Seconds a retired version stays after its last request."

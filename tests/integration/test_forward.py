@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,27 @@ async def test_requests_arriving_one_at_a_time_gather_into_messages(
         assert upstream._streams[True] is not stream
     finally:
         await upstream.close()
+
+
+async def test_shadow_copies_run_on_an_idle_priority_thread(worker: tuple[Proc, int]) -> None:
+    proc, port = worker
+    tasks = Path(f"/proc/{proc.popen.pid}/task")
+
+    def idle_threads() -> int:
+        return sum(os.sched_getscheduler(int(t.name)) == os.SCHED_IDLE for t in tasks.iterdir())
+
+    assert idle_threads() == 0  # the shadow thread starts with the first copy
+    x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    data = wire.with_version(infer_request("clf", x, "copy").SerializeToString(), 1)
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = wpb_grpc.WorkerServiceStub(channel).Forward()  # type: ignore[no-untyped-call]
+        await call.write(wpb.ForwardRequest(first_sequence=0, requests=[data], shadow=True))
+        reply = (await call.read()).replies[0]
+        await call.done_writing()
+    answer = reply_of(reply.response).infer_response
+    assert answer.id == "copy" and answer.model_version == "1"
+    assert np.frombuffer(answer.raw_output_contents[0], np.float32).argmax() == 1
+    assert idle_threads() == 1  # the copy ran on a thread that yields to everything else
 
 
 async def test_a_dead_worker_fails_what_waits_on_it(worker: tuple[Proc, int]) -> None:
