@@ -27,8 +27,8 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     forward_hold_ms: float = Field(
         2.0,
         ge=0,
-        description="Longest a request waits to share one message to a worker with others "
-        "while that worker still owes answers to the last one, ms (0 = send at once).",
+        description="Longest a request waits for others to share its message to a worker, "
+        "ms; it waits only while requests have lately come together (0 = never wait).",
     )
     shadow_queue: int = Field(
         256, ge=1, description="Mirror copies waiting at most; more are dropped."

@@ -131,6 +131,9 @@ class WindowRow(Base):
     source: Mapped[int] = mapped_column(Integer, nullable=False)
     end_us: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
     proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # A hash of the reported window: a report retried after the registry already stored
+    # it is not stored twice.
+    key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
 
 
 class AlertRow(Base):

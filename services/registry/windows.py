@@ -9,6 +9,7 @@ counted twice.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,9 +47,29 @@ def check(window: rpb.Window) -> None:
             raise InvalidArgument(f"feature {f.name!r}: needs one count per bin (edges - 1)")
 
 
+def identity(window: rpb.Window) -> str | None:
+    """A report sent again carries the same bytes; None for a window without an end time
+    (the registry stamps those itself, so they cannot be recognised)."""
+    if not window.end_time.ToMicroseconds():
+        return None
+    return hashlib.sha256(window.SerializeToString(deterministic=True)).hexdigest()
+
+
 async def store(session: AsyncSession, reported: Iterable[rpb.Window]) -> int:
-    count = 0
-    for window in reported:
+    """Store the windows; one already stored (a report retried after its answer was lost)
+    is accepted and not stored again. Two copies racing each other both pass this check,
+    and the unique key fails the later transaction, which its reporter retries."""
+    keyed = [(identity(window), window) for window in reported]
+    keys = {key for key, _ in keyed if key is not None}
+    seen: set[str | None] = set()
+    if keys:
+        stored = select(WindowRow.key).where(WindowRow.key.in_(keys))
+        seen = set((await session.execute(stored)).scalars())
+    for key, window in keyed:
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
         session.add(
             WindowRow(
                 model=window.model,
@@ -56,10 +77,10 @@ async def store(session: AsyncSession, reported: Iterable[rpb.Window]) -> int:
                 source=window.source,
                 end_us=window.end_time.ToMicroseconds() or now_us(),
                 proto=window.SerializeToString(),
+                key=key,
             )
         )
-        count += 1
-    return count
+    return len(keyed)
 
 
 async def prune(session: AsyncSession, keep_seconds: float) -> None:

@@ -86,6 +86,22 @@ async def test_windows_are_summed_per_version(iris: RunningRegistry) -> None:
     assert got[2].p99_seconds > 3 * got[1].p99_seconds
 
 
+async def test_a_report_sent_again_is_counted_once(iris: RunningRegistry) -> None:
+    """A reporter whose answer was lost sends the same windows again (services.common.windows)."""
+    reporter = await worker_client(iris)
+    first = [window(1, requests=100, latency=latency([0.001] * 100)), window(2, requests=7)]
+    for _ in range(3):
+        reply = await reporter.ReportWindows(rpb.ReportWindowsRequest(windows=first))
+        assert reply.accepted == 2
+    later = window(1, requests=50, latency=latency([0.001] * 50))
+    await reporter.ReportWindows(rpb.ReportWindowsRequest(windows=[later, later, first[1]]))
+    reply = await iris.client().GetVersionMetrics(
+        rpb.GetVersionMetricsRequest(parent="models/iris")
+    )
+    got = {m.version: m.requests for m in reply.metrics}
+    assert got == {1: 150, 2: 7}
+
+
 async def test_bad_windows_are_refused_and_store_nothing(iris: RunningRegistry) -> None:
     reporter = await worker_client(iris)
     bad_latency = rpb.Histogram(bounds=[0.1], counts=[1])
