@@ -32,7 +32,7 @@ from bench.h2bench import CLIENT_CORE, SERVER_CORE, Result, free_port, mlp_reque
 from bench.worker import key, kserve_rows, measure, start
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from tests.helpers.models import mlp
+from tests.helpers.models import deep_mlp, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -81,7 +81,7 @@ async def route(port: int, token: str, mirrors: list[int]) -> None:
             name="models/mlp/rollout",
             targets=[rpb.TrafficTarget(version=1, percent=100)],
             mirrors=[rpb.TrafficTarget(version=m, percent=100) for m in mirrors],
-            pinned=[2, 3],
+            pinned=[2, 3, 4],
         )
         await rpb_grpc.RegistryServiceStub(channel).UpdateRollout(
             rpb.UpdateRolloutRequest(rollout=rollout), metadata=md
@@ -109,6 +109,7 @@ def main() -> int:
         mlp(work / "v1.onnx", 64, 256, 10),
         mlp(work / "v2.onnx", 64, 2048, 10, seed=1),  # the slow mirror
         mlp(work / "v3.onnx", 64, 256, 10, seed=2),  # the failing mirror (corrupted below)
+        deep_mlp(work / "v4.onnx", 64, 256, 10, repeats=180),  # as slow, weights in cache
     ]
     reg_port = free_port()
     env = {
@@ -178,6 +179,7 @@ def main() -> int:
                 ("through gateway", gateway_port, []),
                 ("gateway, 20x slower mirror", gateway_port, [2]),
                 ("gateway, failing mirror", gateway_port, [3]),
+                ("gateway, slow mirror, weights in cache", gateway_port, [4]),
             ]:
                 asyncio.run(route(reg_port, token, mirrors))
                 time.sleep(1)  # the gateway's table follows the watch (a benchmark, not a test)

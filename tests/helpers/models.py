@@ -146,6 +146,38 @@ def mlp(path: Path, n_in: int = 64, hidden: int = 256, n_out: int = 10, seed: in
     return _save(graph, path)
 
 
+def deep_mlp(path: Path, n_in: int, hidden: int, n_out: int, repeats: int) -> Path:
+    """n_in -> hidden, one hidden x hidden layer (tanh) applied `repeats` times, -> n_out.
+
+    As slow as a much wider model, but its weights (one shared layer) stay in the cache.
+    """
+    rng = np.random.default_rng(3)
+
+    def weight(rows: int, cols: int, name: str) -> onnx.TensorProto:
+        w = (rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32)
+        return numpy_helper.from_array(w, name)
+
+    nodes = [helper.make_node("MatMul", ["x", "W_in"], ["h0"])]
+    for i in range(repeats):
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]),
+            helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]),
+        ]
+    nodes.append(helper.make_node("MatMul", [f"h{repeats}", "W_out"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "deep_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
+        initializer=[
+            weight(n_in, hidden, "W_in"),
+            weight(hidden, hidden, "W"),
+            weight(hidden, n_out, "W_out"),
+        ],
+    )
+    return _save(graph, path)
+
+
 # --- classifiers for canary analysis ------------------------------------------------------
 
 # The true rule the canary tests' feedback follows: class 1 when x . RULE > 0.
