@@ -48,10 +48,10 @@ class WorkerServiceServicer:
 
     def Forward(self, request_iterator, context):
         """A gateway's long-lived stream of inference requests. A message carries every
-        request that queued up while the previous message was being written, and a
-        reply message every answer that is ready, so under load a few gRPC messages
-        carry many requests and gRPC's per-message cost is paid once for all of them;
-        alone, a request travels by itself and waits for nothing.
+        request that queued up while the previous message was being written (and, under
+        load, those the gateway briefly waited for), and a reply message every answer
+        that is ready, so a few gRPC messages carry many requests and gRPC's per-message
+        cost is paid once for all of them; a lone client's request travels by itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
