@@ -38,6 +38,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 BYTES = "BYTES"
 DATATYPES = frozenset([*DTYPES, BYTES])
+_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DTYPES.items()}
 
 # Which InferTensorContents field carries each datatype when sent typed.
 CONTENTS_FIELD: dict[str, str] = {
@@ -74,6 +75,9 @@ def check_shape(name: str, shape: Sequence[int]) -> None:
 def datatype_of(dtype: npt.DTypeLike) -> str:
     """The V2 datatype string of a numpy dtype (object/str/bytes arrays are BYTES)."""
     dt = np.dtype(dtype)
+    known_name = _NAMES.get(dt)  # every answer encodes its outputs: the common case first
+    if known_name is not None:
+        return known_name
     if dt.kind in "OSU":
         return BYTES
     if dt.byteorder == ">":

@@ -30,7 +30,8 @@ Observer = Callable[[int, float, float], None]
 
 
 def _key(inputs: Arrays) -> tuple[Any, ...]:
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
+    """Requests with equal keys can be merged: same inputs, dtypes and non-batch dims."""
+    return tuple((name, a.dtype, a.shape[1:]) for name, a in sorted(inputs.items()))
 
 
 def rows(inputs: Arrays) -> int:
