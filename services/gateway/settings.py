@@ -25,7 +25,7 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
         30.0, gt=0, description="Deadline for a request whose caller set none, seconds."
     )
     forward_hold_ms: float = Field(
-        2.0,
+        4.0,
         ge=0,
         description="Longest a request waits for others to share its message to a worker, "
         "ms; it waits only while requests have lately come together (0 = never wait).",

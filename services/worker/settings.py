@@ -37,7 +37,7 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
     )
     max_batch_size: int = Field(32, ge=0, description="Default largest merged batch (0 = off).")
     max_queue_delay_ms: float = Field(
-        2.0,
+        4.0,
         ge=0,
         description="Default longest a batch waits for more requests, ms; it waits only "
         "while waiting has lately brought more (0 = never wait).",
