@@ -81,26 +81,32 @@ class Batcher:
         self._free = asyncio.Event()  # no batch is forming or running
         self._free.set()
 
-    async def submit(self, inputs: Arrays) -> Result:
-        n = rows(inputs)
-        if n > self.max_batch_size or n == 0:
-            return await run_alone(self._run, inputs, self._observe)
+    def alone(self) -> bool:
+        """Whether a request arriving now has nobody to share a run with and should not
+        wait for anybody; if so it is counted as sent alone, and the caller runs it."""
         if (
             self._free.is_set()
             and self._queue.empty()
             and self._carry is None
             and not self._gather.waits()
         ):
-            # Nobody to share a run with and nobody expected: run now, without the hop
-            # through the queue and the batcher's task.
             self._gather.wanted()
+            self._gather.sent(1, timed_out=False)
+            return True
+        return False
+
+    async def submit(self, inputs: Arrays) -> Result:
+        n = rows(inputs)
+        if n > self.max_batch_size or n == 0:
+            return await run_alone(self._run, inputs, self._observe)
+        if self.alone():
+            # Run now, without the hop through the queue and the batcher's task; the
+            # batcher waits for this run before it starts another batch.
             self._free.clear()
             try:
-                result = await run_alone(self._run, inputs, self._observe)
+                return await run_alone(self._run, inputs, self._observe)
             finally:
                 self._free.set()
-            self._gather.sent(1, timed_out=False)
-            return result
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batcher")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
