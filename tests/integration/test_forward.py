@@ -125,11 +125,11 @@ async def test_requests_arriving_one_at_a_time_gather_into_messages(
         sends = []
         for i in range(1, 301):  # 300 clients, whose requests arrive one at a time
             sends.append(asyncio.ensure_future(upstream.send(request(i), 10)))
-            await asyncio.sleep(0)  # the send queues its request
+            await asyncio.sleep(0)  # one loop turn: the send queues it (noqa: sleep-ok)
             for _ in range(100_000):  # until it is written, or held for company
                 if not stream.queue or stream.holding:
                     break
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # one loop turn (noqa: sleep-ok)
         replies = await asyncio.gather(*sends)
         # Alone until the first probe (16 sends), then gathered: without it, 301 messages.
         assert stream.messages <= 60, stream.messages
