@@ -83,7 +83,7 @@ class Batcher:
 
     def alone(self) -> bool:
         """Whether a request arriving now has nobody to share a run with and should not
-        wait for anybody; if so it is counted as sent alone, and the caller runs it."""
+        wait for anybody; if so it is counted as sent alone."""
         if (
             self._free.is_set()
             and self._queue.empty()

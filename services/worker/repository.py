@@ -158,8 +158,7 @@ class Repository:
                 outputs, timing = await run_alone(
                     lambda x: self._run_shadow(held, x), inputs, held.stats.batch
                 )
-            elif held.batcher is not None and not (held.inline and held.batcher.alone()):
-                # (An inline run cannot interleave with a batch: it is run right here.)
+            elif held.batcher is not None:
                 outputs, timing = await held.batcher.submit(inputs)
             else:
                 outputs, timing = await run_alone(
