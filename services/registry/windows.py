@@ -47,25 +47,27 @@ def check(window: rpb.Window) -> None:
             raise InvalidArgument(f"feature {f.name!r}: needs one count per bin (edges - 1)")
 
 
-def identity(window: rpb.Window) -> str | None:
-    """A report sent again carries the same bytes; None for a window without an end time
-    (the registry stamps those itself, so they cannot be recognised)."""
+def identity(window: rpb.Window, data: bytes) -> str | None:
+    """A report sent again carries the same bytes (`data`, serialized deterministically);
+    None for a window without an end time (the registry stamps those itself, so they
+    cannot be recognised)."""
     if not window.end_time.ToMicroseconds():
         return None
-    return hashlib.sha256(window.SerializeToString(deterministic=True)).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 async def store(session: AsyncSession, reported: Iterable[rpb.Window]) -> int:
     """Store the windows; one already stored (a report retried after its answer was lost)
     is accepted and not stored again. Two copies racing each other both pass this check,
     and the unique key fails the later transaction, which its reporter retries."""
-    keyed = [(identity(window), window) for window in reported]
-    keys = {key for key, _ in keyed if key is not None}
+    serialized = [(w, w.SerializeToString(deterministic=True)) for w in reported]
+    keyed = [(identity(window, data), window, data) for window, data in serialized]
+    keys = {key for key, _, _ in keyed if key is not None}
     seen: set[str | None] = set()
     if keys:
         stored = select(WindowRow.key).where(WindowRow.key.in_(keys))
         seen = set((await session.execute(stored)).scalars())
-    for key, window in keyed:
+    for key, window, data in keyed:
         if key is not None:
             if key in seen:
                 continue
@@ -76,7 +78,7 @@ async def store(session: AsyncSession, reported: Iterable[rpb.Window]) -> int:
                 version=window.version,
                 source=window.source,
                 end_us=window.end_time.ToMicroseconds() or now_us(),
-                proto=window.SerializeToString(),
+                proto=data,
                 key=key,
             )
         )
