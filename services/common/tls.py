@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -40,3 +41,30 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
     )
+
+
+def server_context(
+    cert: Path | None, key: Path | None, client_ca: Path | None = None
+) -> ssl.SSLContext | None:
+    """The same TLS as `server_credentials`, for a plain asyncio listener."""
+    if server_credentials(cert, key, client_ca) is None:  # the same checks and messages
+        return None
+    assert cert is not None and key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """The same trust and client certificate as `channel_credentials`, for asyncio."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key")
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None and key is not None:
+        context.load_cert_chain(cert, key)
+    return context

@@ -19,6 +19,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
 from services.gateway.feedback import FeedbackBook
+from services.gateway.links import Links
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
     ControlFront,
@@ -99,7 +100,23 @@ async def start(settings: GatewaySettings) -> Gateway:
         return control_channels[address]
 
     current = [RoutingTable()]
-    pool = UpstreamPool(connect, settings.forward_hold_ms / 1000)
+    frames_tls = (
+        tls.client_context(settings.worker_ca, settings.worker_cert, settings.worker_key)
+        if settings.worker_ca or settings.worker_cert
+        else None
+    )
+
+    def links(address: str) -> Links:
+        def forward_address() -> str | None:
+            if settings.upstream_transport != "frames":
+                return None
+            return current[0].forward.get(address)
+
+        return Links(
+            lambda: connect(address), forward_address, frames_tls, settings.max_message_bytes
+        )
+
+    pool = UpstreamPool(links, settings.forward_hold_ms / 1000)
     book = WindowBook(
         rpb.WINDOW_SOURCE_GATEWAY,
         f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",

@@ -55,6 +55,7 @@ def bucket(key: str) -> float:
 class RoutingTable:
     models: dict[str, ModelRoute] = field(default_factory=dict)
     revision: int = 0
+    forward: dict[str, str] = field(default_factory=dict)  # address -> framed listener's
 
     @classmethod
     def build(cls, picture: Picture, revision: int) -> RoutingTable:
@@ -74,7 +75,8 @@ class RoutingTable:
                 sticky_key=rollout.sticky_key,
                 ready={v: tuple(a) for v, a in ready.get(model, {}).items()},
             )
-        return cls(models, revision)
+        forward = {w.address: w.forward_address for w in picture.workers.values()}
+        return cls(models, revision, {a: f for a, f in forward.items() if f})
 
     def route(self, model: str) -> ModelRoute:
         found = self.models.get(model)

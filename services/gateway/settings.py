@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -18,6 +19,11 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     worker_ca: Path | None = Field(None, description="CA bundle to verify workers' TLS.")
     worker_cert: Path | None = Field(None, description="Client certificate for mTLS to workers.")
     worker_key: Path | None = Field(None, description="Key of --worker-cert.")
+    upstream_transport: Literal["frames", "grpc"] = Field(
+        "frames",
+        description="How requests travel to workers: frames (a worker's framed forward "
+        "listener, where it offers one; else gRPC) or grpc (always the gRPC Forward stream).",
+    )
     route_key_header: str = Field(
         "x-liveml-route-key", description="Metadata key whose value keeps a client on one side."
     )

@@ -1,11 +1,11 @@
 """Long-lived streams to the workers, carrying requests as raw bytes.
 
-One `liveml.worker.v1.WorkerService/Forward` stream per worker carries the gateway's
-primary requests to it; shadow copies get a second one, so they never hold a primary
-back, and the worker runs what comes on it at low priority. A writer task sends, in
-one message, every request that queued up while its previous write was in flight, so
-under load gRPC's per-message cost (several times the gateway's own per-request work)
-is shared by many requests.
+One stream per worker (a framed connection or a gRPC Forward call,
+`services.gateway.links`) carries the gateway's primary requests to it; shadow
+copies get a second one, so they never hold a primary back, and the worker runs
+what comes on it at low priority. A writer task sends, in one message, every
+request that queued up while its previous write was in flight, so under load the
+per-message cost is shared by many requests.
 
 Under load the writer also waits, at most `hold`, for as many requests as it has
 learned arrive together (`services.common.gather`): with unary clients requests reach
@@ -26,14 +26,12 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from grpc import aio
-
 from services.common.gather import Gather
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
+from services.gateway.links import Link, Links
 
 log = logging.getLogger(__name__)
 
-FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
 # One message carries at most this many requests, or about this many bytes.
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 4 << 20
@@ -47,14 +45,12 @@ class _Stream:
     """One open Forward stream: a writer task, a reader task and what waits on them."""
 
     def __init__(
-        self, address: str, channel: aio.Channel, first_sequence: int, hold: float, shadow: bool
+        self, address: str, link: Link, first_sequence: int, hold: float, shadow: bool
     ) -> None:
         self.address = address
         self.shadow = shadow
         self.gather = Gather(hold, MAX_BATCH)
-        self.call = channel.stream_stream(
-            FORWARD_METHOD, request_serializer=None, response_deserializer=None
-        )()
+        self.link = link
         self.sequence = first_sequence
         self.queue: list[bytes] = []
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
@@ -94,10 +90,10 @@ class _Stream:
                     self.sequence += count
                     self.messages += 1
                     self.gather.sent(count, timed_out)
-                    await self.call.write(message.SerializeToString())
+                    await self.link.write(message.SerializeToString())
         except Exception as exc:  # any failed write ends the stream; waiters retry elsewhere
             self.fail(f"{type(exc).__name__}: {exc}")
-            self.call.cancel()
+            self.link.cancel()
 
     async def _gather(self, wanted: int) -> bool:
         """Wait until `wanted` requests queued; True if the hold ran out first."""
@@ -116,15 +112,15 @@ class _Stream:
     async def _read(self) -> None:
         reason = "stream closed"
         try:
-            async for raw in self.call:
+            async for raw in self.link.replies():
                 for reply in wpb.ForwardResponse.FromString(raw).replies:
                     future = self.waiting.pop(reply.sequence, None)
                     if future is not None and not future.done():
                         future.set_result(reply.response)
-        except aio.AioRpcError as exc:
-            reason = f"{exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
             reason = "stream cancelled"
+        except Exception as exc:  # LinkError, or a reply that does not parse
+            reason = str(exc) or type(exc).__name__
         self.fail(reason)
 
     def fail(self, reason: str) -> None:
@@ -145,7 +141,7 @@ class _Stream:
                 return
 
     async def close(self) -> None:
-        self.call.cancel()
+        self.link.cancel()
         for task in (self.writer, self.reader):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,9 +149,9 @@ class _Stream:
 
 
 class Upstream:
-    def __init__(self, address: str, channel: aio.Channel, hold: float = 0.0) -> None:
+    def __init__(self, address: str, links: Links, hold: float = 0.0) -> None:
         self.address = address
-        self.channel = channel
+        self.links = links
         self.hold = hold
         self.outstanding = 0
         self._streams: dict[bool, _Stream] = {}  # by "carries shadow copies"
@@ -171,7 +167,7 @@ class Upstream:
             closing = asyncio.get_running_loop().create_task(stream.close())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
-        stream = _Stream(self.address, self.channel, first, self.hold, shadow)
+        stream = _Stream(self.address, self.links.open(), first, self.hold, shadow)
         self._streams[shadow] = stream
         return stream
 
@@ -192,13 +188,13 @@ class Upstream:
     async def close(self) -> None:
         for stream in self._streams.values():
             await stream.close()
-        await self.channel.close()
+        await self.links.close()
 
 
 class UpstreamPool:
     """Upstreams by address, and the least-loaded-of-two choice between them."""
 
-    def __init__(self, connect: Callable[[str], aio.Channel], hold: float = 0.0) -> None:
+    def __init__(self, connect: Callable[[str], Links], hold: float = 0.0) -> None:
         self._connect = connect
         self.hold = hold
         self._upstreams: dict[str, Upstream] = {}

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import server
+from services.common import server, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
-from services.worker.forward import ForwardServicer
+from services.worker.forward import ForwardServicer, FrameListener
 from services.worker.loader import RegistryLoader
 from services.worker.repository import Batching, Repository
 from services.worker.runtime import Threads
@@ -28,6 +28,8 @@ from services.worker.standalone import FolderWatcher
 
 log = logging.getLogger(__name__)
 
+# Longest a stopping worker waits for framed connections to answer what they read.
+LISTENER_GRACE = 10.0
 SWITCH_INTERVAL = 0.0002  # seconds a thread may hold the GIL while another waits
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -41,6 +43,7 @@ class Worker:
     servicer: InferenceServicer
     running: server.RunningServer
     forward: ForwardServicer
+    listener: FrameListener | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loader: RegistryLoader | None = None
 
@@ -52,6 +55,8 @@ class Worker:
         """Stop background work (before the server stops accepting calls)."""
         self.servicer.close_streams()
         self.forward.close()
+        if self.listener is not None:
+            await self.listener.close(LISTENER_GRACE)
         if self.loader is not None:
             await self.loader.stop()
         for task in self.tasks:
@@ -92,12 +97,21 @@ async def start(settings: WorkerSettings) -> Worker:
 
     running = await server.start_server("worker", settings, register)
     worker = Worker(settings, repository, servicer, running, forward)
+    forward_port = None
+    if settings.forward_port >= 0:
+        worker.listener = FrameListener(forward, settings.max_message_bytes)
+        forward_port = await worker.listener.start(
+            settings.host,
+            settings.forward_port,
+            tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
+        )
+        log.info("framed forward listener on %s:%d", settings.host, forward_port)
     if settings.model_dir is not None:
         watcher = FolderWatcher(settings.model_dir, repository, default, settings.drain_grace)
         await watcher.sync()
         worker.tasks.append(asyncio.create_task(watcher.run(settings.scan_seconds)))
     else:
-        loader = RegistryLoader(settings, repository, default, running.port)
+        loader = RegistryLoader(settings, repository, default, running.port, forward_port)
         await loader.start()
         worker.loader = loader
     return worker

@@ -1,23 +1,37 @@
-"""The worker's end of the gateway transport (`liveml.worker.v1.WorkerService/Forward`).
+"""The worker's end of the gateway transport: the framed listener and the gRPC stream.
 
-Requests arrive several to a message; each is answered as soon as it is done, and
-the answers ready at the moment a reply message is written go out together. At most
-`window` requests of a stream are in flight; reading pauses beyond that.
+Gateways reach a worker through its framed forward listener (`services.common.frames`)
+or, when it offers none, the `liveml.worker.v1.WorkerService/Forward` gRPC stream;
+both carry the same messages and are answered by the same code. Requests arrive
+several to a message; each is answered as soon as it is done, and the answers ready
+at the moment a reply message is written go out together. At most `window` requests
+of a stream are in flight; reading pauses beyond that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import Gauge
 
+from services.common import frames
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 4 << 20  # a reply message carries about this many bytes at most
+STREAMS = Gauge(
+    "liveml_worker_forward_streams", "Open gateway streams, by link (frames or grpc).", ["link"]
+)
 
 # (request, is a shadow copy) -> the stream answer
 Answer = Callable[[pb.ModelInferRequest, bool], Awaitable[pb.ModelStreamInferResponse]]
@@ -48,6 +62,23 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
     async def Forward(
         self, requests: AsyncIterator[wpb.ForwardRequest], context: Any
     ) -> AsyncIterator[wpb.ForwardResponse]:
+        async for response in self.serve(requests, "grpc"):
+            yield response
+
+    async def serve(
+        self, requests: AsyncIterator[wpb.ForwardRequest], link: str
+    ) -> AsyncIterator[wpb.ForwardResponse]:
+        """Answers to one gateway stream's requests, over `link` (frames or grpc)."""
+        STREAMS.labels(link).inc()
+        try:
+            async for response in self._serve(requests):
+                yield response
+        finally:
+            STREAMS.labels(link).dec()
+
+    async def _serve(
+        self, requests: AsyncIterator[wpb.ForwardRequest]
+    ) -> AsyncIterator[wpb.ForwardResponse]:
         done: list[wpb.ForwardReply] = []
         wake = asyncio.Event()
         room = asyncio.Semaphore(self.window)
@@ -77,6 +108,8 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                         )
                         working.add(task)
                         task.add_done_callback(finished)
+            except (frames.FrameError, DecodeError, asyncio.IncompleteReadError) as exc:
+                log.warning("forward stream broken by its sender: %s", exc)
             finally:
                 wake.set()
 
@@ -87,8 +120,15 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
             while True:
                 await wake.wait()
                 wake.clear()
-                if done:
-                    ready, done[:] = list(done), []
+                while done:
+                    # Reply messages stay far below the gateway's message limit, however
+                    # many large answers completed together.
+                    count, size = 0, 0
+                    for reply in done:
+                        if count and size + len(reply.response) > MAX_REPLY_BYTES:
+                            break
+                        count, size = count + 1, size + len(reply.response)
+                    ready, done[:] = done[:count], done[count:]
                     yield wpb.ForwardResponse(replies=ready)
                 if reader.done() and not working and not done:
                     return
@@ -98,6 +138,53 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+
+class FrameListener:
+    """The framed forward listener: each connection is one Forward stream."""
+
+    def __init__(self, forward: ForwardServicer, max_message_bytes: int) -> None:
+        self.forward = forward
+        self.max_message_bytes = max_message_bytes
+        self.server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
+        """Listen; the port it listens on."""
+        self.server = await asyncio.start_server(self._connection, host, port, ssl=ssl_context)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self, within: float) -> None:
+        """Stop accepting; wait (at most `within` s) for open connections to answer what
+        they read (`ForwardServicer.close` stops their reading)."""
+        if self.server is not None:
+            self.server.close()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=within)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        frames.tune(writer)
+        peer = writer.get_extra_info("peername")
+
+        async def requests() -> AsyncIterator[wpb.ForwardRequest]:
+            await frames.expect_preamble(reader)
+            while (data := await frames.read(reader, self.max_message_bytes)) is not None:
+                yield wpb.ForwardRequest.FromString(data)
+
+        try:
+            async for response in self.forward.serve(requests(), "frames"):
+                writer.write(frames.frame(response.SerializeToString()))
+                await writer.drain()
+        except OSError as exc:
+            log.info("forward connection from %s ended: %s", peer, exc)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
 
 
 def _failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:

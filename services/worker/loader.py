@@ -48,7 +48,12 @@ Key = tuple[str, int]
 
 class RegistryLoader:
     def __init__(
-        self, settings: WorkerSettings, repository: Repository, default: Batching, port: int
+        self,
+        settings: WorkerSettings,
+        repository: Repository,
+        default: Batching,
+        port: int,
+        forward_port: int | None = None,
     ) -> None:
         assert settings.registry is not None
         self.settings = settings
@@ -56,6 +61,10 @@ class RegistryLoader:
         self.default = default
         self.name = f"workers/{settings.worker_id or secrets.token_hex(6)}"
         self.address = settings.advertise or f"{settings.host}:{port}"
+        # The framed listener is reached at the same host as the gRPC port.
+        self.forward_address = (
+            f"{self.address.rpartition(':')[0]}:{forward_port}" if forward_port else ""
+        )
         self.models = {m.strip() for m in settings.models.split(",") if m.strip()}
         self.channel, self.stub = registry_client.connect(
             settings.registry,
@@ -120,6 +129,7 @@ class RegistryLoader:
         worker = rpb.Worker(
             name=self.name,
             address=self.address,
+            forward_address=self.forward_address,
             models=sorted(self.models),
             capacity=self.settings.capacity,
             versions=self._states(),

@@ -23,6 +23,14 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
     advertise: str | None = Field(
         None, description="host:port gateways reach this worker at (default: --host:--port)."
     )
+    forward_port: int = Field(
+        0,
+        ge=-1,
+        le=65535,
+        description="Port of the framed forward listener gateways prefer to the gRPC "
+        "Forward stream (same TLS as --port; 0 = any free one, advertised through the "
+        "registry; -1 = off).",
+    )
     models: str = Field("", description="Comma-separated models to serve (empty = every model).")
     capacity: int = Field(64, ge=1, description="Concurrent requests this worker advertises.")
     cache_dir: Path = Field(Path(".liveml/cache"), description="Local artifact cache (by digest).")

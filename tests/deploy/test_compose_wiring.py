@@ -6,7 +6,7 @@ environment the Compose file gives it, in its health-gated order. Only what cann
 same outside Docker is rewritten:
 
 - host names and ports: `SERVICE:PORT` becomes 127.0.0.1 and a free port (the service's
-  own LIVEML_PORT / LIVEML_METRICS_PORT too, and LIVEML_HOST 0.0.0.0 becomes 127.0.0.1);
+  own LIVEML_PORT / LIVEML_FORWARD_PORT / LIVEML_METRICS_PORT too, and LIVEML_HOST 0.0.0.0 becomes 127.0.0.1);
   `postgres:5432` is the local PostgreSQL, in a fresh database (user and database name
   replaced: the local server has no `liveml` role), `nats:4222` the local NATS, and the
   trace collector a receiver inside this test;
@@ -61,6 +61,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 # What stands in for the Compose services that are not liveml: (name, port) -> local port.
 LOCAL = {("postgres", 5432): 5432, ("nats", 4222): 4222}
+PORT_SETTINGS = ("LIVEML_PORT", "LIVEML_FORWARD_PORT", "LIVEML_METRICS_PORT")
 ADDRESS = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9_.-]*):(\d+)\b")
 VENV_BIN = Path(sys.executable).parent
 
@@ -138,7 +139,7 @@ class Stack:
         """The environment the process sees: the Compose file's, rewritten."""
         env = {}
         for key, value in df.environment(self.service(name)).items():
-            if key in ("LIVEML_PORT", "LIVEML_METRICS_PORT"):
+            if key in PORT_SETTINGS:
                 value = str(self.ports[name, int(value)])
             elif key == "LIVEML_HOST":
                 assert value == "0.0.0.0", f"{name}: containers must listen on every address"
@@ -250,7 +251,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     ports = dict(LOCAL)
     for name, service in live.items():
         env = df.environment(service)
-        for key in ("LIVEML_PORT", "LIVEML_METRICS_PORT"):
+        for key in PORT_SETTINGS:
             if key in env:
                 ports[name, int(env[key])] = free_port()
     receiver = TraceReceiver()
@@ -300,16 +301,20 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
             metadata=md,
         )
 
-        # Both workers hold v1, each at the address its Compose service advertises.
+        # Both workers hold v1, each at the address its Compose service advertises, with
+        # its framed forward listener (which the gateway uses, over TLS) on the same host.
         advertised = {
-            f"workers/{env['LIVEML_WORKER_ID']}": env["LIVEML_ADVERTISE"]
+            f"workers/{env['LIVEML_WORKER_ID']}": (
+                env["LIVEML_ADVERTISE"],
+                f"127.0.0.1:{env['LIVEML_FORWARD_PORT']}",
+            )
             for env in (stack.environment(w) for w in ("worker-1", "worker-2"))
         }
 
         async def both_ready() -> bool:
             reply = await registry.ListWorkers(rpb.ListWorkersRequest(), metadata=md)
             ready = {
-                w.name: w.address
+                w.name: (w.address, w.forward_address)
                 for w in reply.workers
                 if any(
                     (v.model, v.version, v.state) == ("lin", 1, rpb.VERSION_LOAD_STATE_READY)

@@ -1,10 +1,15 @@
-"""The gateway-to-worker transport: several requests per message, answers by number."""
+"""The gateway-to-worker transport: several requests per message, answers by number.
+
+Over both links a worker offers: its framed forward listener and the gRPC Forward call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -12,10 +17,12 @@ import numpy as np
 import pytest
 from grpc import aio
 
+from services.common import frames, pki, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.gateway import wire
+from services.gateway.links import Links
 from services.gateway.upstream import Upstream, UpstreamDown
 from tests.conftest import free_port
 from tests.helpers import models
@@ -24,18 +31,36 @@ from tests.helpers.procs import Proc, python_module, wait_port
 from tests.helpers.wait import wait_until
 
 
+@dataclass
+class Worker:
+    proc: Proc
+    port: int  # gRPC
+    forward_port: int  # the framed listener
+
+    def upstream(self, transport: str, hold: float = 0.0) -> Upstream:
+        address = f"127.0.0.1:{self.port}"
+        return Upstream(
+            address,
+            Links(
+                lambda: aio.insecure_channel(address),
+                lambda: f"127.0.0.1:{self.forward_port}" if transport == "frames" else None,
+            ),
+            hold,
+        )
+
+
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
+def worker(tmp_path: Path) -> Iterator[Worker]:
     (tmp_path / "m" / "clf" / "1").mkdir(parents=True)
     models.classifier(tmp_path / "m" / "clf" / "1" / "model.onnx")
     (tmp_path / "m" / "slow" / "1").mkdir(parents=True)
     models.slow_classifier(tmp_path / "m" / "slow" / "1" / "model.onnx", rounds=3000)
-    port = free_port()
+    port, forward_port = free_port(), free_port()
     proc = python_module(
         "services.cli.main",
         None,
         "worker", "serve", "--model-dir", str(tmp_path / "m"), "--port", str(port),
-        "--metrics-port", "-1",
+        "--forward-port", str(forward_port), "--metrics-port", "-1",
     )  # fmt: skip
     wait_port(port, proc)
     wait_until(
@@ -43,7 +68,7 @@ def worker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
         60,
         "the models to load",
     )
-    yield proc, port
+    yield Worker(proc, port, forward_port)
     proc.stop()
 
 
@@ -51,8 +76,8 @@ def reply_of(data: bytes) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse.FromString(data)
 
 
-async def test_each_request_is_answered_by_its_number(worker: tuple[Proc, int]) -> None:
-    _, port = worker
+async def test_each_request_is_answered_by_its_number(worker: Worker) -> None:
+    port = worker.port
     x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     good = infer_request("clf", x, "ok").SerializeToString()
     unknown = infer_request("nope", x, "missing").SerializeToString()
@@ -83,9 +108,9 @@ async def test_each_request_is_answered_by_its_number(worker: tuple[Proc, int]) 
     )
 
 
-async def test_concurrent_requests_share_messages(worker: tuple[Proc, int]) -> None:
-    _, port = worker
-    upstream = Upstream(f"127.0.0.1:{port}", aio.insecure_channel(f"127.0.0.1:{port}"))
+@pytest.mark.parametrize("transport", ["frames", "grpc"])
+async def test_concurrent_requests_share_messages(worker: Worker, transport: str) -> None:
+    upstream = worker.upstream(transport)
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((300, 1, 4)).astype(np.float32)
     try:
@@ -107,12 +132,9 @@ async def test_concurrent_requests_share_messages(worker: tuple[Proc, int]) -> N
         assert scores.argmax() == int(float((x @ models.RULE)[0]) > 0)
 
 
-async def test_requests_arriving_one_at_a_time_gather_into_messages(
-    worker: tuple[Proc, int],
-) -> None:
+async def test_requests_arriving_one_at_a_time_gather_into_messages(worker: Worker) -> None:
     """Unary calls reach the writer one at a time; under load they share messages."""
-    _, port = worker
-    upstream = Upstream(f"127.0.0.1:{port}", aio.insecure_channel(f"127.0.0.1:{port}"), 0.05)
+    upstream = worker.upstream("frames", 0.05)
     x = np.zeros((1, 4), dtype=np.float32)
 
     def request(i: int) -> bytes:
@@ -141,8 +163,8 @@ async def test_requests_arriving_one_at_a_time_gather_into_messages(
         await upstream.close()
 
 
-async def test_shadow_copies_run_on_an_idle_priority_thread(worker: tuple[Proc, int]) -> None:
-    proc, port = worker
+async def test_shadow_copies_run_on_an_idle_priority_thread(worker: Worker) -> None:
+    proc, port = worker.proc, worker.port
     tasks = Path(f"/proc/{proc.popen.pid}/task")
 
     def idle_threads() -> int:
@@ -162,9 +184,10 @@ async def test_shadow_copies_run_on_an_idle_priority_thread(worker: tuple[Proc, 
     assert idle_threads() == 1  # the copy ran on a thread that yields to everything else
 
 
-async def test_a_dead_worker_fails_what_waits_on_it(worker: tuple[Proc, int]) -> None:
-    proc, port = worker
-    upstream = Upstream(f"127.0.0.1:{port}", aio.insecure_channel(f"127.0.0.1:{port}"))
+@pytest.mark.parametrize("transport", ["frames", "grpc"])
+async def test_a_dead_worker_fails_what_waits_on_it(worker: Worker, transport: str) -> None:
+    proc, port = worker.proc, worker.port
+    upstream = worker.upstream(transport)
     x = np.zeros((1, 4), dtype=np.float32)
     data = infer_request("clf", x).SerializeToString()
     try:
@@ -175,3 +198,101 @@ async def test_a_dead_worker_fails_what_waits_on_it(worker: tuple[Proc, int]) ->
             await upstream.send(data, 10)
     finally:
         await upstream.close()
+
+
+async def _frames_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_framed_listener_answers_each_request_by_its_number(worker: Worker) -> None:
+    x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    good = infer_request("clf", x, "ok").SerializeToString()
+    reader, writer = await _frames_client(worker.forward_port)
+    message = wpb.ForwardRequest(first_sequence=3, requests=[good, b"\xff\xff"])
+    writer.write(frames.PREAMBLE + frames.frame(message.SerializeToString()))
+    replies: dict[int, bytes] = {}
+    while len(replies) < 2:
+        data = await frames.read(reader, 1 << 20)
+        assert data is not None
+        replies.update(
+            {r.sequence: r.response for r in wpb.ForwardResponse.FromString(data).replies}
+        )
+    writer.write_eof()  # the gateway is done: the worker answers what it read, then closes
+    assert await frames.read(reader, 1 << 20) is None
+    writer.close()
+    assert reply_of(replies[3]).infer_response.id == "ok"
+    assert reply_of(replies[4]).error_message.startswith("malformed ModelInferRequest")
+
+
+@pytest.mark.parametrize(
+    ("sent", "logged"),
+    [
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "expected the preamble"),
+        (frames.PREAMBLE + (1 << 30).to_bytes(4, "big"), "over the limit"),
+        (frames.PREAMBLE + frames.frame(b"\xff\xff"), "Error parsing message"),
+    ],
+    ids=["grpc-client", "oversized", "garbage"],
+)
+async def test_framed_listener_closes_on_a_broken_sender(
+    worker: Worker, sent: bytes, logged: str
+) -> None:
+    """What is not our framing (a gRPC client on the wrong port, a huge or garbled frame)
+    ends that connection, with the reason in the worker's log; the worker serves on."""
+    reader, writer = await _frames_client(worker.forward_port)
+    writer.write(sent)
+    assert await reader.read() == b""  # closed by the worker
+    writer.close()
+    wait_until(lambda: logged in "".join(worker.proc.output), 10, f"the log to say {logged!r}")
+    upstream = worker.upstream("frames")
+    try:
+        data = infer_request("clf", np.zeros((1, 4), np.float32), "after").SerializeToString()
+        assert reply_of(await upstream.send(data, 10)).infer_response.id == "after"
+    finally:
+        await upstream.close()
+
+
+async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> None:
+    ca = pki.create_ca(tmp_path / "pki")
+    server, client = (pki.issue(ca, name, tmp_path / "pki") for name in ("worker", "gateway"))
+    (tmp_path / "m" / "clf" / "1").mkdir(parents=True)
+    models.classifier(tmp_path / "m" / "clf" / "1" / "model.onnx")
+    port, forward_port = free_port(), free_port()
+    proc = python_module(
+        "services.cli.main",
+        None,
+        "worker", "serve", "--model-dir", str(tmp_path / "m"), "--port", str(port),
+        "--forward-port", str(forward_port), "--metrics-port", "-1",
+        "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+        "--tls-client-ca", str(ca.cert),
+    )  # fmt: skip
+    try:
+        wait_port(port, proc)
+        wait_until(lambda: "clf v1 READY" in "".join(proc.output), 60, "the model to load")
+        data = infer_request("clf", np.zeros((1, 4), np.float32), "tls").SerializeToString()
+
+        def upstream(context: ssl.SSLContext) -> Upstream:
+            return Upstream(
+                f"localhost:{port}",
+                Links(
+                    lambda: aio.insecure_channel("unused"),
+                    lambda: f"localhost:{forward_port}",
+                    context,
+                ),
+            )
+
+        trusted = upstream(tls.client_context(ca.cert, client.cert, client.key))
+        try:
+            assert reply_of(await trusted.send(data, 10)).infer_response.id == "tls"
+        finally:
+            await trusted.close()
+        anonymous = upstream(tls.client_context(ca.cert))  # no client certificate
+        try:
+            # TLS 1.3 checks the client's certificate after the handshake: the refusal
+            # arrives as an alert or, when the worker's reset overtakes it, a reset.
+            refused = f"worker localhost:{port}: .*(?i:certificate|reset by peer)"
+            with pytest.raises(UpstreamDown, match=refused):
+                await anonymous.send(data, 10)
+        finally:
+            await anonymous.close()
+    finally:
+        proc.stop()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from tests.conftest import free_port
 from tests.helpers import models
 from tests.helpers.cluster import Cluster, cluster, infer_request
 from tests.helpers.wait import async_wait_until
@@ -278,3 +283,45 @@ def rpb_target(version: int, percent: int) -> object:
     from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
     return rpb.TrafficTarget(version=version, percent=percent)
+
+
+def forward_streams(metrics_port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    found = re.findall(r'liveml_worker_forward_streams\{link="(\w+)"\} (\S+)', text.decode())
+    return {link: float(value) for link, value in found}
+
+
+async def test_workers_are_reached_over_frames_else_grpc(tmp_path: Path) -> None:
+    """A worker's framed listener carries the gateway's requests; a worker that offers
+    none (`--forward-port -1`) is reached over the gRPC Forward stream instead."""
+    async with cluster(tmp_path) as c:
+        await c.create_model("lin")
+        await c.push("lin", models.linear(tmp_path / "v1.onnx", seed=1))
+        await c.route("lin", (1, 100))
+        metrics = {"framed": free_port(), "plain": free_port()}
+        c.start_worker("framed", "--metrics-port", str(metrics["framed"]))
+        c.start_worker("plain", "--metrics-port", str(metrics["plain"]), "--forward-port", "-1")
+        for name in metrics:
+            await c.wait_state(name, "lin", 1, "READY")
+        workers = await c.stub.ListWorkers(rpb.ListWorkersRequest(), metadata=c.md)
+        offered = {w.name: w.forward_address for w in workers.workers}
+        assert offered["workers/plain"] == ""
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", offered["workers/framed"])
+        port = c.start_gateway()
+        x = np.ones((1, 4), np.float32)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def both_used() -> bool:
+                with contextlib.suppress(aio.AioRpcError):  # until the table has them
+                    await asyncio.gather(
+                        *(stub.ModelInfer(infer_request("lin", x)) for _ in range(8))
+                    )
+                return (
+                    forward_streams(metrics["framed"]).get("frames") == 1
+                    and forward_streams(metrics["plain"]).get("grpc") == 1
+                )
+
+            await async_wait_until(both_used, 30, "a frames stream and a gRPC stream")
+        assert forward_streams(metrics["framed"]).get("grpc", 0) == 0
+        assert forward_streams(metrics["plain"]).get("frames", 0) == 0

@@ -374,7 +374,7 @@ class WorkerVersionState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[VersionLoadState, str]] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels")
+    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels", "forward_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +389,7 @@ class Worker(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -396,7 +397,8 @@ class Worker(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[WorkerVersionState]
     lease_expire_time: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    forward_address: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator")

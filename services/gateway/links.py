@@ -1,0 +1,124 @@
+"""How a gateway's stream to one worker travels: framed TCP, or a gRPC Forward call.
+
+Both carry serialized `ForwardRequest` messages out and `ForwardResponse` messages
+back. The framed link (`services.common.frames`) is the fast path: Python's gRPC
+costs each side several hundred microseconds of CPU per message, a framed message
+one system call. Workers that offer no framed listener get the gRPC stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from grpc import aio
+
+from services.common import frames
+
+FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
+
+
+class LinkError(Exception):
+    """The link failed; the message says how."""
+
+
+class Link(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    def replies(self) -> AsyncIterator[bytes]: ...
+
+    def cancel(self) -> None: ...
+
+
+class GrpcLink:
+    def __init__(self, channel: aio.Channel) -> None:
+        self.call = channel.stream_stream(
+            FORWARD_METHOD, request_serializer=None, response_deserializer=None
+        )()
+
+    async def write(self, data: bytes) -> None:
+        await self.call.write(data)
+
+    async def replies(self) -> AsyncIterator[bytes]:
+        try:
+            async for raw in self.call:
+                yield raw
+        except aio.AioRpcError as exc:
+            raise LinkError(f"{exc.code().name}: {exc.details()}") from exc
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+class FrameLink:
+    def __init__(self, address: str, ssl_context: ssl.SSLContext | None, limit: int) -> None:
+        self.address = address
+        self.limit = limit
+        self._connected = asyncio.ensure_future(self._connect(ssl_context))
+
+    async def _connect(
+        self, ssl_context: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = frames.split(self.address)
+        try:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+            )
+        except OSError as exc:
+            raise LinkError(f"cannot connect to {self.address}: {exc}") from exc
+        frames.tune(writer)
+        writer.write(frames.PREAMBLE)
+        return reader, writer
+
+    async def write(self, data: bytes) -> None:
+        _, writer = await self._connected
+        writer.write(frames.frame(data))
+        await writer.drain()
+
+    async def replies(self) -> AsyncIterator[bytes]:
+        reader, _ = await self._connected
+        try:
+            while (data := await frames.read(reader, self.limit)) is not None:
+                yield data
+        except (OSError, asyncio.IncompleteReadError, frames.FrameError) as exc:
+            raise LinkError(f"{type(exc).__name__}: {exc}") from exc
+
+    def cancel(self) -> None:
+        if not self._connected.done():
+            self._connected.cancel()
+        elif not self._connected.cancelled() and self._connected.exception() is None:
+            self._connected.result()[1].close()
+
+
+class Links:
+    """Opens streams to one worker: framed when it offers a forward address, else gRPC."""
+
+    def __init__(
+        self,
+        connect: Callable[[], aio.Channel],
+        forward_address: Callable[[], str | None] = lambda: None,
+        ssl_context: ssl.SSLContext | None = None,
+        limit: int = 256 << 20,
+    ) -> None:
+        self._connect = connect
+        self._forward_address = forward_address
+        self._ssl = ssl_context
+        self._limit = limit
+        self._channel: aio.Channel | None = None
+
+    def open(self) -> Link:
+        # Asked on every open, so a worker that restarts on a new port is found again.
+        address = self._forward_address()
+        if address:
+            return FrameLink(address, self._ssl, self._limit)
+        if self._channel is None:
+            self._channel = self._connect()
+        return GrpcLink(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
