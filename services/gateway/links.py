@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -18,7 +20,11 @@ from grpc import aio
 
 from services.common import frames
 
+log = logging.getLogger(__name__)
+
 FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
+CONNECT_SECONDS = 3.0  # a framed connect that takes longer counts as unreachable
+FALLBACK_SECONDS = 30.0
 
 
 class LinkError(Exception):
@@ -54,9 +60,16 @@ class GrpcLink:
 
 
 class FrameLink:
-    def __init__(self, address: str, ssl_context: ssl.SSLContext | None, limit: int) -> None:
+    def __init__(
+        self,
+        address: str,
+        ssl_context: ssl.SSLContext | None,
+        limit: int,
+        unreachable: Callable[[], None] = lambda: None,
+    ) -> None:
         self.address = address
         self.limit = limit
+        self._unreachable = unreachable
         self._connected = asyncio.ensure_future(self._connect(ssl_context))
 
     async def _connect(
@@ -64,11 +77,14 @@ class FrameLink:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = frames.split(self.address)
         try:
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
-            )
-        except OSError as exc:
-            raise LinkError(f"cannot connect to {self.address}: {exc}") from exc
+            async with asyncio.timeout(CONNECT_SECONDS):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+                )
+        except (OSError, TimeoutError) as exc:
+            self._unreachable()
+            reason = str(exc) or f"no answer within {CONNECT_SECONDS:g} s"
+            raise LinkError(f"cannot connect to {self.address}: {reason}") from exc
         frames.tune(writer)
         writer.write(frames.PREAMBLE)
         return reader, writer
@@ -94,7 +110,12 @@ class FrameLink:
 
 
 class Links:
-    """Opens streams to one worker: framed when it offers a forward address, else gRPC."""
+    """Opens streams to one worker: framed when it offers a forward address, else gRPC.
+
+    When the framed listener cannot be reached (a firewall that lets only the gRPC port
+    through, say), the worker is reached over gRPC for `FALLBACK_SECONDS`, then the
+    framed listener is tried again: degraded, not down, and said in the log.
+    """
 
     def __init__(
         self,
@@ -108,15 +129,24 @@ class Links:
         self._ssl = ssl_context
         self._limit = limit
         self._channel: aio.Channel | None = None
+        self._grpc_until = 0.0  # after a failed framed connect: gRPC until then
 
     def open(self) -> Link:
         # Asked on every open, so a worker that restarts on a new port is found again.
         address = self._forward_address()
-        if address:
-            return FrameLink(address, self._ssl, self._limit)
+        if address and time.monotonic() >= self._grpc_until:
+            return FrameLink(address, self._ssl, self._limit, lambda: self._fall_back(address))
         if self._channel is None:
             self._channel = self._connect()
         return GrpcLink(self._channel)
+
+    def _fall_back(self, address: str) -> None:
+        self._grpc_until = time.monotonic() + FALLBACK_SECONDS
+        log.warning(
+            "framed forward listener %s unreachable; using the gRPC Forward stream for %g s",
+            address,
+            FALLBACK_SECONDS,
+        )
 
     async def close(self) -> None:
         if self._channel is not None:

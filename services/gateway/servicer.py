@@ -80,9 +80,18 @@ class Router:
         self, model: str, version: int, data: bytes, deadline: float, shadow: bool = False
     ) -> wire.StreamReply:
         tried: set[str] = set()
+        broken: set[str] = set()  # their stream failed: the next send opens a new one
+        retried: set[str] = set()  # each worker gets at most one such second try
         last = "no READY worker"
         while True:
-            upstream = self.pool.pick(self.table().workers(model, version), tried)
+            workers = self.table().workers(model, version)
+            upstream = self.pool.pick(workers, tried)
+            if upstream is None and broken:
+                # Every worker was tried; those whose stream broke (a reset connection, a
+                # framed listener out of reach: the next stream may take gRPC) get one
+                # more try each, which matters most when there is only one.
+                upstream = self.pool.pick([w for w in workers if w in broken], set())
+                broken.clear()
             remaining = deadline - time.monotonic()
             if upstream is None or remaining <= 0:
                 raise Unavailable(
@@ -93,6 +102,9 @@ class Router:
                 reply = wire.stream_reply(await upstream.send(data, remaining, shadow))
             except UpstreamDown as exc:
                 last = str(exc)
+                if upstream.address not in retried:
+                    broken.add(upstream.address)
+                retried.add(upstream.address)
                 metrics.RETRIES.labels(model).inc()
                 continue
             except TimeoutError:

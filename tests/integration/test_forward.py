@@ -19,11 +19,16 @@ from grpc import aio
 
 from services.common import frames, pki, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
+from services.common.windows import WindowBook
 from services.gateway import wire
-from services.gateway.links import Links
-from services.gateway.upstream import Upstream, UpstreamDown
+from services.gateway.feedback import FeedbackBook
+from services.gateway.links import GrpcLink, Links
+from services.gateway.routing import ModelRoute, RoutingTable
+from services.gateway.servicer import Router
+from services.gateway.upstream import Upstream, UpstreamDown, UpstreamPool
 from tests.conftest import free_port
 from tests.helpers import models
 from tests.helpers.cluster import infer_request
@@ -296,3 +301,48 @@ async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> 
             await anonymous.close()
     finally:
         proc.stop()
+
+
+def _unreachable_frames(worker: Worker) -> Links:
+    """Links to the worker whose framed listener is advertised at a port nobody serves."""
+    closed = free_port()
+    address = f"127.0.0.1:{worker.port}"
+    return Links(lambda: aio.insecure_channel(address), lambda: f"127.0.0.1:{closed}")
+
+
+async def test_an_unreachable_framed_listener_falls_back_to_grpc(worker: Worker) -> None:
+    upstream = Upstream(f"127.0.0.1:{worker.port}", _unreachable_frames(worker))
+    data = infer_request("clf", np.zeros((1, 4), np.float32), "fb").SerializeToString()
+    try:
+        with pytest.raises(UpstreamDown, match=r"cannot connect to 127\.0\.0\.1:\d+"):
+            await upstream.send(data, 10)
+        # The next stream takes the gRPC Forward call to the same worker.
+        assert reply_of(await upstream.send(data, 10)).infer_response.id == "fb"
+        assert isinstance(upstream._streams[False].link, GrpcLink)
+    finally:
+        await upstream.close()
+
+
+async def test_a_lone_worker_whose_stream_broke_gets_one_more_try(worker: Worker) -> None:
+    """With one worker, a request whose stream failed is tried once more on it (the new
+    stream here takes gRPC), instead of failing with UNAVAILABLE."""
+    address = f"127.0.0.1:{worker.port}"
+    route = ModelRoute(((1, 100),), (), frozenset(), "", {1: (address,)})
+    table = RoutingTable({"clf": route})
+    pool = UpstreamPool(lambda _: _unreachable_frames(worker))
+    router = Router(
+        lambda: table,
+        pool,
+        FeedbackBook(10, 60),
+        "x-liveml-route-key",
+        10,
+        4,
+        WindowBook(rpb.WINDOW_SOURCE_GATEWAY, ""),
+    )
+    request = infer_request("clf", np.zeros((1, 4), np.float32), "again").SerializeToString()
+    try:
+        answer = await router.send_to_version("clf", 1, wire.with_version(request, 1))
+        assert pb.ModelInferResponse.FromString(answer).id == "again"
+    finally:
+        await router.shadow.close()
+        await pool.close()
