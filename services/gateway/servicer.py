@@ -42,6 +42,8 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 TRACEPARENT = "traceparent"
+# Microseconds the caller still waits; read by the worker (services/worker/servicer.py).
+TIMEOUT_PARAMETER = "liveml_timeout_us"
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
 
@@ -159,9 +161,16 @@ class Router:
                 version = choice.version
                 if choice.redistributed:
                     metrics.REDISTRIBUTED.labels(model).inc()
-                request = data if routing.model_version else wire.with_version(data, version)
+                # One copy of the request, whatever is appended: the chosen version, the
+                # trace context, and how long the caller still waits (the worker does
+                # not start what it can no longer answer in time).
+                remaining_us = int((deadline - time.monotonic()) * 1e6)
+                suffix = wire.int64_parameter(TIMEOUT_PARAMETER, remaining_us)
+                if not routing.model_version:
+                    suffix += wire.version_field(version)
                 if traceparent:
-                    request = wire.with_string_parameter(request, TRACEPARENT, traceparent)
+                    suffix += wire.string_parameter(TRACEPARENT, traceparent)
+                request = data + suffix
                 try:
                     reply = await self._send(model, version, request, deadline)
                     break

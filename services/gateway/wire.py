@@ -126,16 +126,29 @@ def length_delimited(number: int, payload: bytes) -> bytes:
     return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
 
 
+def version_field(version: int) -> bytes:
+    """A model_version field: appended to a request, it wins over any earlier one."""
+    return length_delimited(MODEL_VERSION, str(version).encode())
+
+
 def with_version(data: bytes, version: int) -> bytes:
     """The request with model_version set (appended; the last value wins)."""
-    return data + length_delimited(MODEL_VERSION, str(version).encode())
+    return data + version_field(version)
 
 
-def with_string_parameter(data: bytes, key: str, value: str) -> bytes:
-    """The request with one more `parameters` entry (a string)."""
-    param = length_delimited(STRING_PARAM, value.encode())
-    entry = length_delimited(1, key.encode()) + length_delimited(2, param)
-    return data + length_delimited(PARAMETERS, entry)
+def _parameter(key: str, value: bytes) -> bytes:
+    entry = length_delimited(1, key.encode()) + length_delimited(2, value)
+    return length_delimited(PARAMETERS, entry)
+
+
+def string_parameter(key: str, value: str) -> bytes:
+    """One more `parameters` entry (a string), to append to a request."""
+    return _parameter(key, length_delimited(STRING_PARAM, value.encode()))
+
+
+def int64_parameter(key: str, value: int) -> bytes:
+    """One more `parameters` entry (an int64), to append to a request."""
+    return _parameter(key, _encode_varint(INT64_PARAM << 3) + _encode_varint(value % 2**64))
 
 
 @dataclass

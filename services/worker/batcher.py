@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.errors import DeadlineExceeded
 from services.common.gather import Gather
 from services.worker.runtime import Arrays
 
@@ -59,7 +60,18 @@ class _Pending:
     rows: int
     key: tuple[Any, ...]
     future: asyncio.Future[Result]
+    expires: float | None = None  # time.monotonic() when its caller stops waiting
     timing: Timing = field(default_factory=lambda: Timing(time.perf_counter()))
+
+
+def check_deadline(expires: float | None, queued: float) -> None:
+    """Refuse to start work whose caller has stopped waiting (`queued`: perf_counter())."""
+    if expires is not None and time.monotonic() > expires:
+        waited = (time.perf_counter() - queued) * 1000
+        raise DeadlineExceeded(
+            f"the caller's deadline passed while the request waited {waited:.0f} ms on the "
+            "worker; it was not run"
+        )
 
 
 class Batcher:
@@ -95,7 +107,7 @@ class Batcher:
             return True
         return False
 
-    async def submit(self, inputs: Arrays) -> Result:
+    async def submit(self, inputs: Arrays, expires: float | None = None) -> Result:
         n = rows(inputs)
         if n > self.max_batch_size or n == 0:
             return await run_alone(self._run, inputs, self._observe)
@@ -110,7 +122,7 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batcher")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(inputs, n, _key(inputs), future))
+        self._queue.put_nowait(_Pending(inputs, n, _key(inputs), future, expires))
         return await future
 
     async def close(self) -> None:
@@ -169,9 +181,19 @@ class Batcher:
         await self._execute(batch, size)
 
     async def _execute(self, batch: list[_Pending], size: int) -> None:
-        live = [p for p in batch if not p.future.cancelled()]
+        live = []
+        for p in batch:
+            if p.future.cancelled():
+                continue
+            try:
+                check_deadline(p.expires, p.timing.queued)
+            except DeadlineExceeded as exc:
+                p.future.set_exception(exc)
+                continue
+            live.append(p)
         if not live:
             return
+        size = sum(p.rows for p in live)
         batch_start = time.perf_counter()
         if len(live) == 1:
             merged = live[0].inputs

@@ -29,7 +29,7 @@ from services.common import telemetry, weights
 from services.common import versions as versions_
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
-from services.worker.batcher import Batcher, Timing, rows, run_alone
+from services.worker.batcher import Batcher, Timing, check_deadline, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
 from services.worker.stats import VersionStats
 
@@ -142,11 +142,13 @@ class Repository:
     # --- serving -----------------------------------------------------------------------------
 
     async def infer(
-        self, held: Held, inputs: Arrays, shadow: bool = False
+        self, held: Held, inputs: Arrays, shadow: bool = False, expires: float | None = None
     ) -> list[npt.NDArray[Any]]:
         """Run one request on a READY version (batched when the version batches).
 
-        A shadow copy runs alone on the low-priority shadow thread.
+        A shadow copy runs alone on the low-priority shadow thread. `expires`
+        (time.monotonic()) is when the caller stops waiting: a request still waiting
+        then is answered DEADLINE_EXCEEDED instead of being run.
         """
         if held.state is not State.READY:
             raise Unavailable(f"model '{held.model}' version {held.version} is {held.state.value}")
@@ -154,15 +156,16 @@ class Repository:
         held.idle.clear()
         started = time.perf_counter()
         try:
+            check_deadline(expires, started)  # it may have waited in a stream's window
             if shadow:
                 outputs, timing = await run_alone(
                     lambda x: self._run_shadow(held, x), inputs, held.stats.batch
                 )
             elif held.batcher is not None:
-                outputs, timing = await held.batcher.submit(inputs)
+                outputs, timing = await held.batcher.submit(inputs, expires)
             else:
                 outputs, timing = await run_alone(
-                    lambda x: self._run(held, x), inputs, held.stats.batch
+                    lambda x: self._run(held, x, expires), inputs, held.stats.batch
                 )
             if telemetry.tracing_enabled():
                 _spans(held, timing)
@@ -191,13 +194,24 @@ class Repository:
                 features.observe(inputs, dict(zip(held.runtime.output_names, outputs, strict=True)))
         return outputs
 
-    async def _run(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
+    async def _run(
+        self, held: Held, inputs: Arrays, expires: float | None = None
+    ) -> list[npt.NDArray[Any]]:
         runtime = held.runtime
         assert runtime is not None
         if held.inline:
             # Cheaper than the thread hand-off it would otherwise cost (see `inline_us`).
             return runtime.run(inputs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, runtime.run, inputs)
+        if expires is None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, runtime.run, inputs
+            )
+
+        def run_unless_expired(queued: float = time.perf_counter()) -> list[npt.NDArray[Any]]:
+            check_deadline(expires, queued)  # after its wait for a free run thread
+            return runtime.run(inputs)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, run_unless_expired)
 
     async def _run_shadow(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
         runtime = held.runtime

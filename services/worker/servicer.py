@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version as dist_version
 from typing import Any
@@ -22,6 +23,9 @@ Ctx = Any  # grpc.aio.ServicerContext (untyped)
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["model_configuration", "statistics", "model_repository(index)"]
+# Set by gateways: microseconds the caller still waits (the shared stream has no
+# per-request deadline); services/gateway/servicer.py sets it.
+TIMEOUT_PARAMETER = "liveml_timeout_us"
 STREAM_WINDOW = 128  # requests a stream may have in flight before it stops reading
 
 CONFIG_TYPES = {
@@ -65,8 +69,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.streams.close()
 
     async def infer(
-        self, request: pb.ModelInferRequest, shadow: bool = False
+        self, request: pb.ModelInferRequest, shadow: bool = False, within: float | None = None
     ) -> pb.ModelInferResponse:
+        """`within`: seconds the caller waits (its gRPC deadline, or a gateway's
+        `liveml_timeout_us` parameter); what has not started running by then is not run."""
+        if TIMEOUT_PARAMETER in request.parameters:
+            within = request.parameters[TIMEOUT_PARAMETER].int64_param / 1e6
+        expires = None if within is None else time.monotonic() + within
         if telemetry.tracing_enabled() and "traceparent" in request.parameters:
             # A gateway's request on a shared stream carries its own trace context.
             parent = propagate.extract(
@@ -75,11 +84,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with trace.get_tracer("liveml").start_as_current_span(
                 "liveml.worker.infer", context=parent
             ):
-                return await self._infer(request, shadow)
-        return await self._infer(request, shadow)
+                return await self._infer(request, shadow, expires)
+        return await self._infer(request, shadow, expires)
 
     async def _infer(
-        self, request: pb.ModelInferRequest, shadow: bool = False
+        self, request: pb.ModelInferRequest, shadow: bool, expires: float | None
     ) -> pb.ModelInferResponse:
         held = self.repository.resolve(request.model_name, request.model_version)
         runtime = held.runtime
@@ -87,14 +96,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         inputs = tensors.decode_inputs(request, runtime.signature)
         names = runtime.output_names
         chosen = tensors.requested_outputs(request, names)
-        outputs = await self.repository.infer(held, inputs, shadow)
+        outputs = await self.repository.infer(held, inputs, shadow, expires)
         return tensors.encode_response(request, held.version, names, chosen, outputs)
 
     # --- inference ---------------------------------------------------------------------------
 
     @abort_on_error
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> Any:
-        return await self.infer(request)
+        return await self.infer(request, within=context.time_remaining())
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx

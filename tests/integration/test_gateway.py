@@ -325,3 +325,42 @@ async def test_workers_are_reached_over_frames_else_grpc(tmp_path: Path) -> None
             await async_wait_until(both_used, 30, "a frames stream and a gRPC stream")
         assert forward_streams(metrics["framed"]).get("grpc", 0) == 0
         assert forward_streams(metrics["plain"]).get("frames", 0) == 0
+
+
+async def test_the_callers_deadline_reaches_the_worker(tmp_path: Path) -> None:
+    """A request the gateway gave up on (DEADLINE_EXCEEDED, with why) is not run by the
+    worker either: only the one already running when the deadline passed runs."""
+    async with cluster(tmp_path) as c:
+        await c.create_model("slow")
+        # About a second a run here: far longer than the 0.25 s deadline below.
+        await c.push("slow", models.slow_classifier(tmp_path / "s.onnx", rounds=250_000))
+        await c.route("slow", (1, 100))
+        worker_port = c.start_worker("w0", "--max-batch-size", "0", "--run-threads", "1")
+        await c.wait_state("w0", "slow", 1, "READY")
+        port = c.start_gateway("--default-timeout", "0.25")
+        x = np.ones((1, 4), np.float32)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def routable() -> bool:
+                index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+                return any(m.name == "slow" for m in index.models)
+
+            await async_wait_until(routable, 30, "the gateway to route 'slow'")
+            calls = [stub.ModelInfer(infer_request("slow", x, str(i))) for i in range(4)]
+            for outcome in await asyncio.gather(*calls, return_exceptions=True):
+                assert isinstance(outcome, aio.AioRpcError), outcome
+                assert outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "deadline exceeded waiting for the worker" in str(outcome.details())
+        async with aio.insecure_channel(f"127.0.0.1:{worker_port}") as channel:
+            worker = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def settled() -> pb.ModelStatistics | None:
+                reply = await worker.ModelStatistics(pb.ModelStatisticsRequest(name="slow"))
+                stats = reply.model_stats[0]
+                done = stats.inference_stats.success.count + stats.inference_stats.fail.count
+                return stats if done == 4 else None
+
+            stats = await async_wait_until(settled, 30, "the worker to answer all four")
+        assert stats.execution_count == 1
+        assert stats.inference_stats.fail.count == 3

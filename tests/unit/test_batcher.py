@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 
+from services.common.errors import DeadlineExceeded
 from services.worker.batcher import Batcher
 
 
@@ -107,4 +109,28 @@ async def test_requests_arriving_one_at_a_time_are_gathered_within_the_delay(
         assert rec.batches == [1] * 100
     for i, (outputs, _) in enumerate(results):
         np.testing.assert_array_equal(outputs[0], np.full((1, 2), 2 * i, np.float32))
+    await batcher.close()
+
+
+async def test_a_request_whose_caller_left_while_queued_is_not_run() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec.run, max_batch_size=4)
+    first = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}))
+    await rec.started.wait()  # the first runs alone and holds the batcher
+    gone = asyncio.create_task(
+        batcher.submit({"x": np.full((1, 3), 2, np.float32)}, expires=time.monotonic() - 1)
+    )
+    waiting = asyncio.create_task(batcher.submit({"x": np.full((1, 3), 3, np.float32)}))
+    for _ in range(1000):  # until both are queued behind the first
+        if batcher._queue.qsize() == 2:
+            break
+        await asyncio.sleep(0)  # one loop turn (noqa: sleep-ok)
+    assert batcher._queue.qsize() == 2
+    rec.gate.set()
+    await first
+    with pytest.raises(DeadlineExceeded, match="deadline passed while the request waited"):
+        await gone
+    outputs, _ = await waiting
+    np.testing.assert_array_equal(outputs[0], np.full((1, 3), 6, np.float32))
+    assert rec.batches == [1, 1]  # the expired request never reached the model
     await batcher.close()
