@@ -1,7 +1,9 @@
 """Framed messages over a TCP (or TLS) connection: the gateway-to-worker fast path.
 
-A connection opens with `PREAMBLE`; after it each message is a 4-byte big-endian
-length and that many bytes. It carries the same `ForwardRequest` and
+Each side opens a connection by sending `PREAMBLE` (the worker's tells the gateway it
+accepted it: a refused TLS client certificate shows as no preamble rather than a
+broken stream later); after it each message is a 4-byte big-endian length and that
+many bytes. It carries the same `ForwardRequest` and
 `ForwardResponse` messages as the gRPC Forward stream, so it changes what a message
 costs (Python's gRPC pays several hundred microseconds of CPU per message and
 round trip on each side; a framed read or write is one system call), not what the

@@ -87,6 +87,16 @@ class FrameLink:
             raise LinkError(f"cannot connect to {self.address}: {reason}") from exc
         frames.tune(writer)
         writer.write(frames.PREAMBLE)
+        try:
+            async with asyncio.timeout(CONNECT_SECONDS):
+                await frames.expect_preamble(reader)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, frames.FrameError) as exc:
+            writer.close()
+            self._unreachable()
+            raise LinkError(
+                f"{self.address} did not accept the connection (with TLS: does the worker "
+                f"trust this gateway's client certificate?): {type(exc).__name__}: {exc}"
+            ) from exc
         return reader, writer
 
     async def write(self, data: bytes) -> None:

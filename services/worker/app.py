@@ -95,17 +95,24 @@ async def start(settings: WorkerSettings) -> Worker:
         wpb_grpc.add_WorkerServiceServicer_to_server(forward, grpc_server)  # type: ignore[no-untyped-call]
         return [SERVICE_NAME, FORWARD_SERVICE]
 
-    running = await server.start_server("worker", settings, register)
-    worker = Worker(settings, repository, servicer, running, forward)
-    forward_port = None
+    listener, forward_port = None, None
     if settings.forward_port >= 0:
-        worker.listener = FrameListener(forward, settings.max_message_bytes)
-        forward_port = await worker.listener.start(
+        # Bound before the gRPC port opens: whoever waits for that port to start the
+        # next process must not find this listener taking a port it was about to use.
+        listener = FrameListener(forward, settings.max_message_bytes)
+        forward_port = await listener.start(
             settings.host,
             settings.forward_port,
             tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
         )
         log.info("framed forward listener on %s:%d", settings.host, forward_port)
+    try:
+        running = await server.start_server("worker", settings, register)
+    except BaseException:
+        if listener is not None:
+            await listener.close(0)
+        raise
+    worker = Worker(settings, repository, servicer, running, forward, listener)
     if settings.model_dir is not None:
         watcher = FolderWatcher(settings.model_dir, repository, default, settings.drain_grace)
         await watcher.sync()

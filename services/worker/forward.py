@@ -168,6 +168,7 @@ class FrameListener:
         self._connections.add(task)
         frames.tune(writer)
         peer = writer.get_extra_info("peername")
+        writer.write(frames.PREAMBLE)  # accepted (after TLS and its client certificate)
 
         async def requests() -> AsyncIterator[wpb.ForwardRequest]:
             await frames.expect_preamble(reader)
