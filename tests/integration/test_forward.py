@@ -54,27 +54,37 @@ class Worker:
         )
 
 
+def start_worker(model_dir: Path, loaded: tuple[str, ...], *flags: str) -> Worker:
+    """A standalone worker on free ports, once every model in `loaded` is READY."""
+    port, forward_port = free_port(), free_port()
+    proc = python_module(
+        "services.cli.main",
+        None,
+        "worker", "serve", "--model-dir", str(model_dir), "--port", str(port),
+        "--forward-port", str(forward_port), "--metrics-port", "-1", *flags,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc)
+        wait_until(
+            lambda: all(f"{m} v1 READY" in "".join(proc.output) for m in loaded),
+            60,
+            "the models to load",
+        )
+    except BaseException:
+        proc.stop()
+        raise
+    return Worker(proc, port, forward_port)
+
+
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Worker]:
     (tmp_path / "m" / "clf" / "1").mkdir(parents=True)
     models.classifier(tmp_path / "m" / "clf" / "1" / "model.onnx")
     (tmp_path / "m" / "slow" / "1").mkdir(parents=True)
     models.slow_classifier(tmp_path / "m" / "slow" / "1" / "model.onnx", rounds=3000)
-    port, forward_port = free_port(), free_port()
-    proc = python_module(
-        "services.cli.main",
-        None,
-        "worker", "serve", "--model-dir", str(tmp_path / "m"), "--port", str(port),
-        "--forward-port", str(forward_port), "--metrics-port", "-1",
-    )  # fmt: skip
-    wait_port(port, proc)
-    wait_until(
-        lambda: all(f"{m} v1 READY" in "".join(proc.output) for m in ("clf", "slow")),
-        60,
-        "the models to load",
-    )
-    yield Worker(proc, port, forward_port)
-    proc.stop()
+    started = start_worker(tmp_path / "m", ("clf", "slow"))
+    yield started
+    started.proc.stop()
 
 
 def reply_of(data: bytes) -> pb.ModelStreamInferResponse:
@@ -262,18 +272,14 @@ async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> 
     server, client = (pki.issue(ca, name, tmp_path / "pki") for name in ("worker", "gateway"))
     (tmp_path / "m" / "clf" / "1").mkdir(parents=True)
     models.classifier(tmp_path / "m" / "clf" / "1" / "model.onnx")
-    port, forward_port = free_port(), free_port()
-    proc = python_module(
-        "services.cli.main",
-        None,
-        "worker", "serve", "--model-dir", str(tmp_path / "m"), "--port", str(port),
-        "--forward-port", str(forward_port), "--metrics-port", "-1",
+    tls_worker = start_worker(
+        tmp_path / "m",
+        ("clf",),
         "--tls-cert", str(server.cert), "--tls-key", str(server.key),
         "--tls-client-ca", str(ca.cert),
     )  # fmt: skip
+    port, forward_port = tls_worker.port, tls_worker.forward_port
     try:
-        wait_port(port, proc)
-        wait_until(lambda: "clf v1 READY" in "".join(proc.output), 60, "the model to load")
         data = infer_request("clf", np.zeros((1, 4), np.float32), "tls").SerializeToString()
 
         def upstream(context: ssl.SSLContext) -> Upstream:
@@ -301,7 +307,7 @@ async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> 
         finally:
             await anonymous.close()
     finally:
-        proc.stop()
+        tls_worker.proc.stop()
 
 
 def _unreachable_frames(worker: Worker) -> Links:
