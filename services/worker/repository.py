@@ -156,7 +156,7 @@ class Repository:
         held.idle.clear()
         started = time.perf_counter()
         try:
-            check_deadline(expires, started)  # it may have waited in a stream's window
+            check_deadline(expires, started)  # a gateway may send it with no time left
             if shadow:
                 outputs, timing = await run_alone(
                     lambda x: self._run_shadow(held, x), inputs, held.stats.batch
