@@ -12,6 +12,17 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path else None
 
 
+def _serves_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> bool:
+    """Whether these files ask for TLS; a ValueError for a combination that makes no sense."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first")
+        return False
+    if cert is None or key is None:
+        raise ValueError("tls_cert and tls_key must be given together")
+    return True
+
+
 def server_credentials(
     cert: Path | None, key: Path | None, client_ca: Path | None = None
 ) -> grpc.ServerCredentials | None:
@@ -19,12 +30,9 @@ def server_credentials(
 
     With `client_ca`, clients must present a certificate signed by it (mutual TLS).
     """
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first")
+    if not _serves_tls(cert, key, client_ca):
         return None
-    if cert is None or key is None:
-        raise ValueError("tls_cert and tls_key must be given together")
+    assert cert is not None and key is not None
     return grpc.ssl_server_credentials(
         [(key.read_bytes(), cert.read_bytes())],
         root_certificates=_read(client_ca),
@@ -47,7 +55,7 @@ def server_context(
     cert: Path | None, key: Path | None, client_ca: Path | None = None
 ) -> ssl.SSLContext | None:
     """The same TLS as `server_credentials`, for a plain asyncio listener."""
-    if server_credentials(cert, key, client_ca) is None:  # the same checks and messages
+    if not _serves_tls(cert, key, client_ca):
         return None
     assert cert is not None and key is not None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
