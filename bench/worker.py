@@ -117,9 +117,14 @@ def ok_count(metrics_port: int) -> float:
 
 
 def measure(
-    port: int, n_in: int, streaming: bool, in_flight: int, metrics_port: int | None = None
+    port: int,
+    n_in: int,
+    streaming: bool,
+    in_flight: int,
+    metrics_port: int | None = None,
+    model: str = "mlp",
 ) -> Result:
-    request = mlp_request(n_in=n_in)
+    request = mlp_request(model, n_in=n_in)
     asyncio.run(check_with_client(port, request))
     before = ok_count(metrics_port) if metrics_port else 0.0
     body = frame(request.SerializeToString())

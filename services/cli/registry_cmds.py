@@ -696,7 +696,7 @@ def _placement_rows(
             yield (
                 f"v{number}",
                 ", ".join(roles),
-                worker.name,
+                worker.name + (f" ({_short(rpb.WorkerRole, worker.role)})" if worker.role else ""),
                 worker.address,
                 _short(rpb.VersionLoadState, state.state),
                 state.error,

@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import registry_client, server, tls
+from services.common import registry_client, server
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
+from services.gateway import shadow
 from services.gateway.feedback import FeedbackBook
-from services.gateway.links import Links
+from services.gateway.links import Connector
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
     ControlFront,
@@ -29,7 +30,8 @@ from services.gateway.servicer import (
     inference_handler,
 )
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstream import UpstreamPool, channel_options
+from services.gateway.shadow import Shadow
+from services.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -83,40 +85,28 @@ async def start(settings: GatewaySettings) -> Gateway:
     metadata = registry_client.auth_metadata(
         registry_client.read_token(settings.registry_token, settings.registry_token_file)
     )
-    options = channel_options(settings.max_message_bytes)
     control_channels: dict[str, aio.Channel] = {}
+    current = [RoutingTable()]
 
-    def connect(address: str) -> aio.Channel:
-        if settings.worker_ca or settings.worker_cert:
-            creds = tls.channel_credentials(
-                settings.worker_ca, settings.worker_cert, settings.worker_key
-            )
-            return aio.secure_channel(address, creds, options)
-        return aio.insecure_channel(address, options)
+    def forward_address(address: str) -> str | None:
+        if settings.upstream_transport != "frames":
+            return None
+        return current[0].forward.get(address)
+
+    connector = Connector(
+        settings.worker_ca,
+        settings.worker_cert,
+        settings.worker_key,
+        settings.max_message_bytes,
+        forward_address,
+    )
 
     def control_channel(address: str) -> aio.Channel:
         if address not in control_channels:
-            control_channels[address] = connect(address)
+            control_channels[address] = connector.channel(address)
         return control_channels[address]
 
-    current = [RoutingTable()]
-    frames_tls = (
-        tls.client_context(settings.worker_ca, settings.worker_cert, settings.worker_key)
-        if settings.worker_ca or settings.worker_cert
-        else None
-    )
-
-    def links(address: str) -> Links:
-        def forward_address() -> str | None:
-            if settings.upstream_transport != "frames":
-                return None
-            return current[0].forward.get(address)
-
-        return Links(
-            lambda: connect(address), forward_address, frames_tls, settings.max_message_bytes
-        )
-
-    pool = UpstreamPool(links, settings.forward_hold_ms / 1000)
+    pool = UpstreamPool(connector.links, settings.forward_hold_ms / 1000)
     book = WindowBook(
         rpb.WINDOW_SOURCE_GATEWAY,
         f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",
@@ -127,7 +117,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         FeedbackBook(settings.feedback_size, settings.feedback_seconds, book, settings.group_key),
         settings.route_key_header,
         settings.default_timeout,
-        settings.shadow_queue,
+        Shadow(shadow.config_of(settings), forward_address),
         book,
         settings.group_key,
     )

@@ -14,11 +14,12 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Protocol
 
 from grpc import aio
 
-from services.common import frames
+from services.common import frames, tls
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +163,50 @@ class Links:
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
+
+
+class Connector:
+    """How this gateway reaches workers: gRPC channels and Links, with its TLS files.
+
+    Shared by the gateway and its shadow process, which builds its own from the same
+    settings (an SSL context or a gRPC channel cannot cross a process boundary).
+    """
+
+    def __init__(
+        self,
+        ca: Path | None,
+        cert: Path | None,
+        key: Path | None,
+        max_message_bytes: int,
+        forward_address: Callable[[str], str | None],
+    ) -> None:
+        self._files = (ca, cert, key)
+        self._options = channel_options(max_message_bytes)
+        self._limit = max_message_bytes
+        self._forward_address = forward_address
+        self._ssl = tls.client_context(ca, cert, key) if ca or cert else None
+
+    def channel(self, address: str) -> aio.Channel:
+        ca, cert, key = self._files
+        if ca or cert:
+            return aio.secure_channel(
+                address, tls.channel_credentials(ca, cert, key), self._options
+            )
+        return aio.insecure_channel(address, self._options)
+
+    def links(self, address: str) -> Links:
+        return Links(
+            lambda: self.channel(address),
+            lambda: self._forward_address(address),
+            self._ssl,
+            self._limit,
+        )
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+    ]

@@ -5,7 +5,8 @@ states) and replaced as a whole on every change, so a request always sees one
 consistent table. Without a pinned version the rollout's weights decide — by a
 stable hash of the sticky key when the request carries one, else at random. A
 target with no READY worker gets no traffic; its share goes to the others and is
-reported as redistributed.
+reported as redistributed. Shadow copies go to mirror workers when one holds the
+mirror version, else to workers of role ALL; mirror workers never answer a client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture
 
 READY = rpb.VERSION_LOAD_STATE_READY
+ALL, PRIMARY, MIRROR = rpb.WORKER_ROLE_ALL, rpb.WORKER_ROLE_PRIMARY, rpb.WORKER_ROLE_MIRROR
+ROLES = (ALL, PRIMARY, MIRROR)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,10 @@ class ModelRoute:
     mirrors: tuple[tuple[int, int], ...]
     pinned: frozenset[int]
     sticky_key: str
-    ready: dict[int, tuple[str, ...]]  # version -> addresses of workers where it is READY
+    ready: dict[int, tuple[str, ...]]  # version -> workers where it is READY for clients
+    # version -> workers for shadow copies: mirror workers holding it READY, else those
+    # of role ALL (a primary-only worker never takes a copy)
+    shadow: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def known(self, version: int) -> bool:
         return (
@@ -59,13 +65,14 @@ class RoutingTable:
 
     @classmethod
     def build(cls, picture: Picture, revision: int) -> RoutingTable:
-        ready: dict[str, dict[int, list[str]]] = {}
+        # role -> model -> version -> addresses of workers where it is READY
+        ready: dict[int, dict[str, dict[int, list[str]]]] = {r: {} for r in ROLES}
         for worker in sorted(picture.workers.values(), key=lambda w: w.name):
+            role = worker.role or rpb.WORKER_ROLE_ALL
             for state in worker.versions:
-                if state.state == READY:
-                    ready.setdefault(state.model, {}).setdefault(state.version, []).append(
-                        worker.address
-                    )
+                if state.state == READY and role in ready:
+                    held = ready[role].setdefault(state.model, {})
+                    held.setdefault(state.version, []).append(worker.address)
         models = {}
         for model, rollout in picture.rollouts.items():
             models[model] = ModelRoute(
@@ -73,7 +80,11 @@ class RoutingTable:
                 mirrors=tuple((m.version, m.percent) for m in rollout.mirrors),
                 pinned=frozenset(rollout.pinned),
                 sticky_key=rollout.sticky_key,
-                ready={v: tuple(a) for v, a in ready.get(model, {}).items()},
+                ready=_merge(ready[ALL].get(model, {}), ready[PRIMARY].get(model, {})),
+                shadow={
+                    **_merge(ready[ALL].get(model, {})),
+                    **_merge(ready[MIRROR].get(model, {})),
+                },
             )
         forward = {w.address: w.forward_address for w in picture.workers.values()}
         return cls(models, revision, {a: f for a, f in forward.items() if f})
@@ -94,7 +105,11 @@ class RoutingTable:
                     "(not a target, mirror or pinned version of its rollout)"
                 )
             if not route.ready.get(number):
-                raise Unavailable(f"model '{model}' version {number} is not READY on any worker")
+                only = " (only on mirror workers, which take no client's request)"
+                raise Unavailable(
+                    f"model '{model}' version {number} is not READY on any worker"
+                    + (only if route.shadow.get(number) else "")
+                )
             return Choice(number, False)
         live = [(v, p) for v, p in route.targets if p > 0 and route.ready.get(v)]
         if not live:
@@ -105,6 +120,16 @@ class RoutingTable:
         point = bucket(sticky) if sticky else random.random() * 100
         return Choice(weights.pick(live, point), redistributed)
 
-    def workers(self, model: str, version: int) -> tuple[str, ...]:
+    def workers(self, model: str, version: int, shadow: bool = False) -> tuple[str, ...]:
         route = self.models.get(model)
-        return route.ready.get(version, ()) if route else ()
+        if route is None:
+            return ()
+        return (route.shadow if shadow else route.ready).get(version, ())
+
+
+def _merge(*held: dict[int, list[str]]) -> dict[int, tuple[str, ...]]:
+    merged: dict[int, list[str]] = {}
+    for versions in held:
+        for version, addresses in versions.items():
+            merged.setdefault(version, []).extend(addresses)
+    return {v: tuple(a) for v, a in merged.items()}

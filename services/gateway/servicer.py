@@ -33,7 +33,7 @@ from services.gateway import metrics, wire
 from services.gateway.feedback import FeedbackBook
 from services.gateway.outputs import first_output, is_positive, prediction
 from services.gateway.routing import RoutingTable
-from services.gateway.shadow import Copy, Shadow
+from services.gateway.shadow import Shadow
 from services.gateway.upstream import UpstreamDown, UpstreamPool
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
@@ -58,7 +58,7 @@ class Router:
         feedback: FeedbackBook,
         route_key_header: str,
         default_timeout: float,
-        shadow_capacity: int,
+        shadow: Shadow,
         book: WindowBook,
         group_key: str = "group",
     ) -> None:
@@ -67,19 +67,13 @@ class Router:
         self.feedback = feedback
         self.route_key_header = route_key_header
         self.default_timeout = default_timeout
-        self.shadow = Shadow(self.send_to_version, shadow_capacity)
+        self.shadow = shadow
         self.book = book
         self.group_key = group_key
         self._changed = asyncio.Event()
 
-    async def send_to_version(self, model: str, version: int, data: bytes) -> bytes:
-        """A shadow copy's answer (ModelInferResponse bytes) from a READY worker of the version."""
-        deadline = time.monotonic() + self.default_timeout
-        reply = await self._send(model, version, data, deadline, shadow=True)
-        return bytes(reply.response)
-
     async def _send(
-        self, model: str, version: int, data: bytes, deadline: float, shadow: bool = False
+        self, model: str, version: int, data: bytes, deadline: float
     ) -> wire.StreamReply:
         tried: set[str] = set()
         broken: set[str] = set()  # their stream failed: the next send opens a new one
@@ -101,7 +95,7 @@ class Router:
                 )
             tried.add(upstream.address)
             try:
-                reply = wire.stream_reply(await upstream.send(data, remaining, shadow))
+                reply = wire.stream_reply(await upstream.send(data, remaining))
             except UpstreamDown as exc:
                 last = str(exc)
                 if upstream.address not in retried:
@@ -204,9 +198,8 @@ class Router:
             self.feedback.remember(model, routing.id, str(version), answer, group)
         for mirror, percent in route.mirrors:
             if percent >= 100 or random.random() * 100 < percent:
-                self.shadow.offer(
-                    Copy(routing.model_name, mirror, wire.with_version(data, mirror), answer)
-                )
+                workers = table.workers(model, mirror, shadow=True)
+                self.shadow.offer(model, mirror, wire.with_version(data, mirror), answer, workers)
         return answer, str(version)
 
     def _count_group(self, model: str, version: int, group: str, answer: bytes) -> None:

@@ -39,6 +39,12 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     shadow_queue: int = Field(
         256, ge=1, description="Mirror copies waiting at most; more are dropped."
     )
+    shadow_priority: Literal["idle", "low", "normal"] = Field(
+        "idle",
+        description="OS priority of the process that sends mirror copies and compares "
+        "their answers: idle (Linux SCHED_IDLE: only CPU time nothing else wants), low "
+        "(nice 19) or normal.",
+    )
     feedback_size: int = Field(100_000, ge=1, description="Predictions remembered for feedback.")
     feedback_seconds: float = Field(
         3600.0, gt=0, description="How long a prediction is remembered for feedback."

@@ -1,24 +1,43 @@
-"""Shadow traffic: copies of answered requests sent to mirror versions, off the request path.
+"""Shadow traffic: copies of answered requests, handed to the gateway's shadow process.
 
-A copy is queued only after the primary answered, in a bounded queue: when the
-queue is full the copy is dropped and counted, so a slow or failing mirror can
-never delay or fail a client's request. Each mirror answer is compared with the
-primary's (argmax equality, or relative error for numbers) and timed.
+A copy is offered only after the primary answered, and the gateway's whole part in it
+is one write to a socket. A child process (`services.gateway.shadow_process`), at
+idle CPU priority, sends each copy to a worker of the mirror version, compares the
+answer with the primary's (argmax equality, or relative error for numbers), times it,
+and reports what it counted every `REPORT_SECONDS`; those tallies land in this
+gateway's metrics. Copies wait in bounded buffers whose overflow is dropped and
+counted, so neither a slow or failing mirror nor a busy core can delay or fail a
+client's request: handling a copy only gets CPU time nothing else wants.
+
+The child starts with the first copy, so a gateway whose rollouts name no mirror runs
+none, and it is started again when it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import pickle
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
+from services.common import frames
 from services.gateway import metrics
-from services.gateway.outputs import agree, first_output
+from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+# Copies written but not yet taken by the shadow process, at most (beyond the socket's
+# own buffer); more are dropped.
+BUFFER_BYTES = 32 << 20
+REPORT_SECONDS = 0.5
+RESTART_SECONDS = 1.0
+STOP_SECONDS = 5.0
+MODULE = "services.gateway.shadow_process"
 
 
 @dataclass(frozen=True)
@@ -27,49 +46,143 @@ class Copy:
     version: int
     request: bytes  # the request, already pointed at the mirror version
     primary: bytes  # the primary's serialized answer
+    workers: tuple[tuple[str, str], ...]  # (address, framed listener's or "") to choose from
 
 
-# Sends a request to some worker of (model, version); returns the answer or raises.
-Sender = Callable[[str, int, bytes], Awaitable[bytes]]
+@dataclass(frozen=True)
+class ShadowConfig:
+    """What the shadow process needs of the gateway's settings."""
+
+    worker_ca: str | None
+    worker_cert: str | None
+    worker_key: str | None
+    max_message_bytes: int
+    timeout: float  # longest a copy waits for its answer, seconds
+    capacity: int  # copies waiting in the shadow process at most
+    priority: str  # OS priority: idle, low or normal
+    log_level: str
+
+
+@dataclass
+class Tally:
+    """What the shadow process counted since its last report (see `Shadow._fold`)."""
+
+    counts: dict[tuple[str, str, str, str], int]  # as metrics.Requests
+    latency: dict[tuple[str, str, str], list[float]]
+    compared: dict[tuple[str, str, str], int]  # (model, version, "yes"/"no")
+    dropped: dict[tuple[str, str], int]
 
 
 class Shadow:
-    def __init__(self, send: Sender, capacity: int, concurrency: int = 4) -> None:
-        self._send = send
-        self._queue: asyncio.Queue[Copy] = asyncio.Queue(capacity)
-        self._tasks = [asyncio.create_task(self._drain()) for _ in range(concurrency)]
-        self.agreement: dict[tuple[str, int], tuple[int, int]] = {}
-        self.latency: dict[tuple[str, int], float] = {}
+    """The gateway's side of shadow traffic: offers copies, folds the reports in."""
 
-    def offer(self, copy: Copy) -> None:
-        try:
-            self._queue.put_nowait(copy)
-        except asyncio.QueueFull:
-            metrics.SHADOW_DROPPED.labels(copy.model, str(copy.version)).inc()
+    def __init__(
+        self, config: ShadowConfig, forward_address: Callable[[str], str | None] = lambda _: None
+    ) -> None:
+        self.config = config
+        self.forward_address = forward_address
+        self.process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
-    async def _drain(self) -> None:
+    def offer(
+        self, model: str, version: int, request: bytes, primary: bytes, workers: Sequence[str]
+    ) -> None:
+        """Copy `request` (pointed at the mirror `version`) to one of `workers`."""
+        labels = (model, str(version))
+        if not workers:  # no worker holds the mirror READY: it failed to answer
+            metrics.REQUESTS.record(*labels, "shadow", "ERROR", 0.0)
+            return
+        if self._task is None and not self._closing:
+            self._task = asyncio.create_task(self._supervise(), name="shadow-process")
+        writer = self._writer
+        if writer is None or writer.transport.get_write_buffer_size() > BUFFER_BYTES:
+            metrics.SHADOW_DROPPED.labels(*labels).inc()
+            return
+        # Pickle, because both ends are this program: the child was started by this
+        # process, on a socket pair nobody else holds.
+        where = tuple((w, self.forward_address(w) or "") for w in workers)
+        copy = Copy(model, version, request, primary, where)
+        writer.write(frames.frame(pickle.dumps(copy, pickle.HIGHEST_PROTOCOL)))
+
+    async def _supervise(self) -> None:
         while True:
-            copy = await self._queue.get()
-            started = time.perf_counter()
-            labels = (copy.model, str(copy.version))
+            ours, theirs = socket.socketpair()
+            with theirs:
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    MODULE,
+                    str(theirs.fileno()),
+                    pass_fds=[theirs.fileno()],
+                    # Not in the terminal's process group: a Ctrl-C stops the gateway,
+                    # which ends this process by closing its socket.
+                    start_new_session=True,
+                )
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+            writer.write(frames.frame(json.dumps(asdict(self.config)).encode()))
+            self._writer = writer
             try:
-                answer = await self._send(copy.model, copy.version, copy.request)
-            except Exception as exc:  # a failing mirror is counted, never raised
-                metrics.REQUESTS.record(*labels, "shadow", "ERROR", 0.0)
-                log.debug("mirror %s v%d failed: %s", copy.model, copy.version, exc)
-                continue
-            elapsed = time.perf_counter() - started
-            metrics.REQUESTS.record(*labels, "shadow", "OK", elapsed)
-            mine, theirs = first_output(answer), first_output(copy.primary)
-            same = mine is not None and theirs is not None and agree(theirs, mine)
-            ok, total = self.agreement.get((copy.model, copy.version), (0, 0))
-            self.agreement[(copy.model, copy.version)] = (ok + int(same), total + 1)
-            self.latency[(copy.model, copy.version)] = elapsed
-            metrics.SHADOW_COMPARED.labels(*labels, "yes" if same else "no").inc()
+                while (data := await frames.read(reader, 64 << 20)) is not None:
+                    _fold(pickle.loads(data))
+            except (OSError, asyncio.IncompleteReadError, frames.FrameError) as exc:
+                log.warning("lost the shadow process: %s", exc)
+            finally:
+                self._writer = None
+                writer.close()
+            code = await self.process.wait()
+            if self._closing:
+                return
+            log.warning(
+                "the shadow process exited with %s; starting another in %g s",
+                code,
+                RESTART_SECONDS,
+            )
+            await asyncio.sleep(RESTART_SECONDS)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        """End the shadow process: it stops at the end of its input (killed if it lingers)."""
+        self._closing = True
+        if self._writer is not None:
+            self._writer.close()
+        process = self.process
+        if process is not None and process.returncode is None:
+            try:
+                async with asyncio.timeout(STOP_SECONDS):
+                    await process.wait()
+            except TimeoutError:
+                log.warning("the shadow process did not stop within %g s; killed", STOP_SECONDS)
+                process.kill()
+                await process.wait()
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
+
+
+def _fold(tally: Tally) -> None:
+    for key, count in tally.counts.items():
+        metrics.REQUESTS.counts[key] = metrics.REQUESTS.counts.get(key, 0) + count
+    for hist_key, buckets in tally.latency.items():
+        mine = metrics.REQUESTS.latency.setdefault(hist_key, [0.0] * len(buckets))
+        for i, value in enumerate(buckets):
+            mine[i] += value
+    for (model, version, same), count in tally.compared.items():
+        metrics.SHADOW_COMPARED.labels(model, version, same).inc(count)
+    for (model, version), count in tally.dropped.items():
+        metrics.SHADOW_DROPPED.labels(model, version).inc(count)
+
+
+def config_of(settings: GatewaySettings) -> ShadowConfig:
+    """The shadow process's part of a GatewaySettings."""
+    return ShadowConfig(
+        worker_ca=str(settings.worker_ca) if settings.worker_ca else None,
+        worker_cert=str(settings.worker_cert) if settings.worker_cert else None,
+        worker_key=str(settings.worker_key) if settings.worker_key else None,
+        max_message_bytes=settings.max_message_bytes,
+        timeout=settings.default_timeout,
+        capacity=settings.shadow_queue,
+        priority=settings.shadow_priority,
+        log_level=settings.log_level,
+    )

@@ -223,12 +223,3 @@ class UpstreamPool:
 
     async def close(self) -> None:
         await self.retain(set())
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-    ]

@@ -291,8 +291,11 @@ async def _references(
 
 
 async def ready_workers(session: AsyncSession, model: str) -> dict[int, int]:
+    """READY workers per version that take clients' requests (mirror workers do not)."""
     ready: dict[int, int] = {}
     for worker in await workers.live(session):
+        if worker.role == rpb.WORKER_ROLE_MIRROR:
+            continue
         for state in worker.versions:
             if state.model == model and state.state == rpb.VERSION_LOAD_STATE_READY:
                 ready[state.version] = ready.get(state.version, 0) + 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import server, tls
+from services.common import priority, server, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -74,6 +74,11 @@ class Worker:
 async def start(settings: WorkerSettings) -> Worker:
     if (settings.model_dir is None) == (settings.registry is None):
         raise ValueError("give exactly one of --model-dir (standalone) or --registry")
+    if settings.role != "all" and settings.registry is None:
+        raise ValueError("--role primary or mirror needs --registry (rollouts name mirrors)")
+    if settings.role == "mirror":
+        # First, so every thread started from here on (gRPC's, onnxruntime's) inherits it.
+        priority.lower_process(settings.shadow_priority)
     book = WindowBook(rpb.WINDOW_SOURCE_WORKER, "") if settings.registry else None
     if settings.shadow_priority != "normal":
         # The shadow thread, between its runs, holds the GIL; CPython would let it keep

@@ -2,12 +2,13 @@
 
 The worker registers, watches the registry's change feed and keeps the versions it
 holds equal to the desired set: every version named by the rollouts (targets,
-mirrors, pinned) of the models it serves. A version to load is downloaded into a
-local cache by digest (reused when present), verified, opened, checked against the
-registered signature and warmed up; it reports READY (or FAILED with the reason)
-at once. A failed load is retried with backoff and never touches what is serving.
-A version no longer desired is retired only once every target of its model is
-READY, so traffic always has somewhere to go.
+mirrors, pinned) of the models it serves; with --role primary only the targets and
+pinned versions, with --role mirror only the mirrors. A version to load is
+downloaded into a local cache by digest (reused when present), verified, opened,
+checked against the registered signature and warmed up; it reports READY (or
+FAILED with the reason) at once. A failed load is retried with backoff and never
+touches what is serving. A version no longer desired is retired only once every
+target of its model is READY, so traffic always has somewhere to go.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ LOAD_STATES = {
     State.READY: rpb.VERSION_LOAD_STATE_READY,
     State.FAILED: rpb.VERSION_LOAD_STATE_FAILED,
     State.DRAINING: rpb.VERSION_LOAD_STATE_DRAINING,
+}
+ROLES = {
+    "all": rpb.WORKER_ROLE_ALL,
+    "primary": rpb.WORKER_ROLE_PRIMARY,
+    "mirror": rpb.WORKER_ROLE_MIRROR,
 }
 MAX_BACKOFF = 60.0
 
@@ -130,6 +136,7 @@ class RegistryLoader:
             name=self.name,
             address=self.address,
             forward_address=self.forward_address,
+            role=ROLES[self.settings.role],
             models=sorted(self.models),
             capacity=self.settings.capacity,
             versions=self._states(),
@@ -187,8 +194,11 @@ class RegistryLoader:
         for model, rollout in self.rollouts.items():
             if self.models and model not in self.models:
                 continue
-            numbers = {t.version for t in rollout.targets} | {m.version for m in rollout.mirrors}
-            numbers |= set(rollout.pinned)
+            numbers: set[int] = set()
+            if self.settings.role != "mirror":
+                numbers |= {t.version for t in rollout.targets} | set(rollout.pinned)
+            if self.settings.role != "primary":
+                numbers |= {m.version for m in rollout.mirrors}
             wanted |= {(model, n) for n in numbers}
         return wanted
 
@@ -237,7 +247,8 @@ class RegistryLoader:
     def _can_retire(self, model: str, desired: set[Key]) -> bool:
         """Make before break: every target of the model must be READY first."""
         rollout = self.rollouts.get(model)
-        if rollout is None or not rollout.targets:
+        if rollout is None or not rollout.targets or self.settings.role == "mirror":
+            # A mirror worker holds no target, and no client's request waits on it.
             return True
         versions = self.repository.held.get(model, {})
         return all(

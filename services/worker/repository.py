@@ -13,9 +13,7 @@ import asyncio
 import enum
 import gc
 import logging
-import os
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from services.common import telemetry, weights
+from services.common import priority, telemetry, weights
 from services.common import versions as versions_
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
@@ -102,7 +100,7 @@ class Repository:
         self.shadow_executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="shadow",
-            initializer=_lower_priority,
+            initializer=priority.lower_thread,
             initargs=(shadow_priority,),
         )
         self.on_change: list[Callable[[Held], None]] = []
@@ -332,19 +330,6 @@ class Repository:
                 await held.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.shadow_executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _lower_priority(priority: str) -> None:
-    """Lower the calling thread's OS priority (Linux: per thread); see `shadow_priority`."""
-    tid = threading.get_native_id()
-    try:
-        if priority == "idle":
-            # Runs only on a core nothing else wants, and yields to any other thread.
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        elif priority == "low":
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-    except (OSError, AttributeError) as exc:  # not Linux, or not allowed: normal priority
-        log.warning("shadow thread keeps normal priority: %s", exc)
 
 
 def _spans(held: Held, t: Timing) -> None:

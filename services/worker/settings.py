@@ -32,6 +32,13 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
         "registry; -1 = off).",
     )
     models: str = Field("", description="Comma-separated models to serve (empty = every model).")
+    role: Literal["all", "primary", "mirror"] = Field(
+        "all",
+        description="Registry mode: which versions it loads and which traffic it takes: all "
+        "(targets, pinned and mirror versions), primary (targets and pinned: clients' "
+        "requests only) or mirror (mirror versions only: gateways' shadow copies, the "
+        "whole process at --shadow-priority).",
+    )
     capacity: int = Field(64, ge=1, description="Concurrent requests this worker advertises.")
     cache_dir: Path = Field(Path(".liveml/cache"), description="Local artifact cache (by digest).")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session.")
@@ -52,8 +59,9 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
     )
     shadow_priority: Literal["idle", "low", "normal"] = Field(
         "idle",
-        description="OS priority of the thread that runs gateways' shadow copies: idle "
-        "(Linux SCHED_IDLE: only CPU time nothing else wants), low (nice 19) or normal.",
+        description="OS priority of the thread that runs gateways' shadow copies, and of "
+        "the whole process with --role mirror: idle (Linux SCHED_IDLE: only CPU time "
+        "nothing else wants), low (nice 19) or normal.",
     )
     drain_grace: float = Field(
         2.0, ge=0, description="Seconds a retired version stays after its last request."

@@ -28,6 +28,8 @@ from services.gateway.feedback import FeedbackBook
 from services.gateway.links import GrpcLink, Links
 from services.gateway.routing import ModelRoute, RoutingTable
 from services.gateway.servicer import Router
+from services.gateway.settings import GatewaySettings
+from services.gateway.shadow import Shadow, config_of
 from services.gateway.upstream import Upstream, UpstreamDown, UpstreamPool
 from tests.conftest import free_port
 from tests.helpers import models
@@ -343,13 +345,12 @@ async def test_a_lone_worker_whose_stream_broke_gets_one_more_try(worker: Worker
         FeedbackBook(10, 60),
         "x-liveml-route-key",
         10,
-        4,
+        Shadow(config_of(GatewaySettings())),
         WindowBook(rpb.WINDOW_SOURCE_GATEWAY, ""),
     )
     request = infer_request("clf", np.zeros((1, 4), np.float32), "again").SerializeToString()
     try:
-        answer = await router.send_to_version("clf", 1, wire.with_version(request, 1))
-        assert pb.ModelInferResponse.FromString(answer).id == "again"
+        answer, version = await router.infer(request, (), None)
+        assert (pb.ModelInferResponse.FromString(answer).id, version) == ("again", "1")
     finally:
-        await router.shadow.close()
         await pool.close()

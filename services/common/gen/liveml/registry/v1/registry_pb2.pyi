@@ -40,6 +40,13 @@ class VersionLoadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERSION_LOAD_STATE_FAILED: _ClassVar[VersionLoadState]
     VERSION_LOAD_STATE_DRAINING: _ClassVar[VersionLoadState]
 
+class WorkerRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_ROLE_UNSPECIFIED: _ClassVar[WorkerRole]
+    WORKER_ROLE_ALL: _ClassVar[WorkerRole]
+    WORKER_ROLE_PRIMARY: _ClassVar[WorkerRole]
+    WORKER_ROLE_MIRROR: _ClassVar[WorkerRole]
+
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLE_UNSPECIFIED: _ClassVar[Role]
@@ -71,6 +78,10 @@ VERSION_LOAD_STATE_LOADING: VersionLoadState
 VERSION_LOAD_STATE_READY: VersionLoadState
 VERSION_LOAD_STATE_FAILED: VersionLoadState
 VERSION_LOAD_STATE_DRAINING: VersionLoadState
+WORKER_ROLE_UNSPECIFIED: WorkerRole
+WORKER_ROLE_ALL: WorkerRole
+WORKER_ROLE_PRIMARY: WorkerRole
+WORKER_ROLE_MIRROR: WorkerRole
 ROLE_UNSPECIFIED: Role
 ROLE_ADMIN: Role
 ROLE_DEPLOYER: Role
@@ -374,7 +385,7 @@ class WorkerVersionState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[VersionLoadState, str]] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels", "forward_address")
+    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels", "forward_address", "role")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +401,7 @@ class Worker(_message.Message):
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -398,7 +410,8 @@ class Worker(_message.Message):
     lease_expire_time: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
     forward_address: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ...) -> None: ...
+    role: WorkerRole
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator")

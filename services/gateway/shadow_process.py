@@ -1,0 +1,139 @@
+"""The gateway's shadow process: sends mirror copies to workers at idle CPU priority.
+
+Started by `services.gateway.shadow` with one end of a socket pair as its only
+argument. It reads its `ShadowConfig`, then copies, and writes back a `Tally` of
+what it counted every `REPORT_SECONDS`. Each copy goes to the least loaded of the
+workers the gateway named (over the same framed or gRPC links as the gateway's own
+requests, on the workers' shadow streams), and its answer is compared with the
+primary's. It exits when the gateway closes its end, or dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pickle
+import socket
+import sys
+import time
+from pathlib import Path
+
+from services.common import frames, priority
+from services.common.server import configure_logging
+from services.gateway import wire
+from services.gateway.links import Connector
+from services.gateway.metrics import Requests
+from services.gateway.outputs import agree, first_output
+from services.gateway.shadow import REPORT_SECONDS, Copy, ShadowConfig, Tally
+from services.gateway.upstream import UpstreamDown, UpstreamPool
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 4  # copies in flight to workers at once
+
+
+class Counting:
+    """The running tally; `take` hands it over and starts a new one."""
+
+    def __init__(self) -> None:
+        self.requests = Requests()
+        self.compared: dict[tuple[str, str, str], int] = {}
+        self.dropped: dict[tuple[str, str], int] = {}
+
+    def take(self) -> Tally | None:
+        if not (self.requests.counts or self.dropped):
+            return None
+        tally = Tally(self.requests.counts, self.requests.latency, self.compared, self.dropped)
+        self.requests, self.compared, self.dropped = Requests(), {}, {}
+        return tally
+
+
+async def run(sock: socket.socket) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    head = await frames.read(reader, 1 << 16)
+    if head is None:
+        return
+    config = ShadowConfig(**json.loads(head))
+    configure_logging(config.log_level)
+    priority.lower_process(config.priority)
+    forward: dict[str, str] = {}  # worker address -> its framed listener's
+    ca, cert, key = (
+        Path(f) if f else None for f in (config.worker_ca, config.worker_cert, config.worker_key)
+    )
+    connector = Connector(
+        ca, cert, key, config.max_message_bytes, lambda address: forward.get(address) or None
+    )
+    pool = UpstreamPool(connector.links)
+    counting = Counting()
+    queue: asyncio.Queue[Copy] = asyncio.Queue(config.capacity)
+    tasks = [
+        asyncio.create_task(_drain(queue, pool, counting, config.timeout))
+        for _ in range(CONCURRENCY)
+    ]
+    tasks.append(asyncio.create_task(_report(writer, counting)))
+    # Two copies of the request and the answer, each within the message limit.
+    limit = 2 * config.max_message_bytes
+    try:
+        while (data := await frames.read(reader, limit)) is not None:
+            copy: Copy = pickle.loads(data)
+            forward.update((a, f) for a, f in copy.workers if f)
+            try:
+                queue.put_nowait(copy)
+            except asyncio.QueueFull:
+                labels = (copy.model, str(copy.version))
+                counting.dropped[labels] = counting.dropped.get(labels, 0) + 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.close()
+
+
+async def _drain(
+    queue: asyncio.Queue[Copy], pool: UpstreamPool, counting: Counting, within: float
+) -> None:
+    while True:
+        copy = await queue.get()
+        labels = (copy.model, str(copy.version))
+        started = time.perf_counter()
+        upstream = pool.pick([address for address, _ in copy.workers], set())
+        assert upstream is not None  # the gateway sends no copy without a worker
+        try:
+            reply = wire.stream_reply(await upstream.send(copy.request, within, shadow=True))
+        except (UpstreamDown, TimeoutError) as exc:  # a failing mirror is counted, never raised
+            counting.requests.record(*labels, "shadow", "ERROR", 0.0)
+            log.debug("mirror %s v%d failed: %s", copy.model, copy.version, exc)
+            continue
+        if reply.error:
+            counting.requests.record(*labels, "shadow", "ERROR", 0.0)
+            log.debug("mirror %s v%d failed: %s", copy.model, copy.version, reply.error)
+            continue
+        counting.requests.record(*labels, "shadow", "OK", time.perf_counter() - started)
+        mine, theirs = first_output(bytes(reply.response)), first_output(copy.primary)
+        same = mine is not None and theirs is not None and agree(theirs, mine)
+        key = (*labels, "yes" if same else "no")
+        counting.compared[key] = counting.compared.get(key, 0) + 1
+
+
+async def _report(writer: asyncio.StreamWriter, counting: Counting) -> None:
+    while True:
+        await asyncio.sleep(REPORT_SECONDS)
+        tally = counting.take()
+        if tally is not None:
+            writer.write(frames.frame(pickle.dumps(tally, pickle.HIGHEST_PROTOCOL)))
+            await writer.drain()
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[1]))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(sock))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
