@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -252,25 +254,128 @@ async def test_failing_and_slow_mirrors_never_touch_the_primary(tmp_path: Path) 
         load.start()
         await async_wait_until(lambda: len(load.answers) > 2000, 60, "primary traffic")
         await load.stop()
-        text = await asyncio.to_thread(_scrape, metrics_port)
+
+        async def counted() -> str | None:
+            # The shadow process reports what it counted twice a second.
+            text = await asyncio.to_thread(_scrape, metrics_port)
+            seen = (
+                total(text, "liveml_gateway_shadow_dropped_total", version="3"),  # slow: dropped
+                total(text, "liveml_gateway_shadow_compared_total", version="3"),  # or compared
+            )
+            return text if all(seen) else None
+
+        text = await async_wait_until(counted, 30, "the slow mirror's copies counted")
     assert load.failures == []
     assert {v for _, v in load.answers} == {"1"}
+    shadow_errors = total(
+        text, "liveml_gateway_requests_total", version="2", role="shadow", status="ERROR"
+    )
+    assert shadow_errors > 0  # the mirror that never loaded
+    primary = total(text, "liveml_gateway_requests_total", version="1", role="primary", status="OK")
+    assert primary > 2000
 
-    def total(metric: str, **labels: str) -> float:
-        found = 0.0
-        for line in text.splitlines():
-            if line.startswith(metric + "{") and all(
-                f'{k}="{v}"' in line for k, v in labels.items()
-            ):
-                found += float(line.rsplit(" ", 1)[1])
-        return found
 
-    assert total("liveml_gateway_requests_total", version="2", role="shadow", status="ERROR") > 0
-    assert total("liveml_gateway_shadow_dropped_total", version="3") > 0  # slow mirror: dropped
-    assert (
-        total("liveml_gateway_shadow_compared_total", version="3") > 0
-    )  # and compared when it kept up
-    assert total("liveml_gateway_requests_total", version="1", role="primary", status="OK") > 2000
+def total(text: str, metric: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    found = 0.0
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            found += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+SCHED_IDLE = 5
+
+
+def policies(pid: int) -> set[int]:
+    """The scheduling policy of each thread of a process (field 41 of its stat)."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            found.add(int(stat.rsplit(")", 1)[1].split()[38]))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for tid in os.listdir(f"/proc/{pid}/task")
+        for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+    ]
+
+
+async def test_mirror_workers_take_the_copies_at_idle_priority(tmp_path: Path) -> None:
+    """A mirror worker loads only mirror versions and takes only copies; a primary
+    worker never loads them; the gateway's shadow process and the mirror worker run at
+    idle CPU priority; a killed shadow process is replaced and copies go on."""
+    async with cluster(tmp_path) as c:
+        await c.create_model("clf")
+        await c.push("clf", models.classifier(tmp_path / "v1.onnx"))
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx", flip=True))  # disagrees
+        await c.route("clf", (1, 100), mirrors=[rpb_target(2, 100)])
+        c.start_worker("w0", "--role", "primary")
+        mirror_port = c.start_worker("m0", "--role", "mirror")
+        await c.wait_state("w0", "clf", 1, "READY")
+        await c.wait_state("m0", "clf", 2, "READY")
+        assert set(await c.worker_states("w0")) == {("clf", 1)}
+        assert set(await c.worker_states("m0")) == {("clf", 2)}
+        assert policies(c.workers["m0"][0].popen.pid) == {SCHED_IDLE}
+        # Readiness for clients' traffic does not count mirror workers.
+        reply = await c.stub.GetVersionMetrics(
+            rpb.GetVersionMetricsRequest(parent="models/clf"), metadata=c.md
+        )
+        ready = {m.version: m.ready_workers for m in reply.metrics}
+        assert (ready.get(1), ready.get(2, 0)) == (1, 0)
+
+        metrics_port = free_port()
+        port = c.start_gateway("--metrics-port", str(metrics_port))
+        gateway = c.gateways[-1].popen.pid
+        x = np.array([[3.0, -1.0, 2.0, 0.5]], np.float32)  # v2 predicts the other class
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def answered_by_v1() -> bool:
+                try:
+                    reply = await stub.ModelInfer(infer_request("clf", x))
+                except aio.AioRpcError:
+                    return False
+                return bool(reply.model_version == "1")
+
+            async def compared(at_least: float) -> bool:
+                for _ in range(20):
+                    assert (await stub.ModelInfer(infer_request("clf", x))).model_version == "1"
+                text = await asyncio.to_thread(_scrape, metrics_port)
+                found = total(
+                    text, "liveml_gateway_shadow_compared_total", version="2", agree="no"
+                )
+                return found >= at_least
+
+            await async_wait_until(answered_by_v1, 30, "gateway routing")
+            await async_wait_until(lambda: compared(20), 30, "copies compared")
+            (shadow_process,) = children(gateway)
+            assert policies(shadow_process) == {SCHED_IDLE}
+
+            # A mirror worker takes no client's request, even a pinned one.
+            with pytest.raises(aio.AioRpcError) as pinned:
+                await stub.ModelInfer(infer_request("clf", x, version="2"))
+            assert pinned.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "only on mirror workers" in str(pinned.value.details())
+
+            os.kill(shadow_process, signal.SIGKILL)
+            before = total(
+                await asyncio.to_thread(_scrape, metrics_port),
+                "liveml_gateway_shadow_compared_total",
+                version="2",
+            )
+            await async_wait_until(lambda: compared(before + 20), 30, "copies after the kill")
+            assert children(gateway) != [shadow_process]
+
+        async with aio.insecure_channel(f"127.0.0.1:{mirror_port}") as channel:
+            stats = await pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(name="clf", version="2")
+            )
+        assert stats.model_stats[0].inference_stats.success.count >= before + 20
 
 
 def _scrape(port: int) -> str:
