@@ -1,14 +1,16 @@
 """Benchmark: requests through the gateway vs straight to one worker vs KServe direct.
 
-One command (`make bench-gateway`). A registry, one worker and the gateway run as
-processes; the gateway and the worker are pinned together to core 0 (a whole extra
-Python hop on the same core), h2load runs on core 1, and so does the registry, which
-serves no request and would otherwise add its heartbeats, watch and controller
-ticks to the measured core. Measured in one run: unary
-and streaming at 1 and 32 in flight through the gateway and straight to the
-worker, KServe's ModelServer direct, and the primary's latency through the gateway
-with a 20x slower mirror and with a failing mirror. Results go to
-bench/out/gateway.md (copied into bench/RESULTS.md with the machine).
+One command (`make bench-gateway`). A registry, a worker, a mirror worker
+(`--role mirror`) and the gateway run as processes; the gateway and both workers are
+pinned together to core 0 (a whole extra Python hop on the same core), h2load runs
+on core 1, and so does the registry, which serves no request and would otherwise add
+its heartbeats, watch and controller ticks to the measured core. Measured in one
+run: unary and streaming at 1 and 32 in flight through the gateway and straight to
+the worker, KServe's ModelServer direct, and the primary's latency through the
+gateway with a 20x slower mirror (on the mirror worker, and for comparison on the
+primary's own worker) and with a failing mirror. `LIVEML_BENCH_ONLY=latency` runs
+only the latency rounds. Results go to bench/out/gateway.md (copied into
+bench/RESULTS.md with the machine).
 """
 
 from __future__ import annotations
@@ -38,15 +40,26 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 LIVEML = str(ROOT / ".venv" / "bin" / "liveml")
 MODES = [(False, 1), (False, 32), (True, 1), (True, 32)]
-LATENCY_ROUNDS = 5
-FAILING = 3  # the version whose artifact is corrupted: it never loads
-PINNED = [2, 3]
-SHARED = "mlp-shared"
-# Mirror copies of "mlp" go to this worker, on the same core as the primary's.
-MIRROR_WORKER = ["--role", "mirror", "--models", "mlp"]
+LATENCY_ROUNDS = int(os.environ.get("LIVEML_BENCH_LATENCY_ROUNDS", "12"))
+LATENCY_SECONDS = float(os.environ.get("LIVEML_BENCH_LATENCY_SECONDS", "3"))
+# One model per mirror setup, each with a rollout that never changes while measured:
+# model -> (its versions' files by index into `files`, its mirror version or None).
+MIRRORED = "mlp-mirrored"  # its mirror runs on the mirror worker
+FAILING = "mlp-failing"  # its mirror's artifact is corrupted: it never loads
+SHARED = "mlp-shared"  # not served by the mirror worker: its mirror runs on the primary's
+MODELS = {"mlp": [0], MIRRORED: [0, 1], FAILING: [0, 2], SHARED: [0, 1]}
+# Mirror copies of MIRRORED go to this worker, on the same core as the primary's.
+MIRROR_WORKER = ["--role", "mirror", "--models", MIRRORED]
 SLOW = "gateway, 20x slower mirror (mirror worker)"
 FAILING_LABEL = "gateway, failing mirror"
 SLOW_SHARED = "gateway, 20x slower mirror on the primary's worker"
+CELLS = [  # (label, through the gateway?, model)
+    ("worker direct", False, "mlp"),
+    ("through gateway", True, "mlp"),
+    (SLOW, True, MIRRORED),
+    (FAILING_LABEL, True, FAILING),
+    (SLOW_SHARED, True, SHARED),
+]
 
 
 def median(results: list[Result]) -> Result:
@@ -82,34 +95,39 @@ async def publish(port: int, token: str, model: str, files: list[Path]) -> list[
         return versions
 
 
-async def route(port: int, token: str, model: str, mirrors: list[int], pinned: list[int]) -> None:
-    """Point `model`'s rollout at v1 with `mirrors`; wait until they are READY where
-    copies go: the mirror worker for "mlp", the primary's worker for SHARED."""
+async def route(port: int, token: str, model: str, mirror: bool) -> None:
+    """Point `model`'s rollout at v1, with v2 as its mirror."""
     md = (("authorization", f"Bearer {token}"),)
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = rpb_grpc.RegistryServiceStub(channel)
         rollout = rpb.Rollout(
             name=f"models/{model}/rollout",
             targets=[rpb.TrafficTarget(version=1, percent=100)],
-            mirrors=[rpb.TrafficTarget(version=m, percent=100) for m in mirrors],
-            pinned=pinned,
+            mirrors=[rpb.TrafficTarget(version=2, percent=100)] if mirror else [],
         )
-        await stub.UpdateRollout(rpb.UpdateRolloutRequest(rollout=rollout), metadata=md)
+        await rpb_grpc.RegistryServiceStub(channel).UpdateRollout(
+            rpb.UpdateRolloutRequest(rollout=rollout), metadata=md
+        )
+
+
+async def wait_mirrors(port: int, token: str) -> None:
+    """Until the slow mirrors are READY where their copies go."""
+    md = (("authorization", f"Bearer {token}"),)
+    wanted = {(MIRRORED, rpb.WORKER_ROLE_MIRROR), (SHARED, rpb.WORKER_ROLE_ALL)}
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
         deadline = time.monotonic() + 60
-        while True:  # a mirror worker loads (and retires) its versions as mirrors change
+        while True:
             workers = (await stub.ListWorkers(rpb.ListWorkersRequest(), metadata=md)).workers
             ready = {
-                s.version
+                (s.model, w.role)
                 for w in workers
                 for s in w.versions
-                if s.model == model
-                and s.state == rpb.VERSION_LOAD_STATE_READY
-                and (model == SHARED or w.role == rpb.WORKER_ROLE_MIRROR)
+                if s.version == 2 and s.state == rpb.VERSION_LOAD_STATE_READY
             }
-            if all(m in ready or m == FAILING for m in mirrors):
+            if wanted <= ready:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mirrors {mirrors} of {model} not READY: {workers}")
+                raise RuntimeError(f"slow mirrors not READY: {workers}")
             await asyncio.sleep(0.2)
 
 
@@ -119,7 +137,8 @@ async def wait_serving(port: int) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            await check_with_client(port, mlp_request(), expect_model_version="1")
+            for model in MODELS:
+                await check_with_client(port, mlp_request(model), expect_model_version="1")
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -133,7 +152,7 @@ def main() -> int:
     files = [
         mlp(work / "v1.onnx", 64, 256, 10),
         mlp(work / "v2.onnx", 64, 2048, 10, seed=1),  # the slow mirror
-        mlp(work / "v3.onnx", 64, 256, 10, seed=2),  # the failing mirror (corrupted below)
+        mlp(work / "v3.onnx", 64, 2048, 10, seed=2),  # the failing one (corrupted below)
     ]
     reg_port = free_port()
     env = {
@@ -154,14 +173,12 @@ def main() -> int:
     only_latency = os.environ.get("LIVEML_BENCH_ONLY") == "latency"
     try:
         token = (work / "admin.token").read_text().strip()
-        versions = asyncio.run(publish(reg_port, token, "mlp", files))
-        # The same two versions under another name, which the mirror worker does not serve:
-        # its mirror runs on the primary's worker, for comparison in the same run.
-        asyncio.run(publish(reg_port, token, SHARED, files[:2]))
-        blob = next((work / "a" / "blobs").rglob(versions[FAILING - 1].artifact.sha256))
-        blob.write_bytes(blob.read_bytes()[:-8] + b"corrupt!")
-        asyncio.run(route(reg_port, token, "mlp", [], PINNED))
-        asyncio.run(route(reg_port, token, SHARED, [], [2]))
+        for model, indices in MODELS.items():
+            versions = asyncio.run(publish(reg_port, token, model, [files[i] for i in indices]))
+            if model == FAILING:
+                blob = next((work / "a" / "blobs").rglob(versions[1].artifact.sha256))
+                blob.write_bytes(blob.read_bytes()[:-8] + b"corrupt!")
+            asyncio.run(route(reg_port, token, model, mirror=len(indices) > 1))
         common = [
             "--registry",
             f"127.0.0.1:{reg_port}",
@@ -196,31 +213,23 @@ def main() -> int:
             start([LIVEML, "gateway", "serve", "--port", str(gateway_port), *common], gateway_port)
         )
         asyncio.run(wait_serving(gateway_port))
+        asyncio.run(wait_mirrors(reg_port, token))
         if not only_latency:
             print("straight to the worker / through the gateway ...", flush=True)
             rows["worker direct"] = {key(s, m): measure(worker_port, 64, s, m) for s, m in MODES}
             rows["through gateway"] = {key(s, m): measure(gateway_port, 64, s, m) for s, m in MODES}
-        # p99 at 1 in flight moves by a factor of two between processes and minutes here
-        # (other tenants, the control plane's ticks on the client's core), so the latency
-        # comparisons are paired: each of LATENCY_ROUNDS rounds measures every side once,
-        # one right after another, and the goals take the median over rounds of each
-        # round's own difference or ratio.
+        # This box's speed moves by a factor of two within minutes (other tenants of the
+        # host), so the latency comparisons are paired and short: each of LATENCY_ROUNDS
+        # rounds measures every cell once for LATENCY_SECONDS, one right after another,
+        # and the goals take the median over rounds of each round's own difference or
+        # ratio. Each setup is its own model, so no rollout changes between cells.
         print("latency at 1 in flight, with and without mirrors ...", flush=True)
         rounds: dict[str, list[Result]] = {}
         for _ in range(LATENCY_ROUNDS):
-            for label, port, model, mirrors in [
-                ("worker direct", worker_port, "mlp", []),
-                ("through gateway", gateway_port, "mlp", []),
-                (SLOW, gateway_port, "mlp", [2]),
-                (FAILING_LABEL, gateway_port, "mlp", [FAILING]),
-                (SLOW_SHARED, gateway_port, SHARED, [2]),
-            ]:
-                asyncio.run(
-                    route(reg_port, token, model, mirrors, PINNED if model == "mlp" else [2])
-                )
-                time.sleep(1)  # the gateway's table follows the watch (a benchmark, not a test)
-                rounds.setdefault(label, []).append(measure(port, 64, False, 1, model=model))
-            asyncio.run(route(reg_port, token, SHARED, [], [2]))
+            for label, gateway, model in CELLS:
+                port = gateway_port if gateway else worker_port
+                result = measure(port, 64, False, 1, model=model, seconds=LATENCY_SECONDS)
+                rounds.setdefault(label, []).append(result)
         for label, results in rounds.items():
             rows.setdefault(label, {})[key(False, 1)] = median(results)
         paired = paired_ratios(rounds)

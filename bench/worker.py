@@ -123,6 +123,7 @@ def measure(
     in_flight: int,
     metrics_port: int | None = None,
     model: str = "mlp",
+    seconds: float = SECONDS,
 ) -> Result:
     request = mlp_request(model, n_in=n_in)
     asyncio.run(check_with_client(port, request))
@@ -130,10 +131,10 @@ def measure(
     body = frame(request.SerializeToString())
     if streaming:
         result = h2load(
-            port, "ModelStreamInfer", body * STREAM_MESSAGES, in_flight, SECONDS, STREAM_MESSAGES
+            port, "ModelStreamInfer", body * STREAM_MESSAGES, in_flight, seconds, STREAM_MESSAGES
         )
     else:
-        result = h2load(port, "ModelInfer", body, in_flight, SECONDS)
+        result = h2load(port, "ModelInfer", body, in_flight, seconds)
     if metrics_port and ok_count(metrics_port) - before < result.requests:
         raise RuntimeError("h2load counted more successes than the worker served")
     return result

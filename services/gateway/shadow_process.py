@@ -31,7 +31,9 @@ from services.gateway.upstream import UpstreamDown, UpstreamPool
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 4  # copies in flight to workers at once
+# Copies in flight to workers at once: a flushed batch travels to a worker in one
+# message, and a mirror worker runs it as one batch.
+CONCURRENCY = 64
 
 
 class Counting:

@@ -90,6 +90,7 @@ async def start(settings: WorkerSettings) -> Worker:
         settings.inline_us,
         book,
         settings.shadow_priority,
+        shadow_thread=settings.role != "mirror",
     )
     servicer = InferenceServicer(repository)
     forward = ForwardServicer(servicer.stream_answer)

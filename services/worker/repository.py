@@ -82,6 +82,7 @@ class Repository:
         inline_us: float = 0.0,
         book: WindowBook | None = None,
         shadow_priority: str = "idle",
+        shadow_thread: bool = True,
     ) -> None:
         self.threads = threads
         # Per-version windows for the registry (registry mode only): counts, and the
@@ -103,6 +104,9 @@ class Repository:
             initializer=priority.lower_thread,
             initargs=(shadow_priority,),
         )
+        # A mirror worker runs copies like any request, batched: its whole process
+        # already runs at the lower priority, and takes no client's request.
+        self.shadow_thread = shadow_thread
         self.on_change: list[Callable[[Held], None]] = []
 
     # --- choosing a version ----------------------------------------------------------------
@@ -144,7 +148,8 @@ class Repository:
     ) -> list[npt.NDArray[Any]]:
         """Run one request on a READY version (batched when the version batches).
 
-        A shadow copy runs alone on the low-priority shadow thread. `expires`
+        A shadow copy runs alone on the low-priority shadow thread (on a mirror worker,
+        like any request). `expires`
         (time.monotonic()) is when the caller stops waiting: a request still waiting
         then is answered DEADLINE_EXCEEDED instead of being run.
         """
@@ -155,7 +160,7 @@ class Repository:
         started = time.perf_counter()
         try:
             check_deadline(expires, started)  # a gateway may send it with no time left
-            if shadow:
+            if shadow and self.shadow_thread:
                 outputs, timing = await run_alone(
                     lambda x: self._run_shadow(held, x), inputs, held.stats.batch
                 )
