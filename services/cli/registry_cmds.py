@@ -696,11 +696,18 @@ def _placement_rows(
             yield (
                 f"v{number}",
                 ", ".join(roles),
-                worker.name + (f" ({_short(rpb.WorkerRole, worker.role)})" if worker.role else ""),
+                worker.name + _role_note(worker.role),
                 worker.address,
                 _short(rpb.VersionLoadState, state.state),
                 state.error,
             )
+
+
+def _role_note(role: int) -> str:
+    """` (mirror)` or ` (primary)` after a worker's name; nothing for the default role."""
+    if role in (rpb.WORKER_ROLE_PRIMARY, rpb.WORKER_ROLE_MIRROR):
+        return f" ({_short(rpb.WorkerRole, role)})"
+    return ""
 
 
 def _list_workers(registry: Registry) -> list[rpb.Worker] | None:
