@@ -346,9 +346,7 @@ async def test_mirror_workers_take_the_copies_at_idle_priority(tmp_path: Path) -
                 for _ in range(20):
                     assert (await stub.ModelInfer(infer_request("clf", x))).model_version == "1"
                 text = await asyncio.to_thread(_scrape, metrics_port)
-                found = total(
-                    text, "liveml_gateway_shadow_compared_total", version="2", agree="no"
-                )
+                found = total(text, "liveml_gateway_shadow_compared_total", version="2", agree="no")
                 return found >= at_least
 
             await async_wait_until(answered_by_v1, 30, "gateway routing")
