@@ -1,7 +1,8 @@
 """Shadow traffic: copies of answered requests, handed to the gateway's shadow process.
 
 A copy is offered only after the primary answered, and the gateway's whole part in it
-is one write to a socket. A child process (`services.gateway.shadow_process`), at
+is to buffer it: the buffer goes to a socket in one write every `FLUSH_SECONDS` (or
+`FLUSH_COPIES` copies). A child process (`services.gateway.shadow_process`), at
 idle CPU priority, sends each copy to a worker of the mirror version, compares the
 answer with the primary's (argmax equality, or relative error for numbers), times it,
 and reports what it counted every `REPORT_SECONDS`; those tallies land in this
@@ -91,7 +92,7 @@ class Shadow:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._pending: list[bytes] = []  # framed copies not yet written
+        self._pending: list[tuple[tuple[str, str], bytes]] = []  # framed copies not yet written
         self._flush_at: asyncio.TimerHandle | None = None
 
     def offer(
@@ -108,11 +109,11 @@ class Shadow:
         if writer is None or writer.transport.get_write_buffer_size() > BUFFER_BYTES:
             metrics.SHADOW_DROPPED.labels(*labels).inc()
             return
-        # Pickle, because both ends are this program: the child was started by this
-        # process, on a socket pair nobody else holds.
         where = tuple((w, self.forward_address(w) or "") for w in workers)
         copy = Copy(model, version, request, primary, where)
-        self._pending.append(frames.frame(pickle.dumps(copy, pickle.HIGHEST_PROTOCOL)))
+        # Pickle, because both ends are this program: the child was started by this
+        # process, on a socket pair nobody else holds.
+        self._pending.append((labels, frames.frame(pickle.dumps(copy, pickle.HIGHEST_PROTOCOL))))
         if len(self._pending) >= FLUSH_COPIES:
             self._flush()
         elif self._flush_at is None:
@@ -124,42 +125,53 @@ class Shadow:
             self._flush_at = None
         pending, self._pending = self._pending, []
         if self._writer is not None:
-            self._writer.write(b"".join(pending))
+            self._writer.write(b"".join(data for _, data in pending))
+            return
+        for labels, _ in pending:  # the shadow process died since they were offered
+            metrics.SHADOW_DROPPED.labels(*labels).inc()
 
     async def _supervise(self) -> None:
         while True:
-            ours, theirs = socket.socketpair()
-            with theirs:
-                self.process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    MODULE,
-                    str(theirs.fileno()),
-                    pass_fds=[theirs.fileno()],
-                    # Not in the terminal's process group: a Ctrl-C stops the gateway,
-                    # which ends this process by closing its socket.
-                    start_new_session=True,
-                )
-            reader, writer = await asyncio.open_unix_connection(sock=ours)
-            writer.write(frames.frame(json.dumps(asdict(self.config)).encode()))
-            self._writer = writer
             try:
-                while (data := await frames.read(reader, 64 << 20)) is not None:
-                    _fold(pickle.loads(data))
-            except (OSError, asyncio.IncompleteReadError, frames.FrameError) as exc:
-                log.warning("lost the shadow process: %s", exc)
-            finally:
-                self._writer = None
-                writer.close()
-            code = await self.process.wait()
+                code = await self._run_process()
+            except Exception:  # whatever went wrong, copies must keep their process
+                log.exception("the shadow process failed")
+                code = None
             if self._closing:
                 return
             log.warning(
-                "the shadow process exited with %s; starting another in %g s",
+                "the shadow process exited (%s); starting another in %g s",
                 code,
                 RESTART_SECONDS,
             )
             await asyncio.sleep(RESTART_SECONDS)
+
+    async def _run_process(self) -> int:
+        """Start the shadow process, fold in its reports until it ends; its exit code."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                MODULE,
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                # Not in the terminal's process group: a Ctrl-C stops the gateway,
+                # which ends this process by closing its socket.
+                start_new_session=True,
+            )
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        writer.write(frames.frame(json.dumps(asdict(self.config)).encode()))
+        self._writer = writer
+        try:
+            while (data := await frames.read(reader, 64 << 20)) is not None:
+                _fold(pickle.loads(data))
+        except (OSError, asyncio.IncompleteReadError, frames.FrameError) as exc:
+            log.warning("lost the shadow process: %s", exc)
+        finally:
+            self._writer = None
+            writer.close()
+        return await self.process.wait()
 
     async def close(self) -> None:
         """End the shadow process: it stops at the end of its input (killed if it lingers)."""

@@ -27,7 +27,7 @@ from services.gateway.links import Connector
 from services.gateway.metrics import Requests
 from services.gateway.outputs import agree, first_output
 from services.gateway.shadow import REPORT_SECONDS, Copy, ShadowConfig, Tally
-from services.gateway.upstream import UpstreamDown, UpstreamPool
+from services.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,15 @@ async def _drain(
         assert upstream is not None  # the gateway sends no copy without a worker
         try:
             reply = wire.stream_reply(await upstream.send(copy.request, within, shadow=True))
-        except (UpstreamDown, TimeoutError) as exc:  # a failing mirror is counted, never raised
+            if reply.error:
+                raise RuntimeError(reply.error)
+            elapsed = time.perf_counter() - started
+            mine, theirs = first_output(bytes(reply.response)), first_output(copy.primary)
+        except Exception as exc:  # a failing mirror is counted, never raised
             counting.requests.record(*labels, "shadow", "ERROR", 0.0)
             log.debug("mirror %s v%d failed: %s", copy.model, copy.version, exc)
             continue
-        if reply.error:
-            counting.requests.record(*labels, "shadow", "ERROR", 0.0)
-            log.debug("mirror %s v%d failed: %s", copy.model, copy.version, reply.error)
-            continue
-        counting.requests.record(*labels, "shadow", "OK", time.perf_counter() - started)
-        mine, theirs = first_output(bytes(reply.response)), first_output(copy.primary)
+        counting.requests.record(*labels, "shadow", "OK", elapsed)
         same = mine is not None and theirs is not None and agree(theirs, mine)
         key = (*labels, "yes" if same else "no")
         counting.compared[key] = counting.compared.get(key, 0) + 1

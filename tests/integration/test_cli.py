@@ -195,3 +195,10 @@ def test_canary_status_control_and_alerts_with_the_cli(
     table = liveml(registry_env, "alerts")
     assert "CanaryPromoted" in table.stdout and "resolved" in table.stdout
     assert "CanaryPromoted" not in liveml(registry_env, "alerts", "--firing").stdout
+
+
+def test_a_worker_role_needs_the_registry(tmp_path: Path) -> None:
+    """Roles split a rollout's versions; a folder of models has no rollout to split."""
+    done = liveml({}, "worker", "serve", "--model-dir", str(tmp_path), "--role", "mirror", ok=False)
+    assert done.returncode == 2
+    assert "--role primary or mirror needs --registry" in done.stderr

@@ -101,11 +101,15 @@ async def test_canary_split_and_sticky_keys(tmp_path: Path) -> None:
 
 
 async def _sticky_applied(port: int) -> bool:
-    """Two requests with one key land on one side (cheap check that the new table is live)."""
-    request = infer_request("lin", np.ones((1, 4), np.float32), "probe")
-    request.parameters["user"].string_param = "user-1"
-    versions = await stream_versions(port, [request] * 30)
-    return len(set(versions)) == 1
+    """Ten keys, each on one side for 30 requests: the sticky table is live (by chance
+    the random 90/10 table keeps one key on one side 4% of the time, ten keys ~never)."""
+    requests = []
+    for key in range(10):
+        request = infer_request("lin", np.ones((1, 4), np.float32), "probe")
+        request.parameters["user"].string_param = f"probe-{key}"
+        requests += [request] * 30
+    versions = await stream_versions(port, requests)
+    return all(len(set(versions[i : i + 30])) == 1 for i in range(0, len(versions), 30))
 
 
 async def test_pinning_and_its_errors(tmp_path: Path) -> None:
