@@ -127,7 +127,12 @@ async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> 
         await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
         traffic = Traffic(address, "clf", clients=4)
         traffic.start()
-        started = await start_canary(c, 2)
+        # The same model on both sides: its p99 over a step's few dozen requests is
+        # their slowest one, which one scheduling hiccup on a shared box doubles. A
+        # tolerant ratio keeps the check in the decision without making it a coin toss
+        # (the slow candidate below, whose runs take milliseconds instead of tens of
+        # microseconds, is held to the default 1.8).
+        started = await start_canary(c, 2, max_p99_latency_ratio=5.0)
         assert started.status.phase == Phase.PHASE_PROGRESSING
         done = await wait_phase(c, Phase.PHASE_PROMOTED)
         await traffic.stop()
