@@ -5,17 +5,21 @@ One command (`make bench-gateway`). A registry, a worker, a mirror worker
 pinned together to core 0 (a whole extra Python hop on the same core), h2load runs
 on core 1, and so does the registry, which serves no request and would otherwise add
 its heartbeats, watch and controller ticks to the measured core. Measured in one
-run: unary and streaming at 1 and 32 in flight through the gateway and straight to
-the worker, KServe's ModelServer direct, and the primary's latency through the
-gateway with a 20x slower mirror (on the mirror worker, and for comparison on the
-primary's own worker) and with a failing mirror. `LIVEML_BENCH_ONLY=latency` runs
-only the latency rounds. Results go to bench/out/gateway.md (copied into
-bench/RESULTS.md with the machine).
+run, in interleaved rounds so that each ratio compares cells measured minutes
+apart at most: unary and streaming at 1 and 32 in flight through the gateway and
+straight to the worker, KServe's ModelServer direct, and the primary's latency
+through the gateway with a 20x slower mirror (on the mirror worker, and for
+comparison on the primary's own worker) and with a failing mirror (which sends no
+copy: it measures the noise). `LIVEML_BENCH_ONLY=latency` runs only the latency
+rounds; `LIVEML_BENCH_MIRROR_CORE=1` moves the mirror worker to the client's core (a
+mirror worker with a core of its own, as deployed, but sharing it with h2load). Results go to bench/out/gateway.md (copied into bench/RESULTS.md with the
+machine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import platform
@@ -31,7 +35,9 @@ from grpc import aio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.h2bench import CLIENT_CORE, SERVER_CORE, Result, free_port, mlp_request
-from bench.worker import key, kserve_rows, measure, start
+from bench.worker import key, kserve_server, measure, start
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.helpers.models import mlp
@@ -40,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 LIVEML = str(ROOT / ".venv" / "bin" / "liveml")
 MODES = [(False, 1), (False, 32), (True, 1), (True, 32)]
+THROUGHPUT_ROUNDS = int(os.environ.get("LIVEML_BENCH_THROUGHPUT_ROUNDS", "3"))
 LATENCY_ROUNDS = int(os.environ.get("LIVEML_BENCH_LATENCY_ROUNDS", "12"))
 LATENCY_SECONDS = float(os.environ.get("LIVEML_BENCH_LATENCY_SECONDS", "3"))
 # One model per mirror setup, each with a rollout that never changes while measured:
@@ -50,9 +57,12 @@ SHARED = "mlp-shared"  # not served by the mirror worker: its mirror runs on the
 MODELS = {"mlp": [0], MIRRORED: [0, 1], FAILING: [0, 2], SHARED: [0, 1]}
 # Mirror copies of MIRRORED go to this worker, on the same core as the primary's.
 MIRROR_WORKER = ["--role", "mirror", "--models", MIRRORED]
+MIRROR_CORE = os.environ.get("LIVEML_BENCH_MIRROR_CORE", SERVER_CORE)
 SLOW = "gateway, 20x slower mirror (mirror worker)"
 FAILING_LABEL = "gateway, failing mirror"
 SLOW_SHARED = "gateway, 20x slower mirror on the primary's worker"
+KSERVE = "KServe direct"
+KSERVE_MODES = [(False, 1), (False, 32)]
 CELLS = [  # (label, through the gateway?, model)
     ("worker direct", False, "mlp"),
     ("through gateway", True, "mlp"),
@@ -69,6 +79,18 @@ def median(results: list[Result]) -> Result:
         sum(r.seconds for r in results),
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
+    )
+
+
+def pooled(results: list[Result]) -> Result:
+    """Rate over all runs; p50 and p99 of all their requests together: the whole run's."""
+    samples = [x for r in results for x in r.latencies_ms]
+    quantiles = statistics.quantiles(samples, n=100)
+    return Result(
+        sum(r.requests for r in results),
+        sum(r.seconds for r in results),
+        quantiles[49],
+        quantiles[98],
     )
 
 
@@ -131,6 +153,15 @@ async def wait_mirrors(port: int, token: str) -> None:
             await asyncio.sleep(0.2)
 
 
+async def copies_run(port: int, model: str) -> int:
+    """Requests a worker ran for `model` v2, the mirror: every one of them a copy."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stats = await pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name=model, version="2")
+        )
+    return sum(s.inference_stats.success.count for s in stats.model_stats)
+
+
 async def wait_serving(port: int) -> None:
     from bench.h2bench import check_with_client
 
@@ -170,6 +201,8 @@ def main() -> int:
         )
     ]
     rows: dict[str, dict[str, Result]] = {}
+    throughput: dict[str, dict[str, list[Result]]] = {}
+    stack = contextlib.ExitStack()
     only_latency = os.environ.get("LIVEML_BENCH_ONLY") == "latency"
     try:
         token = (work / "admin.token").read_text().strip()
@@ -190,7 +223,11 @@ def main() -> int:
             "WARNING",
         ]
         worker_port, mirror_port, gateway_port = free_port(), free_port(), free_port()
-        for port, role in [(worker_port, ["--role", "all"]), (mirror_port, MIRROR_WORKER)]:
+        placement = [
+            (worker_port, ["--role", "all"], SERVER_CORE),
+            (mirror_port, MIRROR_WORKER, MIRROR_CORE),
+        ]
+        for port, role, core in placement:
             procs.append(
                 start(
                     [
@@ -207,6 +244,7 @@ def main() -> int:
                         *common,
                     ],
                     port,
+                    core=core,
                 )
             )
         procs.append(
@@ -214,15 +252,31 @@ def main() -> int:
         )
         asyncio.run(wait_serving(gateway_port))
         asyncio.run(wait_mirrors(reg_port, token))
-        if not only_latency:
-            print("straight to the worker / through the gateway ...", flush=True)
-            rows["worker direct"] = {key(s, m): measure(worker_port, 64, s, m) for s, m in MODES}
-            rows["through gateway"] = {key(s, m): measure(gateway_port, 64, s, m) for s, m in MODES}
         # This box's speed moves by a factor of two within minutes (other tenants of the
-        # host), so the latency comparisons are paired and short: each of LATENCY_ROUNDS
-        # rounds measures every cell once for LATENCY_SECONDS, one right after another,
-        # and the goals take the median over rounds of each round's own difference or
-        # ratio. Each setup is its own model, so no rollout changes between cells.
+        # host), so cells are measured in rounds, each cell once a round, one right after
+        # another: a throughput goal is the median over rounds of each round's own ratio;
+        # a latency goal compares the p99 of all of a setup's requests over the rounds
+        # (a p99 of one short cell swings by ±25% on its own; interleaving exposes every
+        # setup to the same drift). KServe's server idles while the others are
+        # measured, and theirs while it is.
+        if not only_latency:
+            print("throughput: straight to the worker, through the gateway, KServe ...", flush=True)
+            kserve_port = stack.enter_context(kserve_server(files[0]))
+            paths = [
+                ("worker direct", worker_port, MODES),
+                ("through gateway", gateway_port, MODES),
+            ]
+            if kserve_port is not None:
+                paths.append((KSERVE, kserve_port, KSERVE_MODES))
+            for _ in range(THROUGHPUT_ROUNDS):
+                for label, port, modes in paths:
+                    for streaming, in_flight in modes:
+                        result = measure(port, 64, streaming, in_flight)
+                        cells = throughput.setdefault(label, {})
+                        cells.setdefault(key(streaming, in_flight), []).append(result)
+            for label, by_mode in throughput.items():
+                rows[label] = {k: median(results) for k, results in by_mode.items()}
+        # Each latency setup is its own model, so no rollout changes between cells.
         print("latency at 1 in flight, with and without mirrors ...", flush=True)
         rounds: dict[str, list[Result]] = {}
         for _ in range(LATENCY_ROUNDS):
@@ -230,41 +284,50 @@ def main() -> int:
                 port = gateway_port if gateway else worker_port
                 result = measure(port, 64, False, 1, model=model, seconds=LATENCY_SECONDS)
                 rounds.setdefault(label, []).append(result)
-        for label, results in rounds.items():
-            rows.setdefault(label, {})[key(False, 1)] = median(results)
-        paired = paired_ratios(rounds)
-        kserve = None if only_latency else kserve_rows(files[0])
-        if kserve:
-            rows["KServe direct"] = kserve
+        latency = {label: pooled(results) for label, results in rounds.items()}
+        for label, result in latency.items():
+            rows.setdefault(label, {})[key(False, 1)] = result
+        paired = latency_goals(latency) | throughput_ratios(throughput)
+        # A shadow path that sent nothing would flatter the mirror rows: prove it worked.
+        copies = {
+            SLOW: asyncio.run(copies_run(mirror_port, MIRRORED)),
+            SLOW_SHARED: asyncio.run(copies_run(worker_port, SHARED)),
+        }
+        if not all(copies.values()):
+            raise RuntimeError(f"a slow mirror ran no copy, so its rows mean nothing: {copies}")
     finally:
+        stack.close()
         for proc in reversed(procs):  # gateway, workers, then the registry they talk to
             proc.terminate()
             proc.wait(30)
-    report(rows, paired)
+    report(rows, paired, copies)
     return 0
 
 
-def paired_ratios(rounds: dict[str, list[Result]]) -> dict[str, float]:
-    """Median over rounds of each round's p99 added by the gateway, and mirror ratios."""
-    base, direct = rounds["through gateway"], rounds["worker direct"]
-    paired = {
-        "added": statistics.median(g.p99_ms - d.p99_ms for g, d in zip(base, direct, strict=True))
-    }
+def latency_goals(latency: dict[str, Result]) -> dict[str, float]:
+    """p99 added by the gateway, and each mirror setup's p99 / the gateway's without one."""
+    base = latency["through gateway"]
+    goals = {"added": base.p99_ms - latency["worker direct"].p99_ms}
     for label in (SLOW, FAILING_LABEL, SLOW_SHARED):
-        paired[label] = statistics.median(
-            m.p99_ms / g.p99_ms for m, g in zip(rounds[label], base, strict=True)
-        )
-    return paired
+        goals[label] = latency[label].p99_ms / base.p99_ms
+    return goals
 
 
-def report(rows: dict[str, dict[str, Result]], paired: dict[str, float]) -> None:
-    def get(name: str, k: str) -> Result | None:
-        return rows.get(name, {}).get(k)
+def throughput_ratios(throughput: dict[str, dict[str, list[Result]]]) -> dict[str, float]:
+    """Median over rounds of each round's gateway rate / KServe's unary@32 rate."""
+    if KSERVE not in throughput:
+        return {}
+    kserve = throughput[KSERVE][key(False, 32)]
+    gateway = throughput["through gateway"]
+    return {
+        mode: statistics.median(g.rate / k.rate for g, k in zip(gateway[mode], kserve, strict=True))
+        for mode in (key(False, 32), key(True, 32))
+    }
 
-    def rate(name: str, k: str) -> float:
-        r = get(name, k)
-        return r.rate if r else float("nan")
 
+def report(
+    rows: dict[str, dict[str, Result]], paired: dict[str, float], copies: dict[str, int]
+) -> None:
     lines = ["| path | mode | in flight | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for name, results in rows.items():
         for k, r in results.items():
@@ -275,13 +338,13 @@ def report(rows: dict[str, dict[str, Result]], paired: dict[str, float]) -> None
     goals = [
         (
             "gateway unary@32 / KServe direct unary@32",
-            rate("through gateway", "unary@32") / rate("KServe direct", "unary@32"),
+            paired.get("unary@32", float("nan")),
             0.75,
             True,
         ),
         (
             "gateway stream@32 / KServe direct unary@32",
-            rate("through gateway", "stream@32") / rate("KServe direct", "unary@32"),
+            paired.get("stream@32", float("nan")),
             2.0,
             True,
         ),
@@ -297,7 +360,9 @@ def report(rows: dict[str, dict[str, Result]], paired: dict[str, float]) -> None
     ]
     lines += [
         "",
-        f"Latency goals: median over {LATENCY_ROUNDS} rounds of each round's own difference or ratio.",
+        f"Throughput goals: the median over {THROUGHPUT_ROUNDS} rounds of each round's own ratio."
+        f" Latency goals: p99 of all requests of each setup's cells over {LATENCY_ROUNDS}"
+        " interleaved rounds (the unary@1 rows).",
         "",
         "| ratio (same run) | measured | goal |",
         "|---|---|---|",
@@ -310,6 +375,10 @@ def report(rows: dict[str, dict[str, Result]], paired: dict[str, float]) -> None
         lines.append(
             f"| {label} | {value:.2f} | {'≥' if at_least else '≤'} {goal:g} {'✓' if ok else '✗'} |"
         )
+    lines += [
+        "",
+        "Copies the slow mirrors ran: " + ", ".join(f"{n:,} ({k})" for k, n in copies.items()),
+    ]
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; grpcio {version('grpcio')}, "
         f"onnxruntime {version('onnxruntime')}; gateway and worker on core {SERVER_CORE}, h2load on the other"

@@ -16,7 +16,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,8 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    # Each request's (or streamed message's) latency, for pooling runs' samples.
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def rate(self) -> float:
@@ -126,7 +128,7 @@ def h2load(
     quantiles = (
         statistics.quantiles(per_message, n=100) if len(per_message) > 1 else per_message * 99
     )
-    return Result(len(ok) * messages, span, quantiles[49], quantiles[98])
+    return Result(len(ok) * messages, span, quantiles[49], quantiles[98], per_message)
 
 
 async def check_with_client(

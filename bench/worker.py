@@ -12,6 +12,7 @@ table to bench/out/worker.md (copied into bench/RESULTS.md with the machine).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -74,20 +76,30 @@ def ensure_kserve() -> Path | None:
     return python
 
 
-def kserve_rows(model: Path) -> dict[str, Result]:
-    """KServe's ModelServer serving `model`, unary at 1 and 32 in flight ({} if unavailable)."""
+@contextlib.contextmanager
+def kserve_server(model: Path) -> Iterator[int | None]:
+    """KServe's ModelServer serving `model` on core 0; its gRPC port (None if unavailable)."""
     kserve = ensure_kserve()
     if kserve is None:
-        return {}
-    print("KServe ModelServer ...", flush=True)
+        yield None
+        return
     port, http = free_port(), free_port()
     server = ROOT / "bench" / "kserve_server.py"
     proc = start([str(kserve), str(server), str(model), str(port), str(http)], port)
     try:
-        return {key(False, m): measure(port, 64, False, m) for m in (1, 32)}
+        yield port
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def kserve_rows(model: Path) -> dict[str, Result]:
+    """KServe's ModelServer serving `model`, unary at 1 and 32 in flight ({} if unavailable)."""
+    with kserve_server(model) as port:
+        if port is None:
+            return {}
+        print("KServe ModelServer ...", flush=True)
+        return {key(False, m): measure(port, 64, False, m) for m in (1, 32)}
 
 
 def start(
@@ -305,7 +317,11 @@ def report(rows: dict[str, dict[str, Result | float]], floor: float) -> None:
     (OUT / "worker.json").write_text(
         json.dumps(
             {
-                name: {k: vars(r) for k, r in res.items() if isinstance(r, Result)}
+                name: {
+                    k: {f: v for f, v in vars(r).items() if f != "latencies_ms"}
+                    for k, r in res.items()
+                    if isinstance(r, Result)
+                }
                 for name, res in rows.items()
             }
             | {"raw_onnxruntime": floor},

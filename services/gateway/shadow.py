@@ -157,7 +157,12 @@ class Shadow:
                 str(theirs.fileno()),
                 pass_fds=[theirs.fileno()],
                 # Not in the terminal's process group: a Ctrl-C stops the gateway,
-                # which ends this process by closing its socket.
+                # which ends this process by closing its socket. Outside containers,
+                # where the kernel schedules sessions as groups (autogroups), a session
+                # of its own also shares a core fairly with the gateway's: measured,
+                # that drops what a slow mirror cannot take sooner, which moved the
+                # clients' p99 less than an idle process in the gateway's group did
+                # (bench/RESULTS.md).
                 start_new_session=True,
             )
         reader, writer = await asyncio.open_unix_connection(sock=ours)

@@ -34,6 +34,30 @@ log = logging.getLogger(__name__)
 # Copies in flight to workers at once: a flushed batch travels to a worker in one
 # message, and a mirror worker runs it as one batch.
 CONCURRENCY = 64
+# A worker named in no copy for this long has left, or no longer holds a mirror
+# version: its connection is closed (workers come and go with every redeployment).
+IDLE_SECONDS = 60.0
+
+
+class Recent:
+    """When each worker was last named in a copy, and its framed listener's address."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.forward: dict[str, str] = {}  # worker address -> its framed listener's
+
+    def note(self, copy: Copy, now: float) -> None:
+        for address, forward in copy.workers:
+            self.seen[address] = now
+            if forward:
+                self.forward[address] = forward
+
+    async def prune(self, pool: UpstreamPool, now: float) -> None:
+        """Forget workers not named for `IDLE_SECONDS`; close their idle connections."""
+        self.seen = {a: t for a, t in self.seen.items() if now - t < IDLE_SECONDS}
+        keep = set(self.seen) | pool.busy()  # a copy still on its way is let finish
+        self.forward = {a: f for a, f in self.forward.items() if a in keep}
+        await pool.retain(keep)
 
 
 class Counting:
@@ -60,12 +84,12 @@ async def run(sock: socket.socket) -> None:
     config = ShadowConfig(**json.loads(head))
     configure_logging(config.log_level)
     priority.lower_process(config.priority)
-    forward: dict[str, str] = {}  # worker address -> its framed listener's
+    recent = Recent()
     ca, cert, key = (
         Path(f) if f else None for f in (config.worker_ca, config.worker_cert, config.worker_key)
     )
     connector = Connector(
-        ca, cert, key, config.max_message_bytes, lambda address: forward.get(address) or None
+        ca, cert, key, config.max_message_bytes, lambda address: recent.forward.get(address)
     )
     pool = UpstreamPool(connector.links)
     counting = Counting()
@@ -74,13 +98,13 @@ async def run(sock: socket.socket) -> None:
         asyncio.create_task(_drain(queue, pool, counting, config.timeout))
         for _ in range(CONCURRENCY)
     ]
-    tasks.append(asyncio.create_task(_report(writer, counting)))
+    tasks.append(asyncio.create_task(_report(writer, counting, recent, pool)))
     # Two copies of the request and the answer, each within the message limit.
     limit = 2 * config.max_message_bytes
     try:
         while (data := await frames.read(reader, limit)) is not None:
             copy: Copy = pickle.loads(data)
-            forward.update((a, f) for a, f in copy.workers if f)
+            recent.note(copy, time.monotonic())
             try:
                 queue.put_nowait(copy)
             except asyncio.QueueFull:
@@ -120,9 +144,12 @@ async def _drain(
         counting.compared[key] = counting.compared.get(key, 0) + 1
 
 
-async def _report(writer: asyncio.StreamWriter, counting: Counting) -> None:
+async def _report(
+    writer: asyncio.StreamWriter, counting: Counting, recent: Recent, pool: UpstreamPool
+) -> None:
     while True:
         await asyncio.sleep(REPORT_SECONDS)
+        await recent.prune(pool, time.monotonic())
         tally = counting.take()
         if tally is not None:
             writer.write(frames.frame(pickle.dumps(tally, pickle.HIGHEST_PROTOCOL)))

@@ -216,6 +216,10 @@ class UpstreamPool:
         a, b = (self.get(x) for x in random.sample(candidates, 2))
         return a if a.outstanding <= b.outstanding else b
 
+    def busy(self) -> set[str]:
+        """Addresses with requests outstanding."""
+        return {a for a, upstream in self._upstreams.items() if upstream.outstanding}
+
     async def retain(self, addresses: set[str]) -> None:
         """Close upstreams of workers that left the routing picture."""
         for address in [a for a in self._upstreams if a not in addresses]:
