@@ -149,9 +149,9 @@ class Repository:
         """Run one request on a READY version (batched when the version batches).
 
         A shadow copy runs alone on the low-priority shadow thread (on a mirror worker,
-        like any request). `expires`
-        (time.monotonic()) is when the caller stops waiting: a request still waiting
-        then is answered DEADLINE_EXCEEDED instead of being run.
+        like any request). `expires` (time.monotonic()) is when the caller stops
+        waiting: a request still waiting then is answered DEADLINE_EXCEEDED instead of
+        being run.
         """
         if held.state is not State.READY:
             raise Unavailable(f"model '{held.model}' version {held.version} is {held.state.value}")
