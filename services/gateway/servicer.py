@@ -42,8 +42,6 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 TRACEPARENT = "traceparent"
-# Microseconds the caller still waits; read by the worker (services/worker/servicer.py).
-TIMEOUT_PARAMETER = "liveml_timeout_us"
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
 
@@ -159,7 +157,7 @@ class Router:
                 # trace context, and how long the caller still waits (the worker does
                 # not start what it can no longer answer in time).
                 remaining_us = int((deadline - time.monotonic()) * 1e6)
-                suffix = wire.int64_parameter(TIMEOUT_PARAMETER, remaining_us)
+                suffix = wire.int64_parameter(wire.TIMEOUT_PARAMETER, remaining_us)
                 if not routing.model_version:
                     suffix += wire.version_field(version)
                 if traceparent:

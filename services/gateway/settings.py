@@ -39,6 +39,13 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     shadow_queue: int = Field(
         256, ge=1, description="Mirror copies waiting at most; more are dropped."
     )
+    shadow_max_wait: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds a mirror copy may wait, from its primary's answer until a "
+        "worker starts it; one that waits longer is dropped and counted (a copy run late "
+        "would take CPU from later requests, and tell of a past load).",
+    )
     shadow_priority: Literal["idle", "low", "normal"] = Field(
         "idle",
         description="OS priority of the process that sends mirror copies and compares "

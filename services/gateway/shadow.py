@@ -23,6 +23,7 @@ import logging
 import pickle
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -54,6 +55,7 @@ class Copy:
     request: bytes  # the request, already pointed at the mirror version
     primary: bytes  # the primary's serialized answer
     workers: tuple[tuple[str, str], ...]  # (address, framed listener's or "") to choose from
+    offered: float  # time.monotonic() when offered: the clock is the host's, shared
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ShadowConfig:
     worker_key: str | None
     max_message_bytes: int
     timeout: float  # longest a copy waits for its answer, seconds
+    max_wait: float  # longest a copy waits to be started, from its offer, seconds
     capacity: int  # copies waiting in the shadow process at most
     priority: str  # OS priority: idle, low or normal
     log_level: str
@@ -110,7 +113,7 @@ class Shadow:
             metrics.SHADOW_DROPPED.labels(*labels).inc()
             return
         where = tuple((w, self.forward_address(w) or "") for w in workers)
-        copy = Copy(model, version, request, primary, where)
+        copy = Copy(model, version, request, primary, where, time.monotonic())
         # Pickle, because both ends are this program: the child was started by this
         # process, on a socket pair nobody else holds.
         self._pending.append((labels, frames.frame(pickle.dumps(copy, pickle.HIGHEST_PROTOCOL))))
@@ -219,6 +222,7 @@ def config_of(settings: GatewaySettings) -> ShadowConfig:
         worker_key=str(settings.worker_key) if settings.worker_key else None,
         max_message_bytes=settings.max_message_bytes,
         timeout=settings.default_timeout,
+        max_wait=settings.shadow_max_wait,
         capacity=settings.shadow_queue,
         priority=settings.shadow_priority,
         log_level=settings.log_level,

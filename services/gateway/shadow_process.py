@@ -5,7 +5,10 @@ argument. It reads its `ShadowConfig`, then copies, and writes back a `Tally` of
 what it counted every `REPORT_SECONDS`. Each copy goes to the least loaded of the
 workers the gateway named (over the same framed or gRPC links as the gateway's own
 requests, on the workers' shadow streams), and its answer is compared with the
-primary's. It exits when the gateway closes its end, or dies.
+primary's. A copy no worker has started within `max_wait` of its offer is dropped
+and counted: when clients' requests keep a core busy, copies for it are not kept
+until a quiet moment (they would then take it from later requests). It exits when
+the gateway closes its end, or dies.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from services.common import frames, priority
 from services.common.server import configure_logging
 from services.gateway import wire
@@ -31,6 +36,7 @@ from services.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 # Copies in flight to workers at once: a flushed batch travels to a worker in one
 # message, and a mirror worker runs it as one batch.
 CONCURRENCY = 64
@@ -68,6 +74,9 @@ class Counting:
         self.compared: dict[tuple[str, str, str], int] = {}
         self.dropped: dict[tuple[str, str], int] = {}
 
+    def drop(self, labels: tuple[str, str]) -> None:
+        self.dropped[labels] = self.dropped.get(labels, 0) + 1
+
     def take(self) -> Tally | None:
         if not (self.requests.counts or self.dropped):
             return None
@@ -94,10 +103,7 @@ async def run(sock: socket.socket) -> None:
     pool = UpstreamPool(connector.links)
     counting = Counting()
     queue: asyncio.Queue[Copy] = asyncio.Queue(config.capacity)
-    tasks = [
-        asyncio.create_task(_drain(queue, pool, counting, config.timeout))
-        for _ in range(CONCURRENCY)
-    ]
+    tasks = [asyncio.create_task(_drain(queue, pool, counting, config)) for _ in range(CONCURRENCY)]
     tasks.append(asyncio.create_task(_report(writer, counting, recent, pool)))
     # Two copies of the request and the answer, each within the message limit.
     limit = 2 * config.max_message_bytes
@@ -108,8 +114,7 @@ async def run(sock: socket.socket) -> None:
             try:
                 queue.put_nowait(copy)
             except asyncio.QueueFull:
-                labels = (copy.model, str(copy.version))
-                counting.dropped[labels] = counting.dropped.get(labels, 0) + 1
+                counting.drop((copy.model, str(copy.version)))
     finally:
         for task in tasks:
             task.cancel()
@@ -120,16 +125,26 @@ async def run(sock: socket.socket) -> None:
 
 
 async def _drain(
-    queue: asyncio.Queue[Copy], pool: UpstreamPool, counting: Counting, within: float
+    queue: asyncio.Queue[Copy], pool: UpstreamPool, counting: Counting, config: ShadowConfig
 ) -> None:
     while True:
         copy = await queue.get()
         labels = (copy.model, str(copy.version))
+        # A copy waits for a worker to start it until `max_wait` after its offer; one
+        # that waited longer is dropped, here or by the worker.
+        left_us = int((copy.offered + config.max_wait - time.monotonic()) * 1e6)
+        if left_us <= 0:
+            counting.drop(labels)
+            continue
         started = time.perf_counter()
         upstream = pool.pick([address for address, _ in copy.workers], set())
         assert upstream is not None  # the gateway sends no copy without a worker
+        request = copy.request + wire.int64_parameter(wire.TIMEOUT_PARAMETER, left_us)
         try:
-            reply = wire.stream_reply(await upstream.send(copy.request, within, shadow=True))
+            reply = wire.stream_reply(await upstream.send(request, config.timeout, shadow=True))
+            if reply.status == DEADLINE_EXCEEDED:
+                counting.drop(labels)
+                continue
             if reply.error:
                 raise RuntimeError(reply.error)
             elapsed = time.perf_counter() - started

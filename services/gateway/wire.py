@@ -16,6 +16,9 @@ MODEL_NAME, MODEL_VERSION, ID, PARAMETERS = 1, 2, 3, 4
 ERROR_MESSAGE, INFER_RESPONSE = 1, 2
 # InferParameter oneof.
 BOOL_PARAM, INT64_PARAM, STRING_PARAM, DOUBLE_PARAM, UINT64_PARAM = 1, 2, 3, 4, 5
+# How long the sender still waits, microseconds: a worker does not start what has
+# waited past it (the worker reads the same name).
+TIMEOUT_PARAMETER = "liveml_timeout_us"
 
 
 class WireError(ValueError):

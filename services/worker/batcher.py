@@ -67,11 +67,16 @@ class _Pending:
 def check_deadline(expires: float | None, queued: float) -> None:
     """Refuse to start work whose caller has stopped waiting (`queued`: perf_counter())."""
     if expires is not None and time.monotonic() > expires:
-        waited = (time.perf_counter() - queued) * 1000
-        raise DeadlineExceeded(
-            f"the caller's deadline passed while the request waited {waited:.0f} ms on the "
-            "worker; it was not run"
-        )
+        raise expired(queued)
+
+
+def expired(queued: float) -> DeadlineExceeded:
+    """The refusal of a request queued at `queued` (perf_counter()) past its deadline."""
+    waited = (time.perf_counter() - queued) * 1000
+    return DeadlineExceeded(
+        f"the caller's deadline passed while the request waited {waited:.0f} ms on the "
+        "worker; it was not run"
+    )
 
 
 class Batcher:

@@ -25,9 +25,9 @@ import numpy.typing as npt
 
 from services.common import priority, telemetry, weights
 from services.common import versions as versions_
-from services.common.errors import NotFound, ServiceError, Unavailable
+from services.common.errors import DeadlineExceeded, NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
-from services.worker.batcher import Batcher, Timing, check_deadline, rows, run_alone
+from services.worker.batcher import Batcher, Timing, check_deadline, expired, rows, run_alone
 from services.worker.runtime import Arrays, Runtime, Threads
 from services.worker.stats import VersionStats
 
@@ -104,6 +104,10 @@ class Repository:
             initializer=priority.lower_thread,
             initargs=(shadow_priority,),
         )
+        # Copies take turns for it here, not in the executor's queue: a copy whose
+        # sender's time runs out while it waits is refused then, and does not run
+        # later, when clients' requests have left the core idle for a moment.
+        self._shadow_turn = asyncio.Semaphore(1)
         # A mirror worker runs copies like any request, batched: its whole process
         # already runs at the lower priority, and takes no client's request.
         self.shadow_thread = shadow_thread
@@ -162,7 +166,7 @@ class Repository:
             check_deadline(expires, started)  # a gateway may send it with no time left
             if shadow and self.shadow_thread:
                 outputs, timing = await run_alone(
-                    lambda x: self._run_shadow(held, x), inputs, held.stats.batch
+                    lambda x: self._run_shadow(held, x, expires), inputs, held.stats.batch
                 )
             elif held.batcher is not None:
                 outputs, timing = await held.batcher.submit(inputs, expires)
@@ -173,9 +177,12 @@ class Repository:
             if telemetry.tracing_enabled():
                 _spans(held, timing)
         except ServiceError as exc:
-            held.stats.failure(exc.code.name, time.perf_counter() - started)
-            if self.book is not None:
-                self.book.request(held.model, held.version, 0.0, exc.code.name)
+            # A copy that aged out unrun says nothing of its version (the gateway counts
+            # it as dropped).
+            if not (shadow and isinstance(exc, DeadlineExceeded)):
+                held.stats.failure(exc.code.name, time.perf_counter() - started)
+                if self.book is not None:
+                    self.book.request(held.model, held.version, 0.0, exc.code.name)
             raise
         except Exception as exc:
             held.stats.failure("INTERNAL", time.perf_counter() - started)
@@ -216,11 +223,23 @@ class Repository:
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, run_unless_expired)
 
-    async def _run_shadow(self, held: Held, inputs: Arrays) -> list[npt.NDArray[Any]]:
+    async def _run_shadow(
+        self, held: Held, inputs: Arrays, expires: float | None
+    ) -> list[npt.NDArray[Any]]:
         runtime = held.runtime
         assert runtime is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.shadow_executor, runtime.run, inputs)
+        queued = time.perf_counter()
+        try:
+            async with asyncio.timeout(None if expires is None else expires - time.monotonic()):
+                await self._shadow_turn.acquire()
+        except TimeoutError:
+            raise expired(queued) from None
+        try:
+            check_deadline(expires, queued)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.shadow_executor, runtime.run, inputs)
+        finally:
+            self._shadow_turn.release()
 
     # --- loading and retiring ---------------------------------------------------------------
 

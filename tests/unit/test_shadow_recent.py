@@ -9,7 +9,7 @@ from services.gateway.upstream import UpstreamPool
 
 
 def copy(*workers: tuple[str, str]) -> Copy:
-    return Copy("m", 2, b"", b"", workers)
+    return Copy("m", 2, b"", b"", workers, 0.0)
 
 
 async def test_workers_named_by_no_recent_copy_are_forgotten_unless_busy() -> None:
