@@ -42,3 +42,21 @@ def lower_process(priority: str) -> None:
     for tid in tids:
         lower_thread(priority, tid)
     log.info("this process runs at %s CPU priority", priority)
+
+
+def lower_own_session() -> None:
+    """Lower the CPU share of this process's session, when the process leads it.
+
+    Outside containers the kernel schedules each session as one group (autogroups), and
+    a thread's priority ranks it only within its group: against other sessions, an idle
+    process in a session of its own gets a fair share of a core. Its group's weight
+    goes to the lowest (nice 19) to keep it from clients' requests. Only for a session
+    this program started, with nothing else in it: the nice applies to the whole group.
+    """
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write("19")
+    except OSError as exc:  # no autogroups (a container, another kernel): nothing to do
+        log.debug("session priority unchanged: %s", exc)

@@ -162,9 +162,9 @@ class Shadow:
                 # Not in the terminal's process group: a Ctrl-C stops the gateway,
                 # which ends this process by closing its socket. Outside containers,
                 # where the kernel schedules sessions as groups (autogroups), a session
-                # of its own also shares a core fairly with the gateway's: measured,
-                # that drops what a slow mirror cannot take sooner, which moved the
-                # clients' p99 less than an idle process in the gateway's group did
+                # of its own, whose group the process then lowers to nice 19, moved
+                # clients' p99 less than an idle process in the gateway's group did:
+                # the fewer copies the shared core completes, the less they cost
                 # (bench/RESULTS.md).
                 start_new_session=True,
             )

@@ -93,6 +93,8 @@ async def run(sock: socket.socket) -> None:
     config = ShadowConfig(**json.loads(head))
     configure_logging(config.log_level)
     priority.lower_process(config.priority)
+    if config.priority != "normal":
+        priority.lower_own_session()  # the gateway started it in a session of its own
     recent = Recent()
     ca, cert, key = (
         Path(f) if f else None for f in (config.worker_ca, config.worker_cert, config.worker_key)

@@ -30,3 +30,34 @@ def test_every_thread_early_or_late_runs_at_idle_priority() -> None:
         check=True,
     )
     assert [int(p) for p in done.stdout.split()] == [os.SCHED_IDLE] * 3
+
+
+SESSION_CHILD = """
+from pathlib import Path
+from services.common import priority
+priority.lower_own_session()
+group = Path("/proc/self/autogroup")
+print(group.read_text().split()[-1] if group.exists() else "none")
+"""
+
+
+def _session_nice(new_session: bool) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        start_new_session=new_session,
+    )
+    return done.stdout.strip()
+
+
+def test_only_the_leader_of_its_own_session_lowers_the_session() -> None:
+    group = Path("/proc/self/autogroup")
+    ours = group.read_text().split()[-1] if group.exists() else "none"
+    leader, member = _session_nice(True), _session_nice(False)
+    assert member == ours  # a process in our session leaves our session's share alone
+    assert leader == ("19" if group.exists() else "none")
+    assert (group.read_text().split()[-1] if group.exists() else "none") == ours
