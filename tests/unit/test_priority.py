@@ -20,16 +20,22 @@ print(os.sched_getscheduler(0))
 """
 
 
-def test_every_thread_early_or_late_runs_at_idle_priority() -> None:
+def _child(code: str, new_session: bool = False) -> str:
+    """What a fresh Python process running `code` prints."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=Path(__file__).resolve().parents[2],
         check=True,
+        start_new_session=new_session,
     )
-    assert [int(p) for p in done.stdout.split()] == [os.SCHED_IDLE] * 3
+    return done.stdout.strip()
+
+
+def test_every_thread_early_or_late_runs_at_idle_priority() -> None:
+    assert [int(p) for p in _child(CHILD).split()] == [os.SCHED_IDLE] * 3
 
 
 SESSION_CHILD = """
@@ -41,23 +47,10 @@ print(group.read_text().split()[-1] if group.exists() else "none")
 """
 
 
-def _session_nice(new_session: bool) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", SESSION_CHILD],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-        check=True,
-        start_new_session=new_session,
-    )
-    return done.stdout.strip()
-
-
 def test_only_the_leader_of_its_own_session_lowers_the_session() -> None:
     group = Path("/proc/self/autogroup")
     ours = group.read_text().split()[-1] if group.exists() else "none"
-    leader, member = _session_nice(True), _session_nice(False)
+    leader, member = _child(SESSION_CHILD, True), _child(SESSION_CHILD)
     assert member == ours  # a process in our session leaves our session's share alone
     assert leader == ("19" if group.exists() else "none")
     assert (group.read_text().split()[-1] if group.exists() else "none") == ours
