@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 from opentelemetry import propagate
 
-from services.common import telemetry
+from services.common import parameters, telemetry
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -41,7 +41,6 @@ SERVICE = "inference.GRPCInferenceService"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
-TRACEPARENT = "traceparent"
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
 
@@ -141,7 +140,7 @@ class Router:
             # The worker stream is shared, so the trace context travels in the request.
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            traceparent = carrier.get("traceparent", "")
+            traceparent = carrier.get("traceparent", "")  # the W3C propagator's key
         started = time.perf_counter()
         model = routing.model_name
         deadline = deadline or time.monotonic() + self.default_timeout
@@ -157,11 +156,11 @@ class Router:
                 # trace context, and how long the caller still waits (the worker does
                 # not start what it can no longer answer in time).
                 remaining_us = int((deadline - time.monotonic()) * 1e6)
-                suffix = wire.int64_parameter(wire.TIMEOUT_PARAMETER, remaining_us)
+                suffix = wire.int64_parameter(parameters.TIMEOUT, remaining_us)
                 if not routing.model_version:
                     suffix += wire.version_field(version)
                 if traceparent:
-                    suffix += wire.string_parameter(TRACEPARENT, traceparent)
+                    suffix += wire.string_parameter(parameters.TRACEPARENT, traceparent)
                 request = data + suffix
                 try:
                     reply = await self._send(model, version, request, deadline)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common import frames, priority
+from services.common import frames, parameters, priority
 from services.common.server import configure_logging
 from services.gateway import wire
 from services.gateway.links import Connector
@@ -141,7 +141,7 @@ async def _drain(
         started = time.perf_counter()
         upstream = pool.pick([address for address, _ in copy.workers], set())
         assert upstream is not None  # the gateway sends no copy without a worker
-        request = copy.request + wire.int64_parameter(wire.TIMEOUT_PARAMETER, left_us)
+        request = copy.request + wire.int64_parameter(parameters.TIMEOUT, left_us)
         try:
             reply = wire.stream_reply(await upstream.send(request, config.timeout, shadow=True))
             if reply.status == DEADLINE_EXCEEDED:

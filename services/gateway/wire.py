@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common import parameters
+
 # ModelInferRequest / ModelInferResponse field numbers (the public V2 definition).
 MODEL_NAME, MODEL_VERSION, ID, PARAMETERS = 1, 2, 3, 4
 # ModelStreamInferResponse.
 ERROR_MESSAGE, INFER_RESPONSE = 1, 2
 # InferParameter oneof.
 BOOL_PARAM, INT64_PARAM, STRING_PARAM, DOUBLE_PARAM, UINT64_PARAM = 1, 2, 3, 4, 5
-# How long the sender still waits, microseconds: a worker does not start what has
-# waited past it (the worker reads the same name).
-TIMEOUT_PARAMETER = "liveml_timeout_us"
 
 
 class WireError(ValueError):
@@ -173,6 +172,6 @@ def stream_reply(data: bytes) -> StreamReply:
     status = 0
     if error and response.nbytes:  # only errors are read further: for their status code
         parsed = routing(bytes(response))
-        if parsed.parameters.get("liveml_status", "").isdigit():
-            status = int(parsed.parameters["liveml_status"])
+        if parsed.parameters.get(parameters.STATUS, "").isdigit():
+            status = int(parsed.parameters[parameters.STATUS])
     return StreamReply(error, response, status)

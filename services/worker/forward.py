@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
-from services.common import frames
+from services.common import frames, parameters
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -190,5 +190,5 @@ class FrameListener:
 
 def _failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:
     failed = pb.ModelInferResponse()
-    failed.parameters["liveml_status"].int64_param = code.value[0]
+    failed.parameters[parameters.STATUS].int64_param = code.value[0]
     return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)

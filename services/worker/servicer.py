@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
-from services.common import telemetry
+from services.common import parameters, telemetry
 from services.common.errors import NotFound, ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -25,7 +25,6 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["model_configuration", "statistics", "model_repository(index)"]
 # Set by gateways: microseconds the caller still waits (the shared stream has no
 # per-request deadline); services/gateway/servicer.py sets it.
-TIMEOUT_PARAMETER = "liveml_timeout_us"
 STREAM_WINDOW = 128  # requests a stream may have in flight before it stops reading
 
 CONFIG_TYPES = {
@@ -73,13 +72,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         """`within`: seconds the caller waits (its gRPC deadline, or a gateway's
         `liveml_timeout_us` parameter); what has not started running by then is not run."""
-        if TIMEOUT_PARAMETER in request.parameters:
-            within = request.parameters[TIMEOUT_PARAMETER].int64_param / 1e6
+        if parameters.TIMEOUT in request.parameters:
+            within = request.parameters[parameters.TIMEOUT].int64_param / 1e6
         expires = None if within is None else time.monotonic() + within
-        if telemetry.tracing_enabled() and "traceparent" in request.parameters:
+        if telemetry.tracing_enabled() and parameters.TRACEPARENT in request.parameters:
             # A gateway's request on a shared stream carries its own trace context.
             parent = propagate.extract(
-                {"traceparent": request.parameters["traceparent"].string_param}
+                {"traceparent": request.parameters[parameters.TRACEPARENT].string_param}
             )
             with trace.get_tracer("liveml").start_as_current_span(
                 "liveml.worker.infer", context=parent
@@ -125,7 +124,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServiceError as exc:
             failed = pb.ModelInferResponse(id=request.id)
             # The status code, so a gateway can tell a retryable failure from bad input.
-            failed.parameters["liveml_status"].int64_param = exc.code.value[0]
+            failed.parameters[parameters.STATUS].int64_param = exc.code.value[0]
             return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
         response.parameters["triton_final_response"].bool_param = True
         return pb.ModelStreamInferResponse(infer_response=response)

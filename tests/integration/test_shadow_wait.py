@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from grpc import aio
 
+from services.common import parameters
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
@@ -61,7 +62,7 @@ def copy_of(model: str, request_id: str) -> bytes:
 async def test_a_copy_not_started_in_time_is_refused_and_not_counted(worker: Worker) -> None:
     """A copy that waits for the shadow thread past its sender's time is refused then,
     never run later, and not counted against its version (the gateway counts it dropped)."""
-    late = copy_of("clf", "late") + wire.int64_parameter(wire.TIMEOUT_PARAMETER, 100_000)
+    late = copy_of("clf", "late") + wire.int64_parameter(parameters.TIMEOUT, 100_000)
     async with aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = wpb_grpc.WorkerServiceStub(channel).Forward()  # type: ignore[no-untyped-call]
         message = wpb.ForwardRequest(requests=[copy_of("slower", "long"), late], shadow=True)
