@@ -263,16 +263,23 @@ async def test_failing_and_slow_mirrors_never_touch_the_primary(tmp_path: Path) 
         await async_wait_until(lambda: len(load.answers) > 2000, 60, "primary traffic")
         await load.stop()
 
-        async def counted() -> str | None:
-            # The shadow process reports what it counted twice a second.
-            text = await asyncio.to_thread(_scrape, metrics_port)
-            seen = (
-                total(text, "liveml_gateway_shadow_dropped_total", version="3"),  # slow: dropped
-                total(text, "liveml_gateway_shadow_compared_total", version="3"),  # or compared
-            )
-            return text if all(seen) else None
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
-        text = await async_wait_until(counted, 30, "the slow mirror's copies counted")
+            async def counted() -> str | None:
+                # Under the 16 clients the idle-priority mirror may get no CPU at all, and
+                # its copies then age out (--shadow-max-wait): one request at a time
+                # leaves it the CPU to compare fresh copies. The shadow process reports
+                # what it counted twice a second.
+                await stub.ModelInfer(infer_request("lin", np.ones((1, 4), np.float32)))
+                text = await asyncio.to_thread(_scrape, metrics_port)
+                seen = (
+                    total(text, "liveml_gateway_shadow_dropped_total", version="3"),  # dropped
+                    total(text, "liveml_gateway_shadow_compared_total", version="3"),  # compared
+                )
+                return text if all(seen) else None
+
+            text = await async_wait_until(counted, 30, "the slow mirror's copies counted")
     assert load.failures == []
     assert {v for _, v in load.answers} == {"1"}
     shadow_errors = total(
