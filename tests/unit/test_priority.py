@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -38,19 +39,28 @@ def test_every_thread_early_or_late_runs_at_idle_priority() -> None:
     assert [int(p) for p in _child(CHILD).split()] == [os.SCHED_IDLE] * 3
 
 
-SESSION_CHILD = """
+def _nice() -> str:
+    """This process's session share (autogroup nice), or "none" outside autogroups."""
+    group = Path("/proc/self/autogroup")
+    # Empty when the kernel keeps the process out of autogroups (its own cgroup).
+    return (group.read_text().split() or ["none"])[-1] if group.exists() else "none"
+
+
+SESSION_CHILD = f"""
 from pathlib import Path
 from services.common import priority
+{inspect.getsource(_nice)}
+before = _nice()
 priority.lower_own_session()
-group = Path("/proc/self/autogroup")
-print(group.read_text().split()[-1] if group.exists() else "none")
+print(before, _nice())
 """
 
 
 def test_only_the_leader_of_its_own_session_lowers_the_session() -> None:
-    group = Path("/proc/self/autogroup")
-    ours = group.read_text().split()[-1] if group.exists() else "none"
-    leader, member = _child(SESSION_CHILD, True), _child(SESSION_CHILD)
-    assert member == ours  # a process in our session leaves our session's share alone
-    assert leader == ("19" if group.exists() else "none")
-    assert (group.read_text().split()[-1] if group.exists() else "none") == ours
+    ours = _nice()
+    leader = _child(SESSION_CHILD, new_session=True).split()
+    member = _child(SESSION_CHILD).split()
+    assert member == [ours, ours]  # a process in our session leaves our session's share alone
+    # A new session has a share of its own only where the kernel groups by session.
+    assert leader[1] == ("none" if leader[0] == "none" else "19"), leader
+    assert _nice() == ours
