@@ -95,15 +95,20 @@ class RoutingTable:
             raise NotFound(f"Request for unknown model: '{model}' is not found")
         return found
 
+    def known_version(self, model: str, version: str) -> int:
+        """The number of a version the request names, if the model's rollout knows it."""
+        number = versions_.number(version)
+        if not self.route(model).known(number):
+            raise NotFound(
+                f"Request for unknown model: '{model}' version {number} is not found "
+                "(not a target, mirror or pinned version of its rollout)"
+            )
+        return number
+
     def choose(self, model: str, version: str, sticky: str | None) -> Choice:
         route = self.route(model)
         if version:
-            number = versions_.number(version)
-            if not route.known(number):
-                raise NotFound(
-                    f"Request for unknown model: '{model}' version {number} is not found "
-                    "(not a target, mirror or pinned version of its rollout)"
-                )
+            number = self.known_version(model, version)
             if not route.ready.get(number):
                 only = " (only on mirror workers, which take no client's request)"
                 raise Unavailable(

@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 from opentelemetry import propagate
 
-from services.common import parameters, telemetry
+from services.common import parameters, telemetry, v2
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -29,7 +29,7 @@ from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.streams import OrderedStreams
 from services.common.windows import WindowBook
-from services.gateway import metrics, wire
+from services.gateway import metrics, statistics, wire
 from services.gateway.feedback import FeedbackBook
 from services.gateway.outputs import first_output, is_positive, prediction
 from services.gateway.routing import RoutingTable
@@ -43,6 +43,7 @@ CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
+STATISTICS_SECONDS = 5.0  # a worker that takes longer is left out of the sum
 
 
 class Router:
@@ -281,7 +282,7 @@ class ControlFront:
         return pb.ServerMetadataResponse(
             name="liveml-gateway",
             version=dist_version("liveml"),
-            extensions=["model_configuration"],
+            extensions=v2.EXTENSIONS,
         )
 
     async def _forward(self, method: str, request: Any, context: Ctx) -> Any:
@@ -308,6 +309,24 @@ class ControlFront:
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> Any:
         return await self._forward("ModelConfig", request, context)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Ctx) -> Any:
+        async def ask(
+            address: str, request: pb.ModelStatisticsRequest
+        ) -> pb.ModelStatisticsResponse:
+            stub = pb_grpc.GRPCInferenceServiceStub(self.channel_for(address))  # type: ignore[no-untyped-call]
+            reply: pb.ModelStatisticsResponse = await stub.ModelStatistics(
+                request, timeout=STATISTICS_SECONDS
+            )
+            return reply
+
+        try:
+            return await statistics.gather(self.router.table(), request, ask)
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def not_offered(self, request: bytes, context: Ctx) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, v2.NOT_OFFERED)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Ctx) -> Any:
         rows = []
@@ -374,5 +393,10 @@ def inference_handler(front: InferenceFront, control: ControlFront) -> grpc.Gene
             "ModelMetadata": typed(control.ModelMetadata, pb.ModelMetadataRequest),
             "ModelConfig": typed(control.ModelConfig, pb.ModelConfigRequest),
             "RepositoryIndex": typed(control.RepositoryIndex, pb.RepositoryIndexRequest),
+            "ModelStatistics": typed(control.ModelStatistics, pb.ModelStatisticsRequest),
+            **{
+                method: grpc.unary_unary_rpc_method_handler(control.not_offered)
+                for method in v2.NOT_OFFERED_METHODS
+            },
         },
     )

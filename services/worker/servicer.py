@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
-from services.common import parameters, telemetry
+from services.common import parameters, telemetry, v2
 from services.common.errors import NotFound, ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -22,7 +22,6 @@ from services.worker.repository import Held, Repository, State
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["model_configuration", "statistics", "model_repository(index)"]
 # Set by gateways: microseconds the caller still waits (the shared stream has no
 # per-request deadline); services/gateway/servicer.py sets it.
 STREAM_WINDOW = 128  # requests a stream may have in flight before it stops reading
@@ -139,7 +138,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: Ctx) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name=self.name, version=dist_version("liveml"), extensions=EXTENSIONS
+            name=self.name, version=dist_version("liveml"), extensions=v2.EXTENSIONS
         )
 
     @abort_on_error
@@ -226,19 +225,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # --- not offered: explicit model control and shared memory ------------------------------
 
     async def _unimplemented(self, request: Any, context: Ctx) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "not supported by liveml: models are loaded through the registry's rollouts "
-            "(or the --model-dir folder) and tensors travel in the request",
-        )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, v2.NOT_OFFERED)
 
-    RepositoryModelLoad = _unimplemented
-    RepositoryModelUnload = _unimplemented
-    SystemSharedMemoryStatus = _unimplemented
-    SystemSharedMemoryRegister = _unimplemented
-    SystemSharedMemoryUnregister = _unimplemented
-    CudaSharedMemoryStatus = _unimplemented
-    CudaSharedMemoryRegister = _unimplemented
-    CudaSharedMemoryUnregister = _unimplemented
-    TraceSetting = _unimplemented
-    LogSettings = _unimplemented
+
+# One answer for every Triton method liveml does not offer (the list the gateway uses too).
+for _method in v2.NOT_OFFERED_METHODS:
+    setattr(InferenceServicer, _method, InferenceServicer._unimplemented)

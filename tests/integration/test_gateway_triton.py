@@ -8,7 +8,9 @@ text, with each answer computed by the version that says it answered.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -59,15 +61,40 @@ for i in range(4):
     result, error = results.get(timeout=60)
     OUT["stream"].append(answer(result, f"s{i}") if error is None else ["error", error.message()])
 c.stop_stream()
+
+def stats(client, *args):
+    def d(x):
+        return [x.count, x.ns]
+    return [
+        {"model": m.name, "version": m.version, "inference_count": m.inference_count,
+         "execution_count": m.execution_count, "last_inference": m.last_inference,
+         **{k: d(getattr(m.inference_stats, k)) for k in ("success", "fail", "queue", "compute_infer")},
+         "batches": {str(b.batch_size): d(b.compute_infer) for b in m.batch_stats}}
+        for m in client.get_inference_statistics(*args).model_stats
+    ]
+
+OUT["stats"], OUT["stats_all"] = stats(c, "lin"), stats(c)
+OUT["stats_v1"] = stats(c, "lin", "1")
+OUT["per_worker"] = [stats(grpcclient.InferenceServerClient(f"127.0.0.1:{p}"), "lin")
+                     for p in ARGS["workers"]]
+OUT["stats_unknown"] = status(lambda: c.get_inference_statistics("nope"))
+OUT["stats_unknown_version"] = status(lambda: c.get_inference_statistics("lin", "7"))
+OUT["load"] = status(lambda: c.load_model("lin"))
+OUT["shm"] = status(lambda: c.get_system_shared_memory_status())
+OUT["extensions"] = list(c.get_server_metadata().extensions)
 """
 
 
 async def test_tritonclient_cannot_tell_the_gateway_from_a_worker(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
-        port = await two_versions(tmp_path, c)  # lin: v1 90%, v2 10%, both pinnable
+        # lin: v1 90%, v2 10%, both pinnable, on two workers
+        port = await two_versions(tmp_path, c, workers=2)
         x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
         np.save(tmp_path / "x.npy", x)
-        out = run_client(CLIENT, port=port, x=str(tmp_path / "x.npy"), dir=str(tmp_path))
+        workers = [p for _, p in c.workers.values()]
+        out = run_client(
+            CLIENT, port=port, x=str(tmp_path / "x.npy"), dir=str(tmp_path), workers=workers
+        )
 
     expected = {
         v: ort.InferenceSession(str(models.linear(tmp_path / f"check{v}.onnx", seed=v))).run(
@@ -113,3 +140,43 @@ async def test_tritonclient_cannot_tell_the_gateway_from_a_worker(tmp_path: Path
     check(out["stream"][1], "s1", "1")
     assert out["stream"][2][0] == "error" and "'lin' version 7 is not found" in out["stream"][2][1]
     check(out["stream"][3], "s3", "2")
+
+    # Statistics: the workers' added up, per version; the six answers above all counted.
+    assert [len(rows) for rows in out["per_worker"]] == [2, 2]  # each holds v1 and v2
+    expected_stats = add_up(out["per_worker"])
+    assert out["stats"] == expected_stats and out["stats_all"] == expected_stats
+    assert sum(row["success"][0] for row in out["stats"]) == 6
+    assert out["stats_v1"] == [row for row in expected_stats if row["version"] == "1"]
+    assert out["stats_unknown"] == [
+        "StatusCode.NOT_FOUND",
+        "Request for unknown model: 'nope' is not found",
+    ]
+    assert out["stats_unknown_version"][0] == "StatusCode.NOT_FOUND"
+    assert "'lin' version 7 is not found" in out["stats_unknown_version"][1]
+    for call in ("load", "shm"):
+        assert out[call][0] == "StatusCode.UNIMPLEMENTED"
+        assert "models are loaded through the registry's rollouts" in out[call][1]
+    assert out["extensions"] == ["model_configuration", "statistics", "model_repository(index)"]
+
+
+DURATIONS = ("success", "fail", "queue", "compute_infer")
+
+
+def add_up(per_worker: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Statistics rows of several servers as one server would report them."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in (row for rows in per_worker for row in rows):
+        key = (row["model"], row["version"])
+        if key not in totals:
+            totals[key] = copy.deepcopy(row)
+            continue
+        total = totals[key]
+        total["last_inference"] = max(total["last_inference"], row["last_inference"])
+        for name in ("inference_count", "execution_count"):
+            total[name] += row[name]
+        for name in DURATIONS:
+            total[name] = [a + b for a, b in zip(total[name], row[name], strict=True)]
+        for size, duration in row["batches"].items():
+            held = total["batches"].get(size, [0, 0])
+            total["batches"][size] = [a + b for a, b in zip(held, duration, strict=True)]
+    return [totals[key] for key in sorted(totals)]
