@@ -125,6 +125,13 @@ class RoutingTable:
         point = bucket(sticky) if sticky else random.random() * 100
         return Choice(weights.pick(live, point), redistributed)
 
+    def reachable(self, model: str) -> list[int]:
+        """Versions a client can ask for by number: known to the rollout, READY for clients."""
+        route = self.models.get(model)
+        if route is None:
+            return []
+        return sorted(v for v, workers in route.ready.items() if workers and route.known(v))
+
     def workers(self, model: str, version: int, shadow: bool = False) -> tuple[str, ...]:
         route = self.models.get(model)
         if route is None:

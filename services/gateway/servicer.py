@@ -305,7 +305,12 @@ class ControlFront:
         return await self._forward("ModelReady", request, context)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:
-        return await self._forward("ModelMetadata", request, context)
+        asked = request.version
+        reply = await self._forward("ModelMetadata", request, context)
+        if not asked:  # as a worker answers: every version a client can reach here
+            del reply.versions[:]
+            reply.versions.extend(str(v) for v in self.router.table().reachable(request.name))
+        return reply
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> Any:
         return await self._forward("ModelConfig", request, context)

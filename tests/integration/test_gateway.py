@@ -147,7 +147,8 @@ async def test_pinning_and_its_errors(tmp_path: Path) -> None:
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "expected shape [-1, 4]" in str(err.value.details())
             meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="lin"))
-            assert meta.versions == ["2"] and meta.inputs[0].name == "x"
+            # v1 is pinned, so still reachable by its number.
+            assert meta.versions == ["1", "2"] and meta.inputs[0].name == "x"
 
 
 async def test_feedback_is_joined_to_the_answering_version(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ OUT["ready_unknown"] = status(lambda: c.is_model_ready("nope"))
 meta = c.get_model_metadata("lin", "1")
 OUT["meta"] = [meta.name, list(meta.versions), meta.platform,
                [(t.name, t.datatype, list(t.shape)) for t in meta.inputs]]
+OUT["versions"] = list(c.get_model_metadata("lin").versions)
 OUT["config"] = c.get_model_config("lin", "2").config.name
 index = c.get_model_repository_index()
 OUT["index"] = sorted((m.name, m.version, m.state) for m in index.models)
@@ -115,6 +116,7 @@ async def test_tritonclient_cannot_tell_the_gateway_from_a_worker(tmp_path: Path
         "Request for unknown model: 'nope' is not found",
     ]
     assert out["meta"] == ["lin", ["1"], "onnxruntime_onnx", [["x", "FP32", [-1, 4]]]]
+    assert out["versions"] == ["1", "2"]  # without a version: all a client can reach
     assert out["config"] == "lin"
     assert out["index"] == [["lin", "1", "READY"], ["lin", "2", "READY"]]
     for answer, (request_id, version) in zip(
