@@ -8,12 +8,15 @@ its threads; threads started later inherit the policy of the thread that starts 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
+import time
 from typing import Literal
 
 log = logging.getLogger(__name__)
+AUTOGROUP_TRIES = 10  # at 0.11 s apart: past other processes' writes
 
 Priority = Literal["idle", "low", "normal"]
 
@@ -55,8 +58,17 @@ def lower_own_session() -> None:
     """
     if os.getsid(0) != os.getpid():
         return
-    try:
-        with open("/proc/self/autogroup", "w") as group:
-            group.write("19")
-    except OSError as exc:  # no autogroups (a container, another kernel): nothing to do
-        log.debug("session priority unchanged: %s", exc)
+    for attempt in range(AUTOGROUP_TRIES):
+        try:
+            with open("/proc/self/autogroup", "w") as group:
+                group.write("19")
+            return
+        except OSError as exc:
+            # Without CAP_SYS_ADMIN the kernel takes one such write per 100 ms on the
+            # whole machine (EAGAIN): another process's write, so try again shortly.
+            if exc.errno == errno.EAGAIN and attempt + 1 < AUTOGROUP_TRIES:
+                time.sleep(0.11)
+                continue
+            # No autogroups (a container, another kernel): nothing to do.
+            log.debug("session priority unchanged: %s", exc)
+            return

@@ -6,7 +6,7 @@ and answer the Triton methods liveml does not offer with the same explanation.
 
 from __future__ import annotations
 
-EXTENSIONS = ["model_configuration", "statistics", "model_repository(index)"]
+EXTENSIONS = ("model_configuration", "statistics", "model_repository(index)")
 
 NOT_OFFERED = (
     "not supported by liveml: models are loaded through the registry's rollouts "

@@ -43,7 +43,7 @@ CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
-STATISTICS_SECONDS = 5.0  # a worker that takes longer is left out of the sum
+STATISTICS_SECONDS = 5.0  # longest wait for one worker's statistics
 
 
 class Router:
@@ -265,7 +265,8 @@ class InferenceFront:
 
 
 class ControlFront:
-    """The rest of the inference service: health locally, metadata from a worker."""
+    """The rest of the inference service: health and the index from the routing table,
+    metadata and config from a worker, statistics added up over the workers."""
 
     def __init__(self, router: Router, channel_for: Callable[[str], aio.Channel]) -> None:
         self.router = router
@@ -285,8 +286,10 @@ class ControlFront:
             extensions=v2.EXTENSIONS,
         )
 
-    async def _forward(self, method: str, request: Any, context: Ctx) -> Any:
-        table = self.router.table()
+    async def _forward(
+        self, method: str, request: Any, context: Ctx, table: RoutingTable | None = None
+    ) -> Any:
+        table = table or self.router.table()
         try:
             choice = table.choose(request.name, request.version, None)
         except ServiceError as exc:
@@ -305,23 +308,26 @@ class ControlFront:
         return await self._forward("ModelReady", request, context)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:
-        asked = request.version
-        reply = await self._forward("ModelMetadata", request, context)
+        asked, table = request.version, self.router.table()
+        reply = await self._forward("ModelMetadata", request, context, table)
         if not asked:  # as a worker answers: every version a client can reach here
             del reply.versions[:]
-            reply.versions.extend(str(v) for v in self.router.table().reachable(request.name))
+            reply.versions.extend(str(v) for v in table.reachable(request.name))
         return reply
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> Any:
         return await self._forward("ModelConfig", request, context)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Ctx) -> Any:
+        remaining = context.time_remaining()
+        timeout = STATISTICS_SECONDS if remaining is None else min(STATISTICS_SECONDS, remaining)
+
         async def ask(
-            address: str, request: pb.ModelStatisticsRequest
+            address: str, question: pb.ModelStatisticsRequest
         ) -> pb.ModelStatisticsResponse:
             stub = pb_grpc.GRPCInferenceServiceStub(self.channel_for(address))  # type: ignore[no-untyped-call]
             reply: pb.ModelStatisticsResponse = await stub.ModelStatistics(
-                request, timeout=STATISTICS_SECONDS
+                question, timeout=timeout
             )
             return reply
 

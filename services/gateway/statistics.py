@@ -1,10 +1,11 @@
 """Model statistics for the whole fleet: the workers' `ModelStatistics`, added up.
 
 A client asking the gateway (Triton's statistics extension) sees what one server
-carrying every worker's load would report: counts and durations summed per model
-version, the last inference the latest of any worker's. A worker that does not
-answer in time is left out rather than failing the call: statistics are for looking,
-and a worker that just died has none to give.
+carrying every worker's load would report: counts and durations summed per version
+the routing table serves (to clients, or to mirrors: the copies a mirror ran count
+too), the last inference the latest of any worker's. A worker that does not answer
+fails the call with UNAVAILABLE rather than being left out, because tools take the
+difference of two snapshots and a missing worker would make the totals go down.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
+import grpc
 from google.protobuf.message import Message
 from grpc import aio
 
+from services.common.errors import Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.gateway.routing import RoutingTable
 
@@ -22,36 +25,62 @@ from services.gateway.routing import RoutingTable
 Ask = Callable[[str, pb.ModelStatisticsRequest], Awaitable[pb.ModelStatisticsResponse]]
 
 
-def holders(table: RoutingTable, name: str, version: str) -> list[str]:
-    """Workers that hold what the request names (for a named model: NOT_FOUND if unknown)."""
-    if not name:
-        models, wanted = list(table.models.values()), None
-    else:  # as a worker does, a version counts only with a model's name
-        wanted = {table.known_version(name, version)} if version else None
-        models = [table.route(name)]
-    return sorted(
-        {
-            address
-            for route in models
-            for held in (route.ready, route.shadow)
-            for number, addresses in held.items()
-            if wanted is None or number in wanted
-            for address in addresses
-        }
-    )
+def served(table: RoutingTable, name: str, version: str) -> dict[tuple[str, str], set[str]]:
+    """(model, version) -> the workers holding it READY, for what the request names.
+
+    A named model or version the rollout does not know is NOT_FOUND; one that no worker
+    holds READY is UNAVAILABLE, as for inference. As a worker does, a version counts
+    only with a model's name.
+    """
+    if name:
+        wanted = table.known_version(name, version) if version else None
+        routes = {name: table.route(name)}
+    else:
+        wanted, routes = None, table.models
+    found: dict[tuple[str, str], set[str]] = {}
+    for model, route in routes.items():
+        for held in (route.ready, route.shadow):
+            for number, addresses in held.items():
+                if addresses and (wanted is None or number == wanted):
+                    found.setdefault((model, str(number)), set()).update(addresses)
+    if name and not found:
+        what = f"'{name}' version {version}" if version else f"'{name}'"
+        raise Unavailable(f"model {what} is not READY on any worker")
+    return found
 
 
 async def gather(
     table: RoutingTable, request: pb.ModelStatisticsRequest, ask: Ask
 ) -> pb.ModelStatisticsResponse:
-    async def one(address: str) -> pb.ModelStatisticsResponse | None:
+    wanted = served(table, request.name, request.version)
+
+    async def one(address: str) -> pb.ModelStatisticsResponse:
         try:
             return await ask(address, request)
-        except (aio.AioRpcError, TimeoutError):
-            return None  # gone, or no longer holding the version: nothing to add
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return pb.ModelStatisticsResponse()  # unloaded since the table was built
+            raise Unavailable(
+                f"worker {address} did not give its statistics ({exc.code().name}: "
+                f"{exc.details()}); try again"
+            ) from None
 
-    parts = await asyncio.gather(*(one(a) for a in holders(table, request.name, request.version)))
-    return combine(part for part in parts if part is not None)
+    addresses = sorted(set().union(*wanted.values()))
+    parts = await asyncio.gather(*(one(a) for a in addresses), return_exceptions=True)
+    for part in parts:
+        if isinstance(part, BaseException):
+            raise part
+    # Only each version's READY holders count: a worker asked for another version may
+    # also report this one draining, and it was not asked everywhere it drains.
+    return combine(
+        pb.ModelStatisticsResponse(
+            model_stats=[
+                m for m in part.model_stats if address in wanted.get((m.name, m.version), set())
+            ]
+        )
+        for address, part in zip(addresses, parts, strict=True)
+        if isinstance(part, pb.ModelStatisticsResponse)
+    )
 
 
 def combine(parts: Iterable[pb.ModelStatisticsResponse]) -> pb.ModelStatisticsResponse:

@@ -231,3 +231,4 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 # One answer for every Triton method liveml does not offer (the list the gateway uses too).
 for _method in v2.NOT_OFFERED_METHODS:
     setattr(InferenceServicer, _method, InferenceServicer._unimplemented)
+del _method

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 CHILD = """
 import os, threading
@@ -42,7 +45,7 @@ def test_every_thread_early_or_late_runs_at_idle_priority() -> None:
 def _nice() -> str:
     """This process's session share (autogroup nice), or "none" outside autogroups."""
     group = Path("/proc/self/autogroup")
-    # Empty when the kernel keeps the process out of autogroups (its own cgroup).
+    # Empty in the kernel's default group: no process before it started a session.
     return (group.read_text().split() or ["none"])[-1] if group.exists() else "none"
 
 
@@ -61,6 +64,41 @@ def test_only_the_leader_of_its_own_session_lowers_the_session() -> None:
     leader = _child(SESSION_CHILD, new_session=True).split()
     member = _child(SESSION_CHILD).split()
     assert member == [ours, ours]  # a process in our session leaves our session's share alone
-    # A new session has a share of its own only where the kernel groups by session.
+    # A new session has a share of its own wherever the kernel has autogroups.
     assert leader[1] == ("none" if leader[0] == "none" else "19"), leader
     assert _nice() == ours
+
+
+UNPRIVILEGED_LEADER = """
+import sys
+from services.common import priority
+print("ready", flush=True)
+sys.stdin.readline()
+priority.lower_own_session()
+print(open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="needs root, to write another session's share and then drop privileges",
+)
+def test_an_unprivileged_leader_waits_out_the_kernels_rate_limit() -> None:
+    # Without CAP_SYS_ADMIN the kernel refuses (EAGAIN) a write within 100 ms of any
+    # other process's: write a child's share ourselves, then let it lower its own.
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    child = subprocess.Popen(
+        [*drop, sys.executable, "-c", UNPRIVILEGED_LEADER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "ready"
+    Path(f"/proc/{child.pid}/autogroup").write_text("5")
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0 and out.strip() == "19"
