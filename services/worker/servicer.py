@@ -22,8 +22,6 @@ from services.worker.repository import Held, Repository, State
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 
 PLATFORM = "onnxruntime_onnx"
-# Set by gateways: microseconds the caller still waits (the shared stream has no
-# per-request deadline); services/gateway/servicer.py sets it.
 STREAM_WINDOW = 128  # requests a stream may have in flight before it stops reading
 
 CONFIG_TYPES = {
