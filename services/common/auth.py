@@ -28,6 +28,8 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"
     WORKER = "worker"
     CLIENT = "client"
+    INGEST = "ingest"
+    GATEWAY = "gateway"
 
 
 @dataclass(frozen=True)

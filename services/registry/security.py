@@ -24,6 +24,8 @@ ROLE_TO_PROTO = {
     Role.VIEWER: rpb.ROLE_VIEWER,
     Role.WORKER: rpb.ROLE_WORKER,
     Role.CLIENT: rpb.ROLE_CLIENT,
+    Role.INGEST: rpb.ROLE_INGEST,
+    Role.GATEWAY: rpb.ROLE_GATEWAY,
 }
 PROTO_TO_ROLE: dict[int, Role] = {v: k for k, v in ROLE_TO_PROTO.items()}
 

@@ -328,7 +328,7 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         if role is None:
             raise InvalidArgument(
                 "role must be one of ROLE_ADMIN, ROLE_DEPLOYER, ROLE_PUBLISHER, ROLE_VIEWER, "
-                "ROLE_WORKER, ROLE_CLIENT"
+                "ROLE_WORKER, ROLE_CLIENT, ROLE_INGEST, ROLE_GATEWAY"
             )
         if not request.display_name:
             raise InvalidArgument("display_name is required: say who or what the token is for")

@@ -56,6 +56,8 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_VIEWER: _ClassVar[Role]
     ROLE_WORKER: _ClassVar[Role]
     ROLE_CLIENT: _ClassVar[Role]
+    ROLE_INGEST: _ClassVar[Role]
+    ROLE_GATEWAY: _ClassVar[Role]
 
 class WindowSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +91,8 @@ ROLE_PUBLISHER: Role
 ROLE_VIEWER: Role
 ROLE_WORKER: Role
 ROLE_CLIENT: Role
+ROLE_INGEST: Role
+ROLE_GATEWAY: Role
 WINDOW_SOURCE_UNSPECIFIED: WindowSource
 WINDOW_SOURCE_GATEWAY: WindowSource
 WINDOW_SOURCE_WORKER: WindowSource
