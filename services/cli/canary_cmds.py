@@ -35,7 +35,9 @@ from services.cli.registry_cmds import (
     _table,
     _time,
     _ttl,
+    held_text,
     rollout_app,
+    serving_text,
     stdout,
 )
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -81,12 +83,42 @@ def rollout_canary(
         float, typer.Option(help="Largest candidate minus stable error rate.")
     ] = 0.02,
     max_p99_ratio: Annotated[
-        float, typer.Option(help="Largest candidate p99 over stable p99.")
-    ] = 1.5,
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Largest candidate p99 over stable p99 [default: 1.5, judged when both "
+            "answered; given: required]",
+            show_default=False,
+        ),
+    ] = None,
     max_accuracy_drop: Annotated[
-        float, typer.Option(help="Largest stable minus candidate feedback accuracy.")
-    ] = 0.05,
-    max_drift_psi: Annotated[float, typer.Option(help="Largest PSI of any feature.")] = 0.25,
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Largest stable minus candidate feedback accuracy [default: 0.05, judged "
+            "when both have feedback; given: required, so a step without enough feedback "
+            "waits and, after --max-idle-intervals, fails]",
+            show_default=False,
+        ),
+    ] = None,
+    min_feedback: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Feedback labels each version needs before accuracy is judged "
+            "[default: max(10, min_requests / 5); given: accuracy is required]",
+            show_default=False,
+        ),
+    ] = None,
+    max_drift_psi: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Largest PSI of any feature [default: 0.25, judged when the version has "
+            "reference statistics; given: required]",
+            show_default=False,
+        ),
+    ] = None,
     max_fairness_gap: Annotated[
         float, typer.Option(help="Largest parity gap across groups (0 = not checked).")
     ] = 0.0,
@@ -104,9 +136,10 @@ def rollout_canary(
         step_interval=_duration(interval, "--interval"),
         min_requests=min_requests,
         max_error_rate_delta=max_error_rate_delta,
-        max_p99_latency_ratio=max_p99_ratio,
-        max_accuracy_drop=max_accuracy_drop,
-        max_drift_psi=max_drift_psi,
+        max_p99_latency_ratio=max_p99_ratio or 0.0,
+        max_accuracy_drop=max_accuracy_drop or 0.0,
+        min_feedback=min_feedback or 0,
+        max_drift_psi=max_drift_psi or 0.0,
         max_fairness_gap=max_fairness_gap,
         ready_timeout=_duration(ready_timeout, "--ready-timeout"),
         max_idle_intervals=max_idle_intervals,
@@ -139,17 +172,31 @@ def rollout_canary(
     _fields(_status_fields(resp.rollout), title=f"canary of v{version} started")
 
 
-def _status_fields(rollout: rpb.Rollout) -> list[tuple[str, str]]:
+def _status_fields(
+    rollout: rpb.Rollout, view: rpb.GetRolloutResponse | None = None
+) -> list[tuple[str, str]]:
     status = rollout.status
     rows = [("targets", _shares(rollout.targets))]
+    if view is not None:
+        rows.append(("serving now", serving_text(view.serving)))
+        rows += [("held", line) for line in held_text(view.held)]
     if status.phase:
         steps = list(rollout.analysis.steps)
-        at = steps[status.step_index] if status.step_index < len(steps) else 100
         every = rollout.analysis.step_interval.ToTimedelta()
+        share = {t.version: t.percent for t in rollout.targets}
+        candidate, stable = status.candidate_version, status.stable_version
+        phase = status.phase
+        if phase in (rpb.AnalysisStatus.PHASE_PROGRESSING, rpb.AnalysisStatus.PHASE_PAUSED):
+            at = steps[status.step_index] if status.step_index < len(steps) else 100
+            shown = (f"v{stable} at {share.get(stable, 0)}%", f"v{candidate} at {at}%")
+        elif phase == rpb.AnalysisStatus.PHASE_PROMOTED:
+            shown = (f"v{stable} (retired)", f"v{candidate} at 100% (promoted)")
+        else:
+            shown = (f"v{stable} at 100%", f"v{candidate} at 0% (rolled back)")
         rows += [
             ("phase", _short(rpb.AnalysisStatus.Phase, status.phase)),
-            ("stable", f"v{status.stable_version}"),
-            ("candidate", f"v{status.candidate_version} at {at}%"),
+            ("stable", shown[0]),
+            ("candidate", shown[1]),
             ("steps", f"{', '.join(f'{s}%' for s in steps)} every {every}"),
             ("step started", _time(status.step_start_time)),
             ("last decision", status.last_decision),
@@ -168,6 +215,7 @@ def _metrics_table(rollout: rpb.Rollout, metrics: Iterable[rpb.VersionMetrics]) 
         "ready",
         "requests",
         "error rate",
+        "client errors",
         "p50 ms",
         "p99 ms",
         "accuracy",
@@ -182,6 +230,7 @@ def _metrics_table(rollout: rpb.Rollout, metrics: Iterable[rpb.VersionMetrics]) 
             str(m.ready_workers),
             str(m.requests),
             f"{m.error_rate:.3f}" if m.requests else "-",
+            str(m.client_errors),
             f"{m.p50_seconds * 1e3:.2f}" if m.requests else "-",
             f"{m.p99_seconds * 1e3:.2f}" if m.requests else "-",
             f"{m.accuracy:.3f} ({m.feedback_total})" if m.feedback_total else "-",
@@ -191,23 +240,25 @@ def _metrics_table(rollout: rpb.Rollout, metrics: Iterable[rpb.VersionMetrics]) 
     return table
 
 
-def _status_view(registry: Registry, model: str) -> tuple[rpb.Rollout, list[rpb.VersionMetrics]]:
+def _status_view(
+    registry: Registry, model: str
+) -> tuple[rpb.GetRolloutResponse, list[rpb.VersionMetrics]]:
     rollout: rpb.GetRolloutResponse = registry.GetRollout(
         rpb.GetRolloutRequest(name=_rollout_name(model))
     )
     metrics: rpb.GetVersionMetricsResponse = registry.GetVersionMetrics(
         rpb.GetVersionMetricsRequest(parent=f"models/{model.removeprefix('models/')}")
     )
-    return rollout.rollout, list(metrics.metrics)
+    return rollout, list(metrics.metrics)
 
 
-def _render(model: str, rollout: rpb.Rollout, metrics: list[rpb.VersionMetrics]) -> Group:
+def _render(model: str, view: rpb.GetRolloutResponse, metrics: list[rpb.VersionMetrics]) -> Group:
     fields = Table(show_header=False, title=f"rollout of {model}")
     fields.add_column(style="bold")
     fields.add_column()
-    for key, value in _status_fields(rollout):
+    for key, value in _status_fields(view.rollout, view):
         fields.add_row(key, Text(value or "-"))
-    return Group(fields, _metrics_table(rollout, metrics))
+    return Group(fields, _metrics_table(view.rollout, metrics))
 
 
 @rollout_app.command("status")
@@ -225,7 +276,12 @@ def rollout_status(
     with connect(conn) as registry:
         rollout, metrics = _status_view(registry, model)
         if json_output:
-            shown = {"rollout": _as_dict(rollout), "metrics": [_as_dict(m) for m in metrics]}
+            shown = {
+                "rollout": _as_dict(rollout.rollout),
+                "serving": [_as_dict(s) for s in rollout.serving],
+                "held": [_as_dict(h) for h in rollout.held],
+                "metrics": [_as_dict(m) for m in metrics],
+            }
             typer.echo(json.dumps(shown, indent=2))
             return
         if not watch:

@@ -642,6 +642,28 @@ def _shares(targets: Iterable[rpb.TrafficTarget]) -> str:
     return ", ".join(f"v{t.version} {t.percent}%" for t in targets) or "-"
 
 
+def _percent(value: float) -> str:
+    return f"{value:.1f}".removesuffix(".0") + "%"
+
+
+def serving_text(shares: Iterable[rpb.ServingShare]) -> str:
+    """The split as served now, e.g. `v1 100%`."""
+    return ", ".join(f"v{s.version} {_percent(s.percent)}" for s in shares) or "nothing READY"
+
+
+def held_text(held: Iterable[rpb.HeldShare]) -> list[str]:
+    """One line per held share: `v2 not READY (FAILED on workers/w1: ...); its 100% held on v1`."""
+    lines = []
+    for h in held:
+        where = (
+            "held on " + ", ".join(f"v{v}" for v in h.held_on)
+            if h.held_on
+            else "nothing can take it: its requests fail"
+        )
+        lines.append(f"v{h.version} not READY ({h.reason}); its {h.percent}% {where}")
+    return lines
+
+
 def _analysis(policy: rpb.AnalysisPolicy) -> str:
     if not policy.steps:
         return "-"
@@ -656,6 +678,7 @@ def _rollout_fields(rollout: rpb.Rollout) -> list[tuple[str, str]]:
         ("mirrors", _shares(rollout.mirrors)),
         ("pinned", ", ".join(f"v{v}" for v in rollout.pinned)),
         ("sticky key", rollout.sticky_key),
+        ("fallback", serving_text(rollout.fallback) if rollout.fallback else ""),
         ("analysis", _analysis(rollout.analysis)),
         ("revision", str(rollout.revision)),
         ("updater", rollout.updater),
@@ -752,9 +775,21 @@ def rollout_set(
     sticky_key: Annotated[
         str, typer.Option(help="Request parameter or metadata key that keeps a client on one side.")
     ] = "",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Move traffic at once, even to versions not READY anywhere (their share "
+            "fails until they are). By default a share moves only once its version is "
+            "READY on some worker.",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Replace a model's rollout (the previous one stays in its history)."""
+    """Replace a model's rollout (the previous one stays in its history).
+
+    Make before break: a target's share moves to it once it is READY on some worker;
+    until then the versions that served it keep it (see `rollout show`)."""
     rollout = rpb.Rollout(
         name=_rollout_name(model),
         targets=_traffic(targets, "--target"),
@@ -764,12 +799,21 @@ def rollout_set(
     )
     with connect(conn) as registry:
         resp: rpb.UpdateRolloutResponse = registry.UpdateRollout(
-            rpb.UpdateRolloutRequest(rollout=rollout)
+            rpb.UpdateRolloutRequest(rollout=rollout, force=force)
         )
     if json_output:
         _print_json(resp)
         return
     _fields(_rollout_fields(resp.rollout), title="rollout updated")
+    if resp.rollout.fallback:
+        stdout.print(
+            Text(
+                "a target is not READY on any worker yet: its share stays with what served "
+                f"({serving_text(resp.rollout.fallback)}) until it is; see `liveml rollout "
+                f"show {_model_id(model)}`",
+                style="yellow",
+            )
+        )
 
 
 @rollout_app.command("show")
@@ -784,10 +828,21 @@ def rollout_show(conn: Connection, model: ModelArg, json_output: JsonFlag = Fals
     rollout = resp.rollout
     if json_output:
         holding = [w for w in workers or () if any(_holds(s, model) for s in w.versions)]
-        shown = {"rollout": _as_dict(rollout), "workers": [_as_dict(w) for w in holding]}
+        shown = {
+            "rollout": _as_dict(rollout),
+            "serving": [_as_dict(s) for s in resp.serving],
+            "held": [_as_dict(h) for h in resp.held],
+            "workers": [_as_dict(w) for w in holding],
+        }
         typer.echo(json.dumps(shown, indent=2))
         return
-    _fields(_rollout_fields(rollout))
+    _fields(
+        [
+            *_rollout_fields(rollout),
+            ("serving now", serving_text(resp.serving)),
+            *(("held", line) for line in held_text(resp.held)),
+        ]
+    )
     if workers is not None:
         _table(
             ("version", "role", "worker", "address", "state", "error"),

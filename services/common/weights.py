@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def pick(weighted: Sequence[tuple[int, int]], point: float) -> int:
+def pick(weighted: Sequence[tuple[int, float]], point: float) -> int:
     """The option under `point`, a position in [0, 100) spread over the weights' total."""
     total = sum(weight for _, weight in weighted)
     scaled = point * total / 100

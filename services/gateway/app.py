@@ -1,4 +1,10 @@
-"""The gateway process: routing table from the registry's watch, front door, upstreams."""
+"""The gateway process: routing table from the registry's watch, front door, upstreams.
+
+Membership: a worker that leaves the registry's picture is let go (its connections
+closed) unless it still answers and holds versions no other worker does — then it
+lingers in the table until its connection fails or stops answering, since a lease
+the registry could not renew is no evidence that the worker is gone.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
-from services.gateway import shadow
+from services.gateway import metrics, shadow
 from services.gateway.feedback import FeedbackBook
-from services.gateway.links import Connector
+from services.gateway.links import Connector, reachable
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
     ControlFront,
@@ -106,7 +112,19 @@ async def start(settings: GatewaySettings) -> Gateway:
             control_channels[address] = connector.channel(address)
         return control_channels[address]
 
-    pool = UpstreamPool(connector.links, settings.forward_hold_ms / 1000)
+    pool = UpstreamPool(connector.links, settings.forward_hold_ms / 1000, reachable)
+    closing: set[asyncio.Task[None]] = set()
+
+    def drop_control_channel(address: str) -> None:
+        # A channel to a dead worker sits in reconnect backoff: a restarted one gets a new.
+        channel = control_channels.pop(address, None)
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(channel.close())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+    pool.on_eject.append(drop_control_channel)
+    pool.on_eject.append(lambda address: metrics.EJECTIONS.labels(address).inc())
     book = WindowBook(
         rpb.WINDOW_SOURCE_GATEWAY,
         f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",
@@ -123,13 +141,27 @@ async def start(settings: GatewaySettings) -> Gateway:
     )
     front, control = InferenceFront(router), ControlFront(router, control_channel)
 
+    members = Members(pool)
+
     def rebuild(picture: Picture) -> None:
+        lingering = members.update(picture)
         # One assignment: a request sees either the old table or the new one, never a mix.
-        current[0] = RoutingTable.build(picture, watcher.revision)
+        current[0] = RoutingTable.build(picture, watcher.revision, lingering)
         router.table_changed()
         control.ready.set()
+        addresses = {w.address for w in (*picture.workers.values(), *lingering)}
+        pool.release(addresses)
+        for address in [a for a in list(control_channels) if a not in addresses]:
+            drop_control_channel(address)
+        pool.kick(w.address for w in picture.workers.values())
 
     watcher = RegistryWatcher(stub, metadata, rebuild)
+
+    async def watch_lingering() -> None:
+        while True:
+            await asyncio.sleep(LINGER_CHECK_SECONDS)
+            if members.lingering and not members.still_lingering():
+                rebuild(watcher.picture)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         grpc_server.add_generic_rpc_handlers((inference_handler(front, control),))
@@ -141,9 +173,44 @@ async def start(settings: GatewaySettings) -> Gateway:
     gateway = Gateway(settings, running, router, front, watcher, [registry_channel], reporter)
     gateway.tasks += [
         asyncio.create_task(watcher.run(), name="registry-watch"),
+        asyncio.create_task(watch_lingering(), name="lingering-workers"),
         asyncio.create_task(reporter.run(), name="window-reporter"),
     ]
     return gateway
+
+
+LINGER_CHECK_SECONDS = 0.25
+
+
+class Members:
+    """Which departed workers linger: they left the picture but still answer."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.known: dict[str, rpb.Worker] = {}
+        self.lingering: dict[str, rpb.Worker] = {}
+
+    def update(self, picture: Picture) -> list[rpb.Worker]:
+        present = picture.workers
+        for name, worker in self.known.items():
+            holds = any(s.state == rpb.VERSION_LOAD_STATE_READY for s in worker.versions)
+            if name not in present and holds and self.pool.answering(worker.address):
+                log.warning(
+                    "worker %s (%s) left the registry's picture but still answers: it keeps "
+                    "serving what no other worker holds until its connection fails",
+                    name,
+                    worker.address,
+                )
+                self.lingering[name] = worker
+        for name in list(self.lingering):
+            if name in present or not self.pool.answering(self.lingering[name].address):
+                del self.lingering[name]
+        self.known = dict(present)
+        return list(self.lingering.values())
+
+    def still_lingering(self) -> bool:
+        """False when some lingering worker stopped answering (the table must drop it)."""
+        return all(self.pool.answering(w.address) for w in self.lingering.values())
 
 
 def serve(settings: GatewaySettings) -> int:

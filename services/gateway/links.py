@@ -4,6 +4,11 @@ Both carry serialized `ForwardRequest` messages out and `ForwardResponse` messag
 back. The framed link (`services.common.frames`) is the fast path: Python's gRPC
 costs each side several hundred microseconds of CPU per message, a framed message
 one system call. Workers that offer no framed listener get the gRPC stream.
+
+A framed listener that cannot be reached is told apart from a worker that is down by
+the worker's gRPC port: if that still accepts connections, the framed path is
+blocked (a firewall, say) and the gRPC stream takes over for a while; if it does not
+either, the worker is down and the upstream pool ejects it.
 """
 
 from __future__ import annotations
@@ -25,11 +30,31 @@ log = logging.getLogger(__name__)
 
 FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
 CONNECT_SECONDS = 3.0  # a framed connect that takes longer counts as unreachable
+PROBE_SECONDS = 1.0  # a plain TCP connect to see whether a port listens
 FALLBACK_SECONDS = 30.0
 
 
 class LinkError(Exception):
-    """The link failed; the message says how."""
+    """The link failed; the message says how. `fallback`: only the framed listener is
+    out of reach (the worker's gRPC port answers), so nothing is down."""
+
+    def __init__(self, message: str, fallback: bool = False) -> None:
+        super().__init__(message)
+        self.fallback = fallback
+
+
+async def reachable(address: str) -> str | None:
+    """None when something accepts TCP connections at host:port, else why not."""
+    host, port = frames.split(address)
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        return str(exc) or f"no answer within {PROBE_SECONDS:g} s"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 class Link(Protocol):
@@ -67,10 +92,12 @@ class FrameLink:
         ssl_context: ssl.SSLContext | None,
         limit: int,
         unreachable: Callable[[], None] = lambda: None,
+        grpc_address: str = "",
     ) -> None:
         self.address = address
         self.limit = limit
         self._unreachable = unreachable
+        self._grpc_address = grpc_address
         self._connected = asyncio.ensure_future(self._connect(ssl_context))
 
     async def _connect(
@@ -83,9 +110,14 @@ class FrameLink:
                     host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
                 )
         except (OSError, TimeoutError) as exc:
-            self._unreachable()
             reason = str(exc) or f"no answer within {CONNECT_SECONDS:g} s"
-            raise LinkError(f"cannot connect to {self.address}: {reason}") from exc
+            if self._grpc_address and await reachable(self._grpc_address) is not None:
+                raise LinkError(
+                    f"worker down: neither its framed listener {self.address} ({reason}) "
+                    f"nor its gRPC port {self._grpc_address} accepts connections"
+                ) from exc
+            self._unreachable()
+            raise LinkError(f"cannot connect to {self.address}: {reason}", fallback=True) from exc
         frames.tune(writer)
         writer.write(frames.PREAMBLE)
         try:
@@ -96,7 +128,8 @@ class FrameLink:
             self._unreachable()
             raise LinkError(
                 f"{self.address} did not accept the connection (with TLS: does the worker "
-                f"trust this gateway's client certificate?): {type(exc).__name__}: {exc}"
+                f"trust this gateway's client certificate?): {type(exc).__name__}: {exc}",
+                fallback=True,
             ) from exc
         return reader, writer
 
@@ -134,8 +167,10 @@ class Links:
         forward_address: Callable[[], str | None] = lambda: None,
         ssl_context: ssl.SSLContext | None = None,
         limit: int = 256 << 20,
+        grpc_address: str = "",
     ) -> None:
         self._connect = connect
+        self._grpc_address = grpc_address
         self._forward_address = forward_address
         self._ssl = ssl_context
         self._limit = limit
@@ -146,7 +181,13 @@ class Links:
         # Asked on every open, so a worker that restarts on a new port is found again.
         address = self._forward_address()
         if address and time.monotonic() >= self._grpc_until:
-            return FrameLink(address, self._ssl, self._limit, lambda: self._fall_back(address))
+            return FrameLink(
+                address,
+                self._ssl,
+                self._limit,
+                lambda: self._fall_back(address),
+                self._grpc_address,
+            )
         if self._channel is None:
             self._channel = self._connect()
         return GrpcLink(self._channel)
@@ -200,6 +241,7 @@ class Connector:
             lambda: self._forward_address(address),
             self._ssl,
             self._limit,
+            address,
         )
 
 

@@ -71,8 +71,14 @@ class _Collector(Collector):
 REGISTRY.register(_Collector())
 REDISTRIBUTED = Counter(
     "liveml_gateway_redistributed",
-    "Requests whose weighted choice skipped a target with no READY worker.",
+    "Requests routed while a target had no READY worker (its share held on the fallback "
+    "or spread over the other targets).",
     ["model"],
+)
+EJECTIONS = Counter(
+    "liveml_gateway_ejections",
+    "Workers taken out of the pool because their transport failed (probed until they answer).",
+    ["worker"],
 )
 RETRIES = Counter(
     "liveml_gateway_retries", "Requests retried on another worker of the same version.", ["model"]

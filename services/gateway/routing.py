@@ -2,21 +2,29 @@
 
 Built from the registry's picture (rollouts, and the workers with their version
 states) and replaced as a whole on every change, so a request always sees one
-consistent table. Without a pinned version the rollout's weights decide — by a
+consistent table. Without a pinned version the rollout's split decides — by a
 stable hash of the sticky key when the request carries one, else at random. A
-target with no READY worker gets no traffic; its share goes to the others and is
-reported as redistributed. Shadow copies go to mirror workers when one holds the
-mirror version, else to workers of role ALL; mirror workers never answer a client.
+target with no READY worker gets no traffic: make before break
+(services/common/serving.py), its share stays with the rollout's fallback (the
+versions that served it before), else goes to the other targets, and is reported as
+redistributed. Shadow copies go to mirror workers when one holds the mirror
+version, else to workers of role ALL; mirror workers never answer a client.
+
+Workers that left the registry's picture while their connection still answers
+(`lingering`: the registry expired a lease it could not renew, not evidence of a
+dead worker) keep answering for versions no other worker holds READY, so a lease
+event alone never empties a model's routes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from services.common import serving, weights
 from services.common import versions as versions_
-from services.common import weights
 from services.common.errors import NotFound, Unavailable
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture
@@ -36,6 +44,15 @@ class ModelRoute:
     # version -> workers for shadow copies: mirror workers holding it READY, else those
     # of role ALL (a primary-only worker never takes a copy)
     shadow: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    fallback: tuple[tuple[int, float], ...] = ()
+    # What serves now: the targets over READY versions, held shares on the fallback
+    # (derived from the fields above).
+    split: serving.Split = field(init=False)
+
+    def __post_init__(self) -> None:
+        ready = {v for v, workers in self.ready.items() if workers}
+        targets = [(v, float(p)) for v, p in self.targets]
+        object.__setattr__(self, "split", serving.split(targets, self.fallback, ready))
 
     def known(self, version: int) -> bool:
         return (
@@ -64,29 +81,33 @@ class RoutingTable:
     forward: dict[str, str] = field(default_factory=dict)  # address -> framed listener's
 
     @classmethod
-    def build(cls, picture: Picture, revision: int) -> RoutingTable:
+    def build(
+        cls, picture: Picture, revision: int, lingering: Iterable[rpb.Worker] = ()
+    ) -> RoutingTable:
         # role -> model -> version -> addresses of workers where it is READY
         ready: dict[int, dict[str, dict[int, list[str]]]] = {r: {} for r in ROLES}
-        for worker in sorted(picture.workers.values(), key=lambda w: w.name):
-            role = worker.role or rpb.WORKER_ROLE_ALL
-            for state in worker.versions:
-                if state.state == READY and role in ready:
-                    held = ready[role].setdefault(state.model, {})
-                    held.setdefault(state.version, []).append(worker.address)
+        present = sorted(picture.workers.values(), key=lambda w: w.name)
+        _add_ready(ready, present, only_missing=False)
+        lingering = sorted(lingering, key=lambda w: w.name)
+        _add_ready(ready, lingering, only_missing=True)
         models = {}
         for model, rollout in picture.rollouts.items():
+            answering = _merge(ready[ALL].get(model, {}), ready[PRIMARY].get(model, {}))
+            targets = tuple((t.version, t.percent) for t in rollout.targets)
+            fallback = tuple((f.version, f.percent) for f in rollout.fallback)
             models[model] = ModelRoute(
-                targets=tuple((t.version, t.percent) for t in rollout.targets),
+                targets=targets,
                 mirrors=tuple((m.version, m.percent) for m in rollout.mirrors),
                 pinned=frozenset(rollout.pinned),
                 sticky_key=rollout.sticky_key,
-                ready=_merge(ready[ALL].get(model, {}), ready[PRIMARY].get(model, {})),
+                ready=answering,
                 shadow={
                     **_merge(ready[ALL].get(model, {})),
                     **_merge(ready[MIRROR].get(model, {})),
                 },
+                fallback=fallback,
             )
-        forward = {w.address: w.forward_address for w in picture.workers.values()}
+        forward = {w.address: w.forward_address for w in (*present, *lingering)}
         return cls(models, revision, {a: f for a, f in forward.items() if f})
 
     def route(self, model: str) -> ModelRoute:
@@ -116,14 +137,17 @@ class RoutingTable:
                     + (only if route.shadow.get(number) else "")
                 )
             return Choice(number, False)
-        live = [(v, p) for v, p in route.targets if p > 0 and route.ready.get(v)]
-        if not live:
-            raise Unavailable(f"model '{model}' has no READY version on any worker")
-        redistributed = len(live) < len([t for t in route.targets if t[1] > 0])
-        if len(live) == 1:
-            return Choice(live[0][0], redistributed)
+        shares = route.split.shares
+        if not shares:
+            wanted = ", ".join(f"v{v} {p}%" for v, p in route.targets if p > 0)
+            raise Unavailable(
+                f"model '{model}' has no READY version on any worker (targets: {wanted})"
+            )
+        redistributed = route.split.redistributed
+        if len(shares) == 1:
+            return Choice(shares[0][0], redistributed)
         point = bucket(sticky) if sticky else random.random() * 100
-        return Choice(weights.pick(live, point), redistributed)
+        return Choice(weights.pick(shares, point), redistributed)
 
     def reachable(self, model: str) -> list[int]:
         """Versions a client can ask for by number: known to the rollout, READY for clients."""
@@ -137,6 +161,35 @@ class RoutingTable:
         if route is None:
             return ()
         return (route.shadow if shadow else route.ready).get(version, ())
+
+
+def _add_ready(
+    ready: dict[int, dict[str, dict[int, list[str]]]],
+    workers: Iterable[rpb.Worker],
+    only_missing: bool,
+) -> None:
+    """Add where each worker holds a version READY (`only_missing`: only versions that
+    no worker found so far holds READY for the same kind of traffic)."""
+
+    def kind(role: int) -> bool:  # True: takes clients' requests
+        return role != MIRROR
+
+    found = {
+        (kind(role), model, version)
+        for role, models in ready.items()
+        for model, versions in models.items()
+        for version, addresses in versions.items()
+        if addresses and only_missing
+    }
+    for worker in workers:
+        role = worker.role or rpb.WORKER_ROLE_ALL
+        for state in worker.versions:
+            if state.state != READY or role not in ready:
+                continue
+            if (kind(role), state.model, state.version) in found:
+                continue
+            held = ready[role].setdefault(state.model, {})
+            held.setdefault(state.version, []).append(worker.address)
 
 
 def _merge(*held: dict[int, list[str]]) -> dict[int, tuple[str, ...]]:

@@ -38,11 +38,15 @@ from services.gateway.upstream import UpstreamDown, UpstreamPool
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 SERVICE = "inference.GRPCInferenceService"
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+# A worker's answer that says "not here" (draining, loading, or a version it no longer
+# or not yet holds, which the table believed READY there): another worker may have it.
+ELSEWHERE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.NOT_FOUND.value[0]}
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
+# Longest a request waits for the first routing table of a gateway that just started.
+FIRST_TABLE_WAIT = 10.0
 STATISTICS_SECONDS = 5.0  # longest wait for one worker's statistics
 
 
@@ -69,6 +73,23 @@ class Router:
         self.book = book
         self.group_key = group_key
         self._changed = asyncio.Event()
+        self._first = asyncio.Event()
+
+    async def _first_table(self, deadline: float | None) -> None:
+        """A gateway that just started has no routing table: wait for it rather than
+        tell the caller its model does not exist."""
+        if self._first.is_set():
+            return
+        wait = FIRST_TABLE_WAIT
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._first.wait()
+        if not self._first.is_set():
+            raise Unavailable(
+                "the gateway has no routing table yet: the registry has not been reached"
+            )
 
     async def _send(
         self, model: str, version: int, data: bytes, deadline: float
@@ -105,14 +126,15 @@ class Router:
                 raise ServiceError(
                     "deadline exceeded waiting for the worker", grpc.StatusCode.DEADLINE_EXCEEDED
                 ) from None
-            if reply.error and reply.status == UNAVAILABLE:
-                last = reply.error  # draining or not loaded there: another worker may have it
+            if reply.error and reply.status in ELSEWHERE:
+                last = reply.error
                 metrics.RETRIES.labels(model).inc()
                 continue
             return reply
 
     def table_changed(self) -> None:
         """A new routing table is in place: wake requests waiting for one."""
+        self._first.set()
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -131,6 +153,7 @@ class Router:
             routing = wire.routing(data)
         except wire.WireError as exc:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+        await self._first_table(deadline)
         table = self.table()
         route = table.route(routing.model_name)
         sticky = routing.parameters.get(route.sticky_key) if route.sticky_key else None

@@ -147,20 +147,14 @@ async def start(settings: RegistrySettings) -> Registry:
     registry = Registry(settings, store, feed, running, controller)
     metrics.watch(controller)
 
-    async def expire() -> None:
-        async with store.read() as session:
-            if not await workers.any_expired(session):
-                return
-        async with store.write("registry") as tx:
-            gone = await workers.expire(tx)
-        for name in gone:
-            log.info("worker %s left: lease expired", name)
-
     async def compact() -> None:
         await store.compact(settings.watch_keep_revisions)
 
     registry.tasks += [
-        asyncio.create_task(_every(min(1.0, settings.lease_seconds / 2), "lease sweep", expire)),
+        asyncio.create_task(
+            workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2)).run(),
+            name="lease sweep",
+        ),
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]

@@ -4,10 +4,13 @@ and watches every served version for drift and missing workers.
 One registry replica leads (leader.py); the others only keep the numbers their
 /metrics page shows. Each tick the leader judges every progressing canary whose step
 interval has passed: the candidate against the stable version over the same
-windows, with at least the minimum requests each. Too little data counts an idle
-interval, and too many of them fail the canary (no data is a failure, never an
-endless wait); so does a candidate that is not READY anywhere within its timeout.
-Every decision is written in one transaction with the audit event that carries its
+windows, with at least the minimum requests each (callers' mistakes not counted).
+Every decision lists every check, with its number or "no data". Too little data —
+too few requests, or no data for a check the policy asked for (accuracy without
+enough feedback, say) — counts an idle interval, and `max_idle_intervals` of them in
+a row fail the canary (no data is a failure, never an endless wait, and never a
+pass); so does a candidate that is not READY anywhere within its timeout. Every
+decision is written in one transaction with the audit event that carries its
 numbers and the alert it raises, fenced by the rollout revision it was made on.
 """
 
@@ -18,16 +21,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import select
 
+from services.common import serving
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import alerts, catalog, names, rollouts, windows
+from services.registry import alerts, catalog, names, rollouts, windows, workers
 from services.registry.alerts import Alerts
+from services.registry.analysis import Limits, describe, judge, judged, numbers_of, tail
 from services.registry.db import ModelRow, RolloutRow
 from services.registry.leader import Lease
 from services.registry.store import Store, Tx, now_us
@@ -36,136 +40,6 @@ log = logging.getLogger(__name__)
 
 Phase = rpb.AnalysisStatus
 CHAMPION = "champion"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """An analysis policy with the defaults filled in for the fields left at zero."""
-
-    steps: tuple[int, ...]
-    interval: float
-    min_requests: int
-    max_error_rate_delta: float
-    max_p99_latency_ratio: float
-    max_accuracy_drop: float
-    max_drift_psi: float
-    max_fairness_gap: float
-    ready_timeout: float
-    max_idle_intervals: int
-    min_feedback: int
-
-    @classmethod
-    def of(cls, policy: rpb.AnalysisPolicy) -> Limits:
-        def seconds(d: Any, default: float) -> float:
-            value = d.ToNanoseconds() / 1e9
-            return value if value > 0 else default
-
-        min_requests = policy.min_requests or 50
-        return cls(
-            steps=tuple(policy.steps),
-            interval=seconds(policy.step_interval, 60.0),
-            min_requests=min_requests,
-            max_error_rate_delta=policy.max_error_rate_delta or 0.02,
-            max_p99_latency_ratio=policy.max_p99_latency_ratio or 1.5,
-            max_accuracy_drop=policy.max_accuracy_drop or 0.05,
-            max_drift_psi=policy.max_drift_psi or 0.25,
-            max_fairness_gap=policy.max_fairness_gap,
-            ready_timeout=seconds(policy.ready_timeout, 300.0),
-            max_idle_intervals=policy.max_idle_intervals or 3,
-            min_feedback=max(10, min_requests // 5),
-        )
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    value: float
-    limit: float
-    ok: bool
-    text: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.name,
-            "value": round(self.value, 6),
-            "limit": self.limit,
-            "ok": self.ok,
-        }
-
-
-def judge(limits: Limits, stable: rpb.VersionMetrics, candidate: rpb.VersionMetrics) -> list[Check]:
-    """The thresholds, candidate against stable over the same windows."""
-    checks = []
-    delta = candidate.error_rate - stable.error_rate
-    checks.append(
-        Check(
-            "max_error_rate_delta",
-            delta,
-            limits.max_error_rate_delta,
-            delta <= limits.max_error_rate_delta,
-            f"error rate {candidate.error_rate:.3f} vs {stable.error_rate:.3f} "
-            f"(delta {delta:+.3f}, max {limits.max_error_rate_delta:g})",
-        )
-    )
-    if stable.p99_seconds > 0 and candidate.p99_seconds > 0:
-        ratio = candidate.p99_seconds / stable.p99_seconds
-        checks.append(
-            Check(
-                "max_p99_latency_ratio",
-                ratio,
-                limits.max_p99_latency_ratio,
-                ratio <= limits.max_p99_latency_ratio,
-                f"p99 {candidate.p99_seconds * 1e3:.2f} ms vs {stable.p99_seconds * 1e3:.2f} ms "
-                f"(ratio {ratio:.2f}, max {limits.max_p99_latency_ratio:g})",
-            )
-        )
-    if min(stable.feedback_total, candidate.feedback_total) >= limits.min_feedback:
-        drop = stable.accuracy - candidate.accuracy
-        checks.append(
-            Check(
-                "max_accuracy_drop",
-                drop,
-                limits.max_accuracy_drop,
-                drop <= limits.max_accuracy_drop,
-                f"accuracy {candidate.accuracy:.3f} vs {stable.accuracy:.3f} "
-                f"(drop {drop:+.3f}, max {limits.max_accuracy_drop:g})",
-            )
-        )
-    if candidate.drift_psi:
-        checks.append(
-            Check(
-                "max_drift_psi",
-                candidate.max_drift_psi,
-                limits.max_drift_psi,
-                candidate.max_drift_psi <= limits.max_drift_psi,
-                f"drift PSI {candidate.max_drift_psi:.3f} on {candidate.worst_feature} "
-                f"(max {limits.max_drift_psi:g})",
-            )
-        )
-    if limits.max_fairness_gap > 0 and len(candidate.groups) >= 2:
-        checks.append(
-            Check(
-                "max_fairness_gap",
-                candidate.fairness_gap,
-                limits.max_fairness_gap,
-                candidate.fairness_gap <= limits.max_fairness_gap,
-                f"fairness gap {candidate.fairness_gap:.3f} (max {limits.max_fairness_gap:g})",
-            )
-        )
-    return checks
-
-
-def _numbers(m: rpb.VersionMetrics) -> dict[str, Any]:
-    return {
-        "requests": m.requests,
-        "errors": m.errors,
-        "error_rate": round(m.error_rate, 6),
-        "p99_ms": round(m.p99_seconds * 1e3, 3),
-        "feedback": m.feedback_total,
-        "accuracy": round(m.accuracy, 6),
-        "max_drift_psi": round(m.max_drift_psi, 6),
-        "fairness_gap": round(m.fairness_gap, 6),
-    }
 
 
 def _share(rollout: rpb.Rollout, stable: int, candidate: int, weight: int) -> None:
@@ -204,7 +78,8 @@ class Controller:
         self.keep_windows = keep_windows
         self.drift_alert_psi = drift_alert_psi
         self.ready_alert_seconds = ready_alert_seconds
-        self._ready_since: dict[tuple[str, int], float] = {}
+        # (model, candidate, step start) -> when the candidate was first seen READY then
+        self._ready_since: dict[tuple[str, int, int], float] = {}
         self._last_monitor = 0.0
         self._ticked = False
         self._last_prune = 0.0
@@ -239,6 +114,11 @@ class Controller:
             )
         now = time.time()
         current = await self._rollouts()
+        steps = {
+            (model, r.status.candidate_version, r.status.step_start_time.ToMicroseconds())
+            for model, r in current.items()
+        }
+        self._ready_since = {k: v for k, v in self._ready_since.items() if k in steps}
         if leader:
             for model, rollout in current.items():
                 if rollout.status.phase == Phase.PHASE_PROGRESSING:
@@ -277,9 +157,10 @@ class Controller:
         stable, candidate = status.stable_version, status.candidate_version
         async with self.store.read() as session:
             ready = await windows.ready_workers(session, model)
-        key = (model, candidate)
+        key = (model, candidate, status.step_start_time.ToMicroseconds())
         if not ready.get(candidate):
-            self._ready_since.pop(key, None)
+            if key in self._ready_since:
+                return  # READY before, not this moment (a worker restarting): judge later
             waited = now - status.start_time.ToMicroseconds() / 1e6
             if waited > limits.ready_timeout:
                 await self._rollback(
@@ -291,55 +172,51 @@ class Controller:
                     {"ready_workers": 0, "waited_seconds": round(waited, 3)},
                 )
             return
+        # The step's interval counts from when the candidate could first take its share.
         ready_since = self._ready_since.setdefault(key, now)
         step_start = max(status.step_start_time.ToMicroseconds() / 1e6, ready_since)
         if now - step_start < limits.interval:
             return
+        latency: dict[int, windows.Latency] = {}
         async with self.store.read() as session:
-            measured = await windows.summarize(session, model, int(step_start * 1e6))
+            measured = await windows.summarize(
+                session, model, int(step_start * 1e6), latency=latency
+            )
         s = measured.get(stable) or rpb.VersionMetrics(version=stable)
         c = measured.get(candidate) or rpb.VersionMetrics(version=candidate)
-        numbers: dict[str, Any] = {"stable": {"version": stable, **_numbers(s)}}
-        numbers["candidate"] = {"version": candidate, **_numbers(c)}
+        numbers: dict[str, Any] = {"stable": {"version": stable, **numbers_of(s)}}
+        numbers["candidate"] = {"version": candidate, **numbers_of(c)}
         step = limits.steps[status.step_index]
-        if min(s.requests, c.requests) < limits.min_requests:
-            idle = status.idle_intervals + 1
-            why = (
-                f"too little data at {step}%: v{stable} had {s.requests} and v{candidate} "
-                f"{c.requests} requests, {limits.min_requests} needed each"
-            )
-            if idle > limits.max_idle_intervals:
-                await self._rollback(
-                    model,
-                    rollout,
-                    "min_requests",
-                    f"{why}, for {idle} intervals (max {limits.max_idle_intervals})",
-                    {**numbers, "idle_intervals": idle},
-                )
-                return
-
-            def wait(r: rpb.Rollout) -> None:
-                r.status.idle_intervals = idle
-                r.status.step_start_time.FromMicroseconds(now_us())
-                _decided(r, f"waiting ({idle}/{limits.max_idle_intervals}): {why}")
-
-            await self._decide(
-                model,
-                rollout,
-                wait,
-                "CanaryWait",
-                {**numbers, "idle_intervals": idle},
-                alert=("CanaryWaiting", alerts.INFO, f"canary of v{candidate} is short of data"),
-            )
-            return
-        checks = judge(limits, s, c)
+        checks = judge(limits, s, c, tail(latency.get(stable), latency.get(candidate)))
         numbers["checks"] = [check.as_dict() for check in checks]
-        breached = [check for check in checks if not check.ok]
+        enough = min(judged(s), judged(c)) >= limits.min_requests
+        breached = [check for check in checks if check.ok is False] if enough else []
         if breached:
             first = breached[0]
-            await self._rollback(model, rollout, first.name, f"{first.name}: {first.text}", numbers)
+            rest = describe([check for check in checks if check is not first])
+            why = f"{first.name}: {first.text}; the other checks: {rest}"
+            await self._rollback(model, rollout, first.name, why, numbers)
             return
-        summary = "; ".join(check.text for check in checks)
+        missing = [check for check in checks if check.ok is None and check.required]
+        if not enough or missing:
+            shortages = []
+            if not enough:
+                shortages.append(
+                    f"v{stable} had {judged(s)} and v{candidate} {judged(c)} requests, "
+                    f"{limits.min_requests} needed each"
+                )
+            shortages += [f"{check.name}: no data ({check.text})" for check in missing]
+            await self._idle(
+                model,
+                rollout,
+                limits,
+                numbers,
+                "min_requests" if not enough else "no_data",
+                f"too little data at {step}%: {'; '.join(shortages)}",
+                describe(checks),
+            )
+            return
+        summary = describe(checks)
         last = status.step_index + 1 >= len(limits.steps)
         following = 100 if last else limits.steps[status.step_index + 1]
         if following >= 100:
@@ -360,6 +237,44 @@ class Controller:
             "CanaryStep",
             {**numbers, "from_percent": step, "to_percent": following},
             alert=("CanaryStep", alerts.INFO, f"v{candidate} of {model}: {step}% → {following}%"),
+        )
+
+    async def _idle(
+        self,
+        model: str,
+        rollout: rpb.Rollout,
+        limits: Limits,
+        numbers: dict[str, Any],
+        breached: str,
+        why: str,
+        checks: str,
+    ) -> None:
+        """An interval without enough data; the `max_idle_intervals`-th in a row fails."""
+        idle = rollout.status.idle_intervals + 1
+        candidate = rollout.status.candidate_version
+        if idle >= limits.max_idle_intervals:
+            await self._rollback(
+                model,
+                rollout,
+                breached,
+                f"{why}, for {idle} intervals in a row (max {limits.max_idle_intervals}); "
+                f"checks: {checks}",
+                {**numbers, "idle_intervals": idle},
+            )
+            return
+
+        def wait(r: rpb.Rollout) -> None:
+            r.status.idle_intervals = idle
+            r.status.step_start_time.FromMicroseconds(now_us())
+            _decided(r, f"waiting ({idle}/{limits.max_idle_intervals}): {why}; checks: {checks}")
+
+        await self._decide(
+            model,
+            rollout,
+            wait,
+            "CanaryWait",
+            {**numbers, "idle_intervals": idle},
+            alert=("CanaryWaiting", alerts.INFO, f"canary of v{candidate} is short of data"),
         )
 
     async def _decide(
@@ -577,19 +492,35 @@ class Controller:
             else:
                 resolve.append(("DriftHigh", version, f"PSI {m.max_drift_psi:.3f}"))
         settled = now - rollout.update_time.ToMicroseconds() / 1e6 > self.ready_alert_seconds
+        held_on = {
+            h.version: h.held_on
+            for h in serving.split(
+                rollouts.targets_of(rollout),
+                rollouts.fallback_of(rollout),
+                {v for v, m in measured.items() if m.ready_workers},
+            ).held
+        }
         for target in rollout.targets:
             if target.percent <= 0:
                 continue
             ready = measured.get(target.version, rpb.VersionMetrics()).ready_workers
             if ready == 0 and settled:
+                async with self.store.read() as session:
+                    why = await workers.why_not_ready(session, model, target.version)
+                takers = held_on.get(target.version, ())
+                where = (
+                    f"its {target.percent}% is held on " + ", ".join(f"v{v}" for v in takers)
+                    if takers
+                    else "its requests fail"
+                )
                 raise_.append(
                     (
                         "NoReadyWorker",
                         alerts.CRITICAL,
                         target.version,
                         f"v{target.version} of {model} has {target.percent}% of the traffic "
-                        "and no READY worker",
-                        {"percent": target.percent},
+                        f"and no READY worker ({why}); {where}",
+                        {"percent": target.percent, "why": why, "held_on": list(takers)},
                     )
                 )
             elif ready:

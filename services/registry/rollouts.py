@@ -3,6 +3,13 @@
 A rollout whose analysis policy has steps is a canary: the registry starts its
 status at the first step, and from then on the controller (controller.py) moves it
 through `transition`, fenced by the revision it decided on.
+
+Make before break (services/common/serving.py): every write records, as the new
+state's `fallback`, the split that was serving just before, so a target that is not
+READY anywhere yet leaves its share with the versions that had it. `settle` clears
+the fallback once every target is reported READY by a worker that has seen the new
+state: a READY the registry heard before that may be stale (the worker about to
+retire the version, as the previous state told it), so it does not count.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common import serving
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import names
+from services.registry import names, workers
 from services.registry.catalog import model_row
 from services.registry.db import ModelRow, RolloutHistoryRow, RolloutRow, VersionRow
 from services.registry.store import Tx, now_us, page
@@ -115,6 +123,26 @@ def start_status(rollout: rpb.Rollout) -> None:
     status.last_decision_time.CopyFrom(status.start_time)
 
 
+def targets_of(rollout: rpb.Rollout) -> list[tuple[int, float]]:
+    return [(t.version, float(t.percent)) for t in rollout.targets]
+
+
+def fallback_of(rollout: rpb.Rollout) -> list[tuple[int, float]]:
+    return [(f.version, f.percent) for f in rollout.fallback]
+
+
+async def _hold(
+    tx: Tx, model: ModelRow, before: rpb.Rollout | None, after: rpb.Rollout, force: bool
+) -> None:
+    """Set `after.fallback`: what served under `before`, unless nothing needs it."""
+    del after.fallback[:]
+    if force or before is None:
+        return
+    ready = await workers.ready_counts(tx.session, model.name)
+    served = serving.split(targets_of(before), fallback_of(before), ready)
+    after.fallback.extend(rpb.ServingShare(version=v, percent=p) for v, p in served.shares)
+
+
 async def _store(
     tx: Tx,
     model: ModelRow,
@@ -122,7 +150,9 @@ async def _store(
     after: rpb.Rollout,
     action: str,
     details: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> rpb.Rollout:
+    await _hold(tx, model, before, after, force)
     after.revision = tx.revision
     after.updater = tx.actor
     after.update_time.FromMicroseconds(now_us())
@@ -143,13 +173,17 @@ async def _store(
             "targets": {str(t.version): t.percent for t in after.targets},
             "mirrors": {str(m.version): m.percent for m in after.mirrors},
             "pinned": list(after.pinned),
+            "fallback": {str(f.version): round(f.percent, 3) for f in after.fallback},
+            **({"force": True} if force else {}),
             **(details or {}),
         },
     )
     return after
 
 
-async def update(tx: Tx, rollout: rpb.Rollout, expected_revision: int = 0) -> rpb.Rollout:
+async def update(
+    tx: Tx, rollout: rpb.Rollout, expected_revision: int = 0, force: bool = False
+) -> rpb.Rollout:
     model_id = names.rollout(rollout.name)
     model = await model_row(tx.session, model_id, lock=True)
     current = await tx.session.get(RolloutRow, model.id)
@@ -165,7 +199,7 @@ async def update(tx: Tx, rollout: rpb.Rollout, expected_revision: int = 0) -> rp
     after.name = f"models/{model_id}/rollout"
     start_status(after)
     await _validate(tx.session, model, after)
-    return await _store(tx, model, before, after, "UpdateRollout")
+    return await _store(tx, model, before, after, "UpdateRollout", force=force)
 
 
 async def transition(
@@ -239,3 +273,60 @@ async def rollback(tx: Tx, name: str) -> rpb.Rollout:
     # again on windows it was already judged on.
     after.ClearField("status")
     return await _store(tx, model, before, after, "RollbackRollout")
+
+
+async def settle(tx: Tx, models: set[str]) -> None:
+    """Clear the fallback of these models' rollouts once every target with traffic is
+    READY on some worker: the versions that answered meanwhile may now be retired.
+
+    Not a new desired state: no history row, and `revision` stays (a controller's or
+    an operator's decision fenced by it still applies).
+    """
+    if not models:
+        return
+    rows = (
+        await tx.session.execute(
+            select(ModelRow.name, RolloutRow)
+            .join(RolloutRow, RolloutRow.model_id == ModelRow.id)
+            .where(ModelRow.name.in_(sorted(models)))
+        )
+    ).all()
+    for name, row in rows:
+        before = rpb.Rollout.FromString(row.proto)
+        if not before.fallback:
+            continue
+        confirmed = await workers.ready_counts(tx.session, name, before.revision)
+        if not serving.settled(targets_of(before), confirmed):
+            continue
+        after = rpb.Rollout()
+        after.CopyFrom(before)
+        del after.fallback[:]
+        row.proto = after.SerializeToString()
+        tx.put(after, after.name)
+        await tx.audit(
+            "SettleRollout",
+            after.name,
+            before,
+            after,
+            {"released": {str(f.version): round(f.percent, 3) for f in before.fallback}},
+        )
+
+
+async def serving_now(
+    session: AsyncSession, rollout: rpb.Rollout
+) -> tuple[list[rpb.ServingShare], list[rpb.HeldShare]]:
+    """The split the data plane applies now, and why any target's share is held."""
+    model = names.rollout(rollout.name)
+    ready = await workers.ready_counts(session, model)
+    now = serving.split(targets_of(rollout), fallback_of(rollout), ready)
+    shares = [rpb.ServingShare(version=v, percent=p) for v, p in now.shares]
+    held = [
+        rpb.HeldShare(
+            version=h.version,
+            percent=int(h.percent),
+            reason=await workers.why_not_ready(session, model, h.version),
+            held_on=list(h.held_on),
+        )
+        for h in now.held
+    ]
+    return shares, held

@@ -191,12 +191,15 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
     async def GetRollout(self, request: rpb.GetRolloutRequest, context: Ctx) -> Any:
         async with self.store.read() as session:
             rollout = await rollouts.get(session, request.name)
-        return rpb.GetRolloutResponse(rollout=rollout)
+            shares, held = await rollouts.serving_now(session, rollout)
+        return rpb.GetRolloutResponse(rollout=rollout, serving=shares, held=held)
 
     @abort_on_error
     async def UpdateRollout(self, request: rpb.UpdateRolloutRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
-            rollout = await rollouts.update(tx, request.rollout, request.expected_revision)
+            rollout = await rollouts.update(
+                tx, request.rollout, request.expected_revision, request.force
+            )
             # An operator's new rollout settles what the last canary's rollback raised.
             await self.alerts.resolve_model(
                 tx, names.rollout(rollout.name), ("RolloutRolledBack",), "rollout replaced"
@@ -301,12 +304,17 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
             worker = await workers.register(
                 tx, request.worker, lease or self.settings.lease_seconds
             )
+            await rollouts.settle(tx, {v.model for v in worker.versions})
         return rpb.RegisterWorkerResponse(worker=worker)
 
     @abort_on_error
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
-            worker = await workers.heartbeat(tx, request.name, list(request.versions))
+            worker, changed, advanced = await workers.heartbeat(
+                tx, request.name, list(request.versions), request.observed_revision
+            )
+            if changed or advanced:
+                await rollouts.settle(tx, {v.model for v in worker.versions})
         return rpb.HeartbeatResponse(lease_expire_time=worker.lease_expire_time)
 
     @abort_on_error

@@ -4,7 +4,9 @@ Gateways see what clients see (requests, errors, latency, feedback, groups); wor
 see the model's inputs and outputs (drift). A summary takes traffic numbers from
 gateway windows when any gateway reported for the model, else from worker windows
 (clients calling workers directly), and drift from worker windows, so nothing is
-counted twice.
+counted twice. Errors are split by whose fault they are: only the server's failures
+make a version's error rate; a caller's mistakes are counted apart, so one
+misbehaving client can neither fail nor pass a canary.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ MIN_GROUP_PREDICTIONS = 20
 # PSI over ten bins of n samples of an unchanged distribution is about 9/n on average:
 # below this many samples a feature's PSI is noise, so it is not reported.
 MIN_DRIFT_SAMPLES = 200
+# The failures that are the server's (the version's, or the path to it); any other
+# status a request ended with was the caller's doing (INVALID_ARGUMENT, NOT_FOUND,
+# UNAUTHENTICATED, PERMISSION_DENIED, CANCELLED, FAILED_PRECONDITION, OUT_OF_RANGE...).
+SERVER_ERRORS = frozenset(
+    {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNKNOWN", "DATA_LOSS"}
+)
+
+
+def server_error(code: str) -> bool:
+    return code in SERVER_ERRORS
 
 
 def check(window: rpb.Window) -> None:
@@ -126,6 +138,7 @@ class Sums:
 
     requests: int = 0
     errors: int = 0
+    client_errors: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     bounds: tuple[float, ...] = LATENCY_BOUNDS
     feedback_correct: int = 0
@@ -137,7 +150,11 @@ class Sums:
 
     def add_traffic(self, w: rpb.Window) -> None:
         self.requests += w.requests
-        self.errors += sum(w.errors.values())
+        for code, count in w.errors.items():
+            if server_error(code):
+                self.errors += count
+            else:
+                self.client_errors += count
         if w.latency.counts:
             if tuple(w.latency.bounds) != self.bounds:
                 if not any(self.latency):
@@ -188,10 +205,18 @@ def quantile(bounds: tuple[float, ...], counts: list[int], q: float) -> float:
     return bounds[-1]
 
 
+Latency = tuple[tuple[float, ...], list[int]]  # histogram bounds, counts
+
+
 async def summarize(
-    session: AsyncSession, model: str, since_us: int, until_us: int | None = None
+    session: AsyncSession,
+    model: str,
+    since_us: int,
+    until_us: int | None = None,
+    latency: dict[int, Latency] | None = None,
 ) -> dict[int, rpb.VersionMetrics]:
-    """Per version, the windows of `model` that ended after `since_us`."""
+    """Per version, the windows of `model` that ended after `since_us` (and into
+    `latency`, when given, each version's summed latency histogram)."""
     query = select(WindowRow.source, WindowRow.version, WindowRow.proto).where(
         WindowRow.model == model, WindowRow.end_us > since_us
     )
@@ -212,6 +237,8 @@ async def summarize(
             s.add_traffic(w)
         if source == WORKER:
             s.add_features(w)
+    if latency is not None:
+        latency.update({version: (s.bounds, list(s.latency)) for version, s in sums.items()})
     references = await _references(session, model, sums)
     ready = await ready_workers(session, model)
     out = {}
@@ -226,11 +253,13 @@ async def summarize(
 def metrics_of(
     version: int, s: Sums, reference: rpb.ReferenceStatistics | None, ready: int
 ) -> rpb.VersionMetrics:
+    judged = s.requests - s.client_errors
     m = rpb.VersionMetrics(
         version=version,
         requests=s.requests,
         errors=s.errors,
-        error_rate=s.errors / s.requests if s.requests else 0.0,
+        client_errors=s.client_errors,
+        error_rate=s.errors / judged if judged > 0 else 0.0,
         p50_seconds=quantile(s.bounds, s.latency, 0.50),
         p99_seconds=quantile(s.bounds, s.latency, 0.99),
         feedback_total=s.feedback_total,
@@ -292,11 +321,4 @@ async def _references(
 
 async def ready_workers(session: AsyncSession, model: str) -> dict[int, int]:
     """READY workers per version that take clients' requests (mirror workers do not)."""
-    ready: dict[int, int] = {}
-    for worker in await workers.live(session):
-        if worker.role == rpb.WORKER_ROLE_MIRROR:
-            continue
-        for state in worker.versions:
-            if state.model == model and state.state == rpb.VERSION_LOAD_STATE_READY:
-                ready[state.version] = ready.get(state.version, 0) + 1
-    return ready
+    return await workers.ready_counts(session, model)

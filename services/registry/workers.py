@@ -2,12 +2,17 @@
 
 A heartbeat that only renews the lease changes nothing the data plane sees; one
 that reports a different version state (LOADING -> READY, a FAILED load and its
-error) is published on the change feed and audited.
+error) is published on the change feed and audited. Only the sweep expires a lease,
+and a registry that finds itself stalled renews every lease instead (`renew_all`):
+a worker is judged on heartbeats the registry had the chance to read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
+import time
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +21,9 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.db import WorkerRow
-from services.registry.store import Tx, now_us
+from services.registry.store import Store, Tx, now_us
+
+log = logging.getLogger(__name__)
 
 
 def _states(worker: rpb.Worker) -> list[tuple[str, int, int, str]]:
@@ -55,22 +62,33 @@ async def register(tx: Tx, worker: rpb.Worker, lease_seconds: float) -> rpb.Work
     return after
 
 
-async def heartbeat(tx: Tx, name: str, versions: list[rpb.WorkerVersionState]) -> rpb.Worker:
+async def heartbeat(
+    tx: Tx, name: str, versions: list[rpb.WorkerVersionState], observed_revision: int = 0
+) -> tuple[rpb.Worker, bool, bool]:
+    """Renew the lease and take the version states; (worker, states changed, the
+    worker's observed revision moved on).
+
+    A lease that ran out is renewed as long as the sweep has not removed the worker:
+    expiry is the sweep's decision, and a registry that was itself stalled reads the
+    heartbeats queued for it before it judges anyone.
+    """
     worker_id = names.simple("workers", name)
     row = await tx.session.get(WorkerRow, worker_id)
-    if row is None or row.lease_expire_us < now_us():
+    if row is None:
         raise NotFound(
-            f"worker workers/{worker_id} is not registered (lease expired?); register again"
+            f"worker workers/{worker_id} is not registered (its lease expired?); register again"
         )
     before = rpb.Worker.FromString(row.proto)
     after = rpb.Worker()
     after.CopyFrom(before)
     del after.versions[:]
     after.versions.extend(versions)
+    after.observed_revision = observed_revision
     row.lease_expire_us = now_us() + row.lease_us
     after.lease_expire_time.FromMicroseconds(row.lease_expire_us)
     row.proto = after.SerializeToString()
-    if _states(before) != _states(after):
+    changed = _states(before) != _states(after)
+    if changed:
         tx.put(after, after.name)
         await tx.audit(
             "Heartbeat",
@@ -83,22 +101,42 @@ async def heartbeat(tx: Tx, name: str, versions: list[rpb.WorkerVersionState]) -
                 ]
             },
         )
-    return after
+    return after, changed, observed_revision != before.observed_revision
 
 
 async def live(session: AsyncSession) -> list[rpb.Worker]:
-    rows = (
-        (
-            await session.execute(
-                select(WorkerRow)
-                .where(WorkerRow.lease_expire_us >= now_us())
-                .order_by(WorkerRow.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
+    """The registered workers. A lapsed lease counts until the sweep removes the worker
+    (and publishes that): readiness, snapshots and the change feed agree, and a
+    heartbeat late by a moment does not make a version flicker out of READY."""
+    rows = (await session.execute(select(WorkerRow).order_by(WorkerRow.id))).scalars().all()
     return [rpb.Worker.FromString(r.proto) for r in rows]
+
+
+async def ready_counts(session: AsyncSession, model: str, seen_revision: int = 0) -> dict[int, int]:
+    """READY workers per version that take clients' requests (mirror workers do not);
+    with `seen_revision`, only workers that reported after seeing that revision."""
+    ready: dict[int, int] = {}
+    for worker in await live(session):
+        if worker.role == rpb.WORKER_ROLE_MIRROR or worker.observed_revision < seen_revision:
+            continue
+        for state in worker.versions:
+            if state.model == model and state.state == rpb.VERSION_LOAD_STATE_READY:
+                ready[state.version] = ready.get(state.version, 0) + 1
+    return ready
+
+
+async def why_not_ready(session: AsyncSession, model: str, version: int) -> str:
+    """What the workers say of a version no client-taking worker has READY."""
+    seen = []
+    for worker in await live(session):
+        for s in worker.versions:
+            if s.model != model or s.version != version:
+                continue
+            what = rpb.VersionLoadState.Name(s.state).removeprefix("VERSION_LOAD_STATE_")
+            if worker.role == rpb.WORKER_ROLE_MIRROR and s.state == rpb.VERSION_LOAD_STATE_READY:
+                what += " (a mirror worker: it takes no client's request)"
+            seen.append(f"{what} on {worker.name}" + (f": {s.error}" if s.error else ""))
+    return "; ".join(seen) or "not loaded on any worker"
 
 
 async def renew_all(tx: Tx, grace_seconds: float) -> None:
@@ -111,9 +149,53 @@ async def renew_all(tx: Tx, grace_seconds: float) -> None:
         )
 
 
-async def any_expired(session: AsyncSession) -> bool:
-    query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < now_us()).limit(1)
+async def any_expired(session: AsyncSession, cutoff_us: int | None = None) -> bool:
+    cutoff = now_us() if cutoff_us is None else cutoff_us
+    query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < cutoff).limit(1)
     return (await session.execute(query)).first() is not None
+
+
+class LeaseSweep:
+    """Expires lapsed leases every `interval` seconds — unless the registry itself was
+    stalled (a paused process, a starved event loop, a slow disk): then the heartbeats
+    queued for it were never read, and every worker gets a fresh lease instead.
+    """
+
+    def __init__(self, store: Store, interval: float, stall_seconds: float = 0.5) -> None:
+        self.store = store
+        self.interval = interval
+        self.stall_seconds = stall_seconds
+        self.renewals = 0  # sweeps that found the registry stalled (for tests and logs)
+
+    async def run(self) -> None:
+        while True:
+            slept = time.monotonic()
+            await asyncio.sleep(self.interval)
+            late, cutoff = time.monotonic() - slept - self.interval, now_us()
+            try:
+                await self.sweep(late, cutoff)
+            except Exception as exc:  # a failed sweep is retried at the next tick
+                log.warning("lease sweep failed: %s", exc)
+
+    async def sweep(self, late: float, cutoff_us: int) -> None:
+        if late > self.stall_seconds:
+            self.renewals += 1
+            log.warning(
+                "the registry was stalled for %.1f s: every worker's lease is renewed "
+                "before any is judged",
+                late,
+            )
+            async with self.store.write("registry") as tx:
+                await renew_all(tx, 0.0)
+            return
+        # Judged as of waking: a stall from here on cannot make a lease look lapsed.
+        async with self.store.read() as session:
+            if not await any_expired(session, cutoff_us):
+                return
+        async with self.store.write("registry") as tx:
+            gone = await expire(tx, cutoff_us)
+        for name in gone:
+            log.info("worker %s left: lease expired", name)
 
 
 async def remove(tx: Tx, name: str) -> None:
@@ -127,10 +209,12 @@ async def remove(tx: Tx, name: str) -> None:
     await tx.audit("DeleteWorker", before.name, before, None)
 
 
-async def expire(tx: Tx) -> list[str]:
-    """Remove workers whose lease ran out; they leave the routing picture."""
+async def expire(tx: Tx, cutoff_us: int | None = None) -> list[str]:
+    """Remove workers whose lease ran out before `cutoff_us` (default: now); they leave
+    the routing picture."""
+    cutoff = now_us() if cutoff_us is None else cutoff_us
     rows = (
-        (await tx.session.execute(select(WorkerRow).where(WorkerRow.lease_expire_us < now_us())))
+        (await tx.session.execute(select(WorkerRow).where(WorkerRow.lease_expire_us < cutoff)))
         .scalars()
         .all()
     )

@@ -2,13 +2,16 @@
 
 The worker registers, watches the registry's change feed and keeps the versions it
 holds equal to the desired set: every version named by the rollouts (targets,
-mirrors, pinned) of the models it serves; with --role primary only the targets and
-pinned versions, with --role mirror only the mirrors. A version to load is
+mirrors, pinned, and the fallback that answers while a target is not READY
+anywhere) of the models it serves; with --role primary only the targets, pinned
+and fallback versions, with --role mirror only the mirrors. A version to load is
 downloaded into a local cache by digest (reused when present), verified, opened,
 checked against the registered signature and warmed up; it reports READY (or
 FAILED with the reason) at once. A failed load is retried with backoff and never
 touches what is serving. A version no longer desired is retired only once every
-target of its model is READY, so traffic always has somewhere to go.
+target of its model is READY here (or failed here while READY elsewhere, which the
+registry says by clearing the fallback), so traffic always has somewhere to go; a
+draining version that is wanted again is revived rather than reloaded.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class RegistryLoader:
         self._loading: dict[Key, asyncio.Task[None]] = {}
         self._retiring: dict[Key, asyncio.Task[None]] = {}
         self._failures: dict[Key, tuple[int, float]] = {}  # attempts, retry not before
+        self._rollout_revisions: dict[str, int] = {}  # of the served models, last reconciled
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
         repository.on_change.append(self._changed)
@@ -140,6 +144,7 @@ class RegistryLoader:
             models=sorted(self.models),
             capacity=self.settings.capacity,
             versions=self._states(),
+            observed_revision=self.watcher.revision,
         )
         lease = Duration()
         lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
@@ -166,7 +171,11 @@ class RegistryLoader:
                     await self._register()
                 self._report.clear()
                 await self.stub.Heartbeat(
-                    rpb.HeartbeatRequest(name=self.name, versions=self._states()),
+                    rpb.HeartbeatRequest(
+                        name=self.name,
+                        versions=self._states(),
+                        observed_revision=self.watcher.revision,
+                    ),
                     metadata=self.metadata,
                     timeout=10,
                 )
@@ -197,6 +206,7 @@ class RegistryLoader:
             numbers: set[int] = set()
             if self.settings.role != "mirror":
                 numbers |= {t.version for t in rollout.targets} | set(rollout.pinned)
+                numbers |= {f.version for f in rollout.fallback}
             if self.settings.role != "primary":
                 numbers |= {m.version for m in rollout.mirrors}
             wanted |= {(model, n) for n in numbers}
@@ -220,12 +230,24 @@ class RegistryLoader:
         for key, version in self.versions.items():
             if key in desired:
                 self.track_features(version)  # a reference the registry adopted since
+        revisions = {}
         for model, rollout in self.rollouts.items():
             self.repository.targets[model] = [(t.version, t.percent) for t in rollout.targets]
+            self.repository.fallback[model] = [(f.version, f.percent) for f in rollout.fallback]
+            if not self.models or model in self.models:
+                revisions[model] = rollout.revision
+        if revisions != self._rollout_revisions:
+            # The registry moves traffic off a fallback only on a report from a worker
+            # that has seen the new rollout: report at once, not at the next interval.
+            self._rollout_revisions = revisions
+            self._report.set()
         now = time.monotonic()
         next_retry = 30.0
         for key in sorted(desired):
             held = self.repository.held.get(key[0], {}).get(key[1])
+            if held is not None and held.state is State.DRAINING:
+                self.repository.revive(held)
+                continue
             if key in self._loading or (held is not None and held.state is not State.FAILED):
                 continue
             if key not in self.versions:
@@ -245,16 +267,22 @@ class RegistryLoader:
         return next_retry
 
     def _can_retire(self, model: str, desired: set[Key]) -> bool:
-        """Make before break: every target of the model must be READY first."""
+        """Make before break: every target of the model READY here first, or failed
+        here while the registry, having cleared the fallback, says it is READY
+        elsewhere (this worker's copy then answers for nobody)."""
         rollout = self.rollouts.get(model)
         if rollout is None or not rollout.targets or self.settings.role == "mirror":
             # A mirror worker holds no target, and no client's request waits on it.
             return True
         versions = self.repository.held.get(model, {})
-        return all(
-            (held := versions.get(t.version)) is not None and held.state is State.READY
-            for t in rollout.targets
-        )
+        settled = not rollout.fallback
+        for target in rollout.targets:
+            held = versions.get(target.version)
+            state = held.state if held is not None else None
+            if state is State.READY or (settled and state is State.FAILED):
+                continue
+            return False
+        return True
 
     async def _retire(self, key: Key) -> None:
         await self.repository.retire(*key, grace=self.settings.drain_grace)

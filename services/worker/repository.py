@@ -1,10 +1,13 @@
 """The model versions a worker holds, their states, and which one answers a request.
 
-A version is LOADING, then READY or FAILED; a retired one is DRAINING: it takes no
-new request, finishes those in flight, stays for a grace period and is unloaded.
-With no version in the request, the rollout's weights choose among the READY
-targets; when none of them is READY yet (a new version still loading) the newest
-READY version keeps answering, so a swap never leaves a gap.
+A version is LOADING, then READY or FAILED; a retired one is DRAINING: routers stop
+sending it requests, but it still answers those that reach it for a grace period
+(a gateway whose routing table lags a few milliseconds behind loses none), then
+takes no new one, finishes those in flight and is unloaded. A draining version that
+is wanted again is revived. With no version in the request, the rollout's split
+decides among the versions READY here (services/common/serving.py: a target not
+READY yet leaves its share with the rollout's fallback); with nothing of it READY,
+the newest READY version answers, so a swap never leaves a gap.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from services.common import priority, telemetry, weights
+from services.common import priority, serving, telemetry, weights
 from services.common import versions as versions_
 from services.common.errors import DeadlineExceeded, NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
@@ -60,6 +63,7 @@ class Held:
     batching: Batching = Batching()
     inflight: int = 0
     inline: bool = False
+    closing: bool = False  # DRAINING past its grace: no new request is taken
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     stats: VersionStats = field(init=False)
 
@@ -93,8 +97,10 @@ class Repository:
         # for no less time than the hand-off's own Python work.
         self.inline_us = inline_us
         self.held: dict[str, dict[int, Held]] = {}
-        # Desired traffic per model (version, percent), from the rollout; empty = newest READY.
+        # Desired traffic per model (version, percent), from the rollout; empty = newest
+        # READY. The fallback answers for targets not READY anywhere yet.
         self.targets: dict[str, list[tuple[int, int]]] = {}
+        self.fallback: dict[str, list[tuple[int, float]]] = {}
         self.executor = ThreadPoolExecutor(max_workers=run_threads, thread_name_prefix="onnx")
         # Shadow copies run on their own thread at a lower OS priority, so a mirror
         # version, however slow, gets only the CPU time primary requests leave unused.
@@ -128,16 +134,19 @@ class Repository:
                     f"Request for unknown model: '{model}' version {number} is not found "
                     f"(versions held: {known})"
                 )
-            if held.state is not State.READY:
+            if not _answers(held):
                 why = f": {held.error}" if held.error else ""
                 raise Unavailable(f"model '{model}' version {number} is {held.state.value}{why}")
             return held
         return self.default(model, versions)
 
     def default(self, model: str, versions: dict[int, Held]) -> Held:
-        ready = [(n, p) for n, p in self.targets.get(model, ()) if p > 0 and _ready(versions, n)]
-        if ready:
-            return versions[weights.pick(ready, random.random() * 100)]
+        ready = {n for n, held in versions.items() if held.state is State.READY}
+        shares = serving.split(
+            self.targets.get(model, ()), self.fallback.get(model, ()), ready
+        ).shares
+        if shares:
+            return versions[weights.pick(shares, random.random() * 100)]
         for number in sorted(versions, reverse=True):
             if versions[number].state is State.READY:
                 return versions[number]
@@ -157,7 +166,7 @@ class Repository:
         waiting: a request still waiting then is answered DEADLINE_EXCEEDED instead of
         being run.
         """
-        if held.state is not State.READY:
+        if not _answers(held):
             raise Unavailable(f"model '{held.model}' version {held.version} is {held.state.value}")
         held.inflight += 1
         held.idle.clear()
@@ -299,6 +308,13 @@ class Repository:
         log.info("%s v%d READY in %.2f s", model, version, time.perf_counter() - started)
         return held
 
+    def revive(self, held: Held) -> None:
+        """A draining version wanted again: READY at once, nothing to reload."""
+        if held.state is State.DRAINING and held.runtime is not None:
+            held.closing = False
+            self._set(held, State.READY)
+            log.info("%s v%d wanted again: revived from DRAINING", held.model, held.version)
+
     def fail(self, model: str, version: int, error: str) -> Held:
         """Record a version that could not even be opened (e.g. its download failed)."""
         held = self.held.setdefault(model, {}).get(version)
@@ -317,11 +333,13 @@ class Repository:
             self._forget(held)
             return
         self._set(held, State.DRAINING)
-        await held.idle.wait()
         if grace:
             await asyncio.sleep(grace)
+        if held.state is not State.DRAINING:  # revived meanwhile
+            return
+        held.closing = True
         await held.idle.wait()
-        if held.state is not State.DRAINING:  # reloaded meanwhile
+        if held.state is not State.DRAINING:  # revived meanwhile
             return
         if held.batcher is not None:
             await held.batcher.close()
@@ -369,6 +387,8 @@ def _spans(held: Held, t: Timing) -> None:
     telemetry.record_span("liveml.run", t.run_start, t.run_end, **attributes)
 
 
-def _ready(versions: dict[int, Held], number: int) -> bool:
-    held = versions.get(number)
-    return held is not None and held.state is State.READY
+def _answers(held: Held) -> bool:
+    """READY, or DRAINING within its grace period."""
+    return held.state is State.READY or (
+        held.state is State.DRAINING and not held.closing and held.runtime is not None
+    )

@@ -3,7 +3,9 @@ real traffic with feedback, step intervals shortened by configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,14 +19,16 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
 from services.common import drift
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.helpers import models
-from tests.helpers.cluster import Cluster, cluster
+from tests.helpers.cluster import Cluster, cluster, infer_request
 from tests.helpers.procs import registry_process
 from tests.helpers.registry import auth, database
 from tests.helpers.traffic import Traffic
 from tests.helpers.wait import async_wait_until
+from tests.integration.test_cli import liveml
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -122,11 +126,62 @@ async def alerts(c: Cluster, kind: str, firing_only: bool = False) -> list[rpb.A
     return [a for a in reply.alerts if a.alert == kind]
 
 
+EVERY_CHECK = {
+    "max_error_rate_delta",
+    "max_p99_latency_ratio",
+    "max_accuracy_drop",
+    "max_drift_psi",
+}
+
+
+def assert_every_check_named(decision: dict[str, Any], text: str) -> None:
+    """A decision lists every check, with its number or "no data" (none left out)."""
+    assert {check["check"] for check in decision["checks"]} >= EVERY_CHECK
+    for check in decision["checks"]:
+        assert (check["value"] is None) == (check["ok"] is None) == ("no_data" in check)
+    for label in ("error rate", "accuracy", "drift PSI"):
+        assert label in text, (label, text)
+    assert re.search(r"\bp[\d.]+ [\d.]+ ms vs [\d.]+ ms|tail latency: no data", text), text
+
+
+class Misbehaving:
+    """A client whose every request is its own mistake (FP64 where the model takes FP32)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.codes: list[str] = []
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with aio.insecure_channel(self.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not self._stop:
+                request = infer_request("clf", np.ones((1, 4), np.float64))
+                try:
+                    await stub.ModelInfer(request, timeout=10)
+                    self.codes.append("OK")
+                except aio.AioRpcError as exc:
+                    self.codes.append(exc.code().name)
+                    assert "FP32" in (exc.details() or ""), exc.details()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop = True
+        assert self._task is not None
+        await self._task
+
+
 async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> None:
     async with serving(tmp_path) as (c, address):
         await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
         traffic = Traffic(address, "clf", clients=4)
         traffic.start()
+        # Its mistakes land on both versions and must count for neither's error rate.
+        rude = Misbehaving(address)
+        rude.start()
         # The same model on both sides: its p99 over a step's few dozen requests is
         # their slowest one, which one scheduling hiccup on a shared box doubles. A
         # tolerant ratio keeps the check in the decision without making it a coin toss
@@ -136,20 +191,35 @@ async def test_good_candidate_is_promoted_through_every_step(tmp_path: Path) -> 
         assert started.status.phase == Phase.PHASE_PROGRESSING
         done = await wait_phase(c, Phase.PHASE_PROMOTED)
         await traffic.stop()
+        await rude.stop()
 
         assert [(t.version, t.percent) for t in done.targets] == [(2, 100)]
         steps = await audit(c, "CanaryStep")
         assert [(s["from_percent"], s["to_percent"]) for s in steps[::-1]] == [(20, 50)]
         promoted = await audit(c, "CanaryPromote")
         assert len(promoted) == 1 and promoted[0]["actor"] == "controller"
+        assert set(rude.codes) == {"INVALID_ARGUMENT"}
         for decision in (*steps, *promoted):
             assert decision["candidate"]["requests"] >= 30 and decision["stable"]["requests"] >= 30
-            assert {check["check"] for check in decision["checks"]} >= {
-                "max_error_rate_delta",
-                "max_p99_latency_ratio",
-                "max_accuracy_drop",
-            }
-            assert all(check["ok"] for check in decision["checks"])
+            assert_every_check_named(decision, done.status.last_decision)
+            judged = {check["check"]: check for check in decision["checks"]}
+            for name in ("max_error_rate_delta", "max_p99_latency_ratio", "max_accuracy_drop"):
+                assert judged[name]["ok"] is True, judged[name]
+            # Drift (reference adopted from the first window) was not asked for: judged
+            # when it has numbers, never required.
+            assert judged["max_drift_psi"]["ok"] in (True, None)
+            assert not judged["max_drift_psi"]["required"]
+            for side in ("stable", "candidate"):
+                assert decision[side]["errors"] == 0 and decision[side]["error_rate"] == 0
+        env = {"LIVEML_REGISTRY": f"127.0.0.1:{c.registry_port}", "LIVEML_TOKEN": c.admin}
+        status = await asyncio.to_thread(
+            liveml, {**env, "COLUMNS": "300"}, "rollout", "status", "clf"
+        )
+        assert "v2 at 100% (promoted)" in status.stdout and "at 50%" not in status.stdout
+        assert "v1 (retired)" in status.stdout and "client errors" in status.stdout
+        # The rude client's requests were counted apart, on both sides.
+        assert sum(d["candidate"]["client_errors"] for d in (*steps, *promoted)) > 0
+        assert sum(d["stable"]["client_errors"] for d in (*steps, *promoted)) > 0
         v2 = await c.stub.GetVersion(
             rpb.GetVersionRequest(name="models/clf/aliases/champion"), metadata=c.md
         )
@@ -194,8 +264,15 @@ async def test_bad_candidate_is_rolled_back(
         assert failed and failed[0]["check"] == breach
         (alert,) = await alerts(c, "RolloutRolledBack", firing_only=True)
         assert alert.severity == rpb.Alert.SEVERITY_CRITICAL and breach in alert.summary
-        # Only the candidate itself failed requests, and it gets none once rolled back.
-        assert all("version 2" in message for _, message in traffic.failures), traffic.failures[:3]
+        assert_every_check_named(event, back.status.last_decision)
+        # Only the failing candidate's own runs failed requests (INTERNAL, naming the
+        # version and onnxruntime's error), and it gets none once rolled back.
+        own = "INTERNAL: model 'clf' version 2 failed: "
+        excused = [
+            m for _, m in traffic.failures if breach == "max_error_rate_delta" and m.startswith(own)
+        ]
+        assert len(excused) == len(traffic.failures), traffic.failures[:3]
+        assert all(at <= rolled_back_at + 1 for at, _ in traffic.failures)
         assert traffic.versions_after(rolled_back_at + 1) == {"1"}
 
 
@@ -217,13 +294,44 @@ async def test_too_little_data_fails_the_canary(tmp_path: Path) -> None:
     async with serving(tmp_path) as (c, _):
         await c.push("clf", models.classifier(tmp_path / "v2.onnx"))
         await c.wait_state("w1", "clf", 1, "READY")
-        await start_canary(c, 2, step_interval=seconds(0.6), max_idle_intervals=2)
+        await start_canary(c, 2, step_interval=seconds(0.6), max_idle_intervals=3)
         back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
         assert "too little data" in back.status.last_decision
+        assert "for 3 intervals in a row (max 3)" in back.status.last_decision
         waits = await audit(c, "CanaryWait")
+        # The third interval without data is the last: as docs/architecture.md says.
         assert [w["idle_intervals"] for w in waits[::-1]] == [1, 2]
         (event,) = await audit(c, "CanaryRollback")
         assert event["breached"] == "min_requests" and event["idle_intervals"] == 3
+        assert_every_check_named(event, back.status.last_decision)
+
+
+async def test_accuracy_gated_canary_without_feedback_is_never_promoted(tmp_path: Path) -> None:
+    """max_accuracy_drop asked for, traffic plentiful, no feedback at all: "no data" for
+    accuracy each interval, then a rollback — a shuffled-label candidate cannot pass."""
+    async with serving(tmp_path) as (c, address):
+        await c.push("clf", models.classifier(tmp_path / "v2.onnx", flip=True))
+        traffic = Traffic(address, "clf", clients=4, feedback=False)
+        traffic.start()
+        await start_canary(
+            c, 2, step_interval=seconds(1.5), max_idle_intervals=2, max_p99_latency_ratio=5.0
+        )
+        back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
+        await traffic.stop()
+        assert not traffic.failures, traffic.failures[:3]
+        assert not await audit(c, "CanaryStep") and not await audit(c, "CanaryPromote")
+        (wait,) = await audit(c, "CanaryWait")
+        (event,) = await audit(c, "CanaryRollback")
+        assert event["breached"] == "no_data" and event["idle_intervals"] == 2
+        for decision in (wait, event):
+            assert decision["candidate"]["requests"] >= 30  # traffic was not the problem
+            judged = {check["check"]: check for check in decision["checks"]}
+            accuracy = judged["max_accuracy_drop"]
+            assert accuracy["ok"] is None and accuracy["required"]
+            assert "feedback labels needed each" in accuracy["no_data"]
+        assert "max_accuracy_drop: no data (10 feedback labels needed each, v1 had 0" in (
+            back.status.last_decision
+        )
 
 
 async def test_operator_pauses_resumes_and_aborts(tmp_path: Path) -> None:
@@ -360,9 +468,14 @@ async def test_one_controller_among_registries_and_failover(tmp_path: Path) -> N
                 traffic = Traffic(address, "clf", clients=4)
                 traffic.start()
                 await start_canary(c, 2, steps=[20, 40, 60, 100])
-                (first,) = await async_wait_until(
-                    lambda: audit(c, "CanaryStep"), 60, "the first step"
-                )
+
+                async def first_step() -> list[dict[str, Any]]:
+                    current = await rollout(c)
+                    # A canary that ended instead of stepping says why, at once.
+                    assert current.status.phase == Phase.PHASE_PROGRESSING, current.status
+                    return await audit(c, "CanaryStep")
+
+                (first,) = await async_wait_until(first_step, 60, "the first step")
                 a.popen.kill()  # SIGKILL: no goodbye, the lease must expire
                 a.popen.wait()
                 done = await wait_phase(c, Phase.PHASE_PROMOTED)

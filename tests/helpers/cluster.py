@@ -87,6 +87,13 @@ class Cluster:
         self.workers[name] = (proc, port)
         return port
 
+    def restart_worker(self, name: str) -> None:
+        """Start a worker again as it was (same id, port and cache), e.g. after a SIGKILL."""
+        proc, port = self.workers[name]
+        proc = restart(proc)
+        wait_port(port, proc)
+        self.workers[name] = (proc, port)
+
     def restart_registry(self) -> None:
         """Start the registry again on the same port and database (after a crash)."""
         self.registry = restart(self.registry)
@@ -181,7 +188,9 @@ class Load:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def _client(self, index: int) -> None:
-        x = np.full((1, 4), index, dtype=np.float32)
+        # Never all zeros: that is what a warm-up sends (tests/helpers/models.py has a
+        # model that is slow on it).
+        x = np.full((1, 4), index + 1, dtype=np.float32)
         async with aio.insecure_channel(self.address) as channel:
             call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
             n = 0

@@ -273,3 +273,77 @@ def failing_classifier(path: Path, always: bool = False) -> Path:
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
     ]
     return _save(_classifier_graph("failing_classifier", False, extra, init, "nothing"), path)
+
+
+def slow_warmup_linear(path: Path, seed: int = 2, rounds: int = 100_000, width: int = 16) -> Path:
+    """`linear`, except that an all-zero input (what a worker's warm-up sends) first runs
+    `rounds` loop iterations: a version slow to warm up and fast to serve. Use
+    `calibrated_rounds` for a wanted warm-up time on this machine."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((4, 3)).astype(np.float32)
+    bias = rng.standard_normal(3).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["h_in", "M"], ["h_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+        initializer=[numpy_helper.from_array(np.eye(width, dtype=np.float32), "M")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["plain"]),
+            helper.make_node("Abs", ["x"], ["ax"]),
+            helper.make_node("ReduceSum", ["ax"], ["total"], keepdims=0),
+            helper.make_node("Equal", ["total", "zero"], ["all_zero"]),
+            helper.make_node("Cast", ["all_zero"], ["one_if_zero"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["one_if_zero", "rounds"], ["trips"]),
+            helper.make_node("MatMul", ["x", "P"], ["h0"]),
+            helper.make_node("Loop", ["trips", "true", "h0"], ["h"], body=body),
+            helper.make_node("ReduceSum", ["h", "axis1"], ["r"], keepdims=1),
+            helper.make_node("Mul", ["r", "zero"], ["nothing"]),
+            helper.make_node("Add", ["plain", "nothing"], ["y"]),
+        ],
+        "slow_warmup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(bias, "b"),
+            numpy_helper.from_array(np.zeros((4, width), dtype=np.float32), "P"),
+            numpy_helper.from_array(np.array(rounds, dtype=np.int64), "rounds"),
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def calibrated_rounds(folder: Path, seconds: float) -> int:
+    """Loop rounds for which one all-zero run of `slow_warmup_linear` takes about
+    `seconds` here (a worker's warm-up makes at least two such runs)."""
+    import time
+
+    import onnxruntime as ort
+
+    probe = 20_000
+    session = ort.InferenceSession(
+        str(slow_warmup_linear(folder / "calibrate.onnx", rounds=probe)),
+        providers=["CPUExecutionProvider"],
+    )
+    zeros = {"x": np.zeros((1, 4), np.float32)}
+    session.run(None, zeros)
+    started = time.perf_counter()
+    session.run(None, zeros)
+    return max(1, int(probe * seconds / (time.perf_counter() - started)))

@@ -25,7 +25,7 @@ from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
 from services.gateway import wire
 from services.gateway.feedback import FeedbackBook
-from services.gateway.links import GrpcLink, Links
+from services.gateway.links import GrpcLink, Links, reachable
 from services.gateway.routing import ModelRoute, RoutingTable
 from services.gateway.servicer import Router
 from services.gateway.settings import GatewaySettings
@@ -35,7 +35,7 @@ from tests.conftest import free_port
 from tests.helpers import models
 from tests.helpers.cluster import infer_request
 from tests.helpers.procs import Proc, python_module, wait_port
-from tests.helpers.wait import wait_until
+from tests.helpers.wait import async_wait_until, wait_until
 
 
 @dataclass
@@ -348,9 +348,60 @@ async def test_a_lone_worker_whose_stream_broke_gets_one_more_try(worker: Worker
         Shadow(config_of(GatewaySettings())),
         WindowBook(rpb.WINDOW_SOURCE_GATEWAY, ""),
     )
+    router.table_changed()
     request = infer_request("clf", np.zeros((1, 4), np.float32), "again").SerializeToString()
     try:
         answer, version = await router.infer(request, (), None)
         assert (pb.ModelInferResponse.FromString(answer).id, version) == ("again", "1")
+    finally:
+        await pool.close()
+
+
+def _links(grpc_address: str, framed: str | None) -> Links:
+    return Links(
+        lambda: aio.insecure_channel(grpc_address), lambda: framed, grpc_address=grpc_address
+    )
+
+
+async def test_a_dead_worker_is_ejected_probed_and_readmitted(worker: Worker) -> None:
+    """Nothing answers at either port: ejected at the first failure (not a fallback to
+    gRPC), left out of the choice while others answer, and back once it accepts
+    connections again."""
+    live, dead = f"127.0.0.1:{worker.port}", f"127.0.0.1:{free_port()}"
+    framed = {live: f"127.0.0.1:{worker.forward_port}", dead: f"127.0.0.1:{free_port()}"}
+    pool = UpstreamPool(lambda a: _links(a, framed[a]), probe=reachable)
+    data = infer_request("clf", np.zeros((1, 4), np.float32), "e").SerializeToString()
+    server = None
+    try:
+        with pytest.raises(UpstreamDown, match=r"worker down: neither its framed listener"):
+            await pool.get(dead).send(data, 10)
+        assert pool.ejected(dead) and pool.ejections == 1
+        assert not pool.answering(dead)
+        for _ in range(20):
+            chosen = pool.pick([dead, live], set())
+            assert chosen is not None and chosen.address == live
+        # Only the dead one left to try: it is tried anyway (a fresh connection).
+        last = pool.pick([dead], set())
+        assert last is not None and last.address == dead
+        host, port = dead.split(":")
+        server = await asyncio.start_server(lambda r, w: w.close(), host, int(port))
+        pool.kick([dead])
+        await async_wait_until(lambda: not pool.ejected(dead), 10, "the worker readmitted")
+    finally:
+        if server is not None:
+            server.close()
+        await pool.close()
+
+
+async def test_a_blocked_framed_listener_is_not_a_dead_worker(worker: Worker) -> None:
+    """The framed port refuses but the gRPC port answers: a fallback to gRPC, no ejection."""
+    address = f"127.0.0.1:{worker.port}"
+    pool = UpstreamPool(lambda a: _links(a, f"127.0.0.1:{free_port()}"), probe=reachable)
+    data = infer_request("clf", np.zeros((1, 4), np.float32), "b").SerializeToString()
+    try:
+        with pytest.raises(UpstreamDown, match=r"cannot connect to 127\.0\.0\.1:\d+"):
+            await pool.get(address).send(data, 10)
+        assert not pool.ejected(address) and pool.ejections == 0
+        assert reply_of(await pool.get(address).send(data, 10)).infer_response.id == "b"
     finally:
         await pool.close()

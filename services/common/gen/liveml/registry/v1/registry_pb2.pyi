@@ -289,7 +289,7 @@ class TrafficTarget(_message.Message):
     def __init__(self, version: _Optional[int] = ..., percent: _Optional[int] = ...) -> None: ...
 
 class AnalysisPolicy(_message.Message):
-    __slots__ = ("steps", "step_interval", "min_requests", "max_error_rate_delta", "max_p99_latency_ratio", "max_accuracy_drop", "max_drift_psi", "max_fairness_gap", "ready_timeout", "max_idle_intervals", "candidate_version")
+    __slots__ = ("steps", "step_interval", "min_requests", "max_error_rate_delta", "max_p99_latency_ratio", "max_accuracy_drop", "max_drift_psi", "max_fairness_gap", "ready_timeout", "max_idle_intervals", "candidate_version", "min_feedback")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STEP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,7 @@ class AnalysisPolicy(_message.Message):
     READY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_IDLE_INTERVALS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedScalarFieldContainer[int]
     step_interval: _duration_pb2.Duration
     min_requests: int
@@ -312,7 +313,8 @@ class AnalysisPolicy(_message.Message):
     ready_timeout: _duration_pb2.Duration
     max_idle_intervals: int
     candidate_version: int
-    def __init__(self, steps: _Optional[_Iterable[int]] = ..., step_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., max_error_rate_delta: _Optional[float] = ..., max_p99_latency_ratio: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., max_drift_psi: _Optional[float] = ..., max_fairness_gap: _Optional[float] = ..., ready_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_idle_intervals: _Optional[int] = ..., candidate_version: _Optional[int] = ...) -> None: ...
+    min_feedback: int
+    def __init__(self, steps: _Optional[_Iterable[int]] = ..., step_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., max_error_rate_delta: _Optional[float] = ..., max_p99_latency_ratio: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., max_drift_psi: _Optional[float] = ..., max_fairness_gap: _Optional[float] = ..., ready_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_idle_intervals: _Optional[int] = ..., candidate_version: _Optional[int] = ..., min_feedback: _Optional[int] = ...) -> None: ...
 
 class AnalysisStatus(_message.Message):
     __slots__ = ("phase", "stable_version", "candidate_version", "step_index", "start_time", "step_start_time", "idle_intervals", "last_decision", "last_decision_time")
@@ -351,7 +353,7 @@ class AnalysisStatus(_message.Message):
     def __init__(self, phase: _Optional[_Union[AnalysisStatus.Phase, str]] = ..., stable_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., step_index: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_intervals: _Optional[int] = ..., last_decision: _Optional[str] = ..., last_decision_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("name", "targets", "mirrors", "pinned", "sticky_key", "analysis", "revision", "updater", "update_time", "status")
+    __slots__ = ("name", "targets", "mirrors", "pinned", "sticky_key", "analysis", "revision", "updater", "update_time", "status", "fallback")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     MIRRORS_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +364,7 @@ class Rollout(_message.Message):
     UPDATER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     name: str
     targets: _containers.RepeatedCompositeFieldContainer[TrafficTarget]
     mirrors: _containers.RepeatedCompositeFieldContainer[TrafficTarget]
@@ -372,7 +375,8 @@ class Rollout(_message.Message):
     updater: str
     update_time: _timestamp_pb2.Timestamp
     status: AnalysisStatus
-    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., mirrors: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., pinned: _Optional[_Iterable[int]] = ..., sticky_key: _Optional[str] = ..., analysis: _Optional[_Union[AnalysisPolicy, _Mapping]] = ..., revision: _Optional[int] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[AnalysisStatus, _Mapping]] = ...) -> None: ...
+    fallback: _containers.RepeatedCompositeFieldContainer[ServingShare]
+    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., mirrors: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ..., pinned: _Optional[_Iterable[int]] = ..., sticky_key: _Optional[str] = ..., analysis: _Optional[_Union[AnalysisPolicy, _Mapping]] = ..., revision: _Optional[int] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[AnalysisStatus, _Mapping]] = ..., fallback: _Optional[_Iterable[_Union[ServingShare, _Mapping]]] = ...) -> None: ...
 
 class WorkerVersionState(_message.Message):
     __slots__ = ("model", "version", "state", "error", "update_time")
@@ -389,7 +393,7 @@ class WorkerVersionState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[VersionLoadState, str]] = ..., error: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels", "forward_address", "role")
+    __slots__ = ("name", "address", "models", "capacity", "versions", "lease_expire_time", "labels", "forward_address", "role", "observed_revision")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +410,7 @@ class Worker(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -415,7 +420,8 @@ class Worker(_message.Message):
     labels: _containers.ScalarMap[str, str]
     forward_address: str
     role: WorkerRole
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ...) -> None: ...
+    observed_revision: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., observed_revision: _Optional[int] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator")
@@ -663,18 +669,44 @@ class GetRolloutRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetRolloutResponse(_message.Message):
-    __slots__ = ("rollout",)
+    __slots__ = ("rollout", "serving", "held")
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     rollout: Rollout
-    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+    serving: _containers.RepeatedCompositeFieldContainer[ServingShare]
+    held: _containers.RepeatedCompositeFieldContainer[HeldShare]
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., serving: _Optional[_Iterable[_Union[ServingShare, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldShare, _Mapping]]] = ...) -> None: ...
+
+class ServingShare(_message.Message):
+    __slots__ = ("version", "percent")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    percent: float
+    def __init__(self, version: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class HeldShare(_message.Message):
+    __slots__ = ("version", "percent", "reason", "held_on")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HELD_ON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    percent: int
+    reason: str
+    held_on: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[int] = ..., percent: _Optional[int] = ..., reason: _Optional[str] = ..., held_on: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UpdateRolloutRequest(_message.Message):
-    __slots__ = ("rollout", "expected_revision")
+    __slots__ = ("rollout", "expected_revision", "force")
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     rollout: Rollout
     expected_revision: int
-    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., expected_revision: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class UpdateRolloutResponse(_message.Message):
     __slots__ = ("rollout",)
@@ -783,12 +815,14 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("name", "versions")
+    __slots__ = ("name", "versions", "observed_revision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedCompositeFieldContainer[WorkerVersionState]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ...) -> None: ...
+    observed_revision: int
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., observed_revision: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("lease_expire_time",)
@@ -1004,7 +1038,7 @@ class ReportWindowsResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class VersionMetrics(_message.Message):
-    __slots__ = ("version", "start_time", "end_time", "requests", "errors", "error_rate", "p50_seconds", "p99_seconds", "feedback_total", "accuracy", "drift_psi", "max_drift_psi", "worst_feature", "groups", "fairness_gap", "ready_workers")
+    __slots__ = ("version", "start_time", "end_time", "requests", "errors", "error_rate", "p50_seconds", "p99_seconds", "feedback_total", "accuracy", "drift_psi", "max_drift_psi", "worst_feature", "groups", "fairness_gap", "ready_workers", "client_errors")
     class DriftPsiEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1028,6 +1062,7 @@ class VersionMetrics(_message.Message):
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     FAIRNESS_GAP_FIELD_NUMBER: _ClassVar[int]
     READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ERRORS_FIELD_NUMBER: _ClassVar[int]
     version: int
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
@@ -1044,7 +1079,8 @@ class VersionMetrics(_message.Message):
     groups: _containers.RepeatedCompositeFieldContainer[GroupOutcomes]
     fairness_gap: float
     ready_workers: int
-    def __init__(self, version: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., feedback_total: _Optional[int] = ..., accuracy: _Optional[float] = ..., drift_psi: _Optional[_Mapping[str, float]] = ..., max_drift_psi: _Optional[float] = ..., worst_feature: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupOutcomes, _Mapping]]] = ..., fairness_gap: _Optional[float] = ..., ready_workers: _Optional[int] = ...) -> None: ...
+    client_errors: int
+    def __init__(self, version: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ..., feedback_total: _Optional[int] = ..., accuracy: _Optional[float] = ..., drift_psi: _Optional[_Mapping[str, float]] = ..., max_drift_psi: _Optional[float] = ..., worst_feature: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupOutcomes, _Mapping]]] = ..., fairness_gap: _Optional[float] = ..., ready_workers: _Optional[int] = ..., client_errors: _Optional[int] = ...) -> None: ...
 
 class GetVersionMetricsRequest(_message.Message):
     __slots__ = ("parent", "window")
