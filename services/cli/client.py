@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
 from services.common.tls import channel_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -226,20 +227,29 @@ def open_channel(conn: Connection) -> grpc.Channel:
     return grpc.secure_channel(conn.address, credentials, options=options)
 
 
-class Registry:
-    """The registry's stub, with the caller's token attached to every call.
+class _Authenticated:
+    """A stub whose every call carries the caller's token."""
 
-    Attributes are the stub's methods (`registry.GetModel(request)`); grpc's stubs
-    are untyped, so annotate what they return at the call site.
-    """
-
-    def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._stub = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
         self._metadata = metadata
 
     def __getattr__(self, method: str) -> Any:
         # A proxy rather than metadata= at each call site, so no call can forget it.
         return functools.partial(getattr(self._stub, method), metadata=self._metadata)
+
+
+class Registry(_Authenticated):
+    """The registry's stub, with the caller's token attached to every call.
+
+    Attributes are the stub's methods (`registry.GetModel(request)`), and `training`
+    is its TrainingService's; grpc's stubs are untyped, so annotate what they return
+    at the call site.
+    """
+
+    def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(rpb_grpc.RegistryServiceStub(channel), metadata)  # type: ignore[no-untyped-call]
+        self.training = _Authenticated(tpb_grpc.TrainingServiceStub(channel), metadata)  # type: ignore[no-untyped-call]
 
 
 @contextmanager

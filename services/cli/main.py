@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import canary_cmds, registry_cmds
-from services.cli.serve_cmds import gateway_app, registry_app, worker_app
+from services.cli import canary_cmds, registry_cmds, train_cmds
+from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.command("alerts")(canary_cmds.alerts)
 app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(trainer_app, name="trainer")
+app.add_typer(train_cmds.train_app, name="train")
 console = Console()
 
 

@@ -7,6 +7,7 @@ import typer
 from services.common.config import settings_options
 from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
+from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
 
 registry_app = typer.Typer(
@@ -54,3 +55,17 @@ def gateway_serve(settings: GatewaySettings) -> None:
     from services.gateway import app as gateway
 
     raise typer.Exit(gateway.serve(settings))
+
+
+trainer_app = typer.Typer(
+    help="The trainer: retrains models by their training policies.", no_args_is_help=True
+)
+
+
+@trainer_app.command("serve")
+@settings_options(TrainerSettings)
+def trainer_serve(settings: TrainerSettings) -> None:
+    """Run a trainer: evaluate triggers, claim runs, fit, gate, register."""
+    from services.trainer import app as trainer
+
+    raise typer.Exit(trainer.serve(settings))

@@ -30,6 +30,7 @@ class Role(enum.StrEnum):
     CLIENT = "client"
     INGEST = "ingest"
     GATEWAY = "gateway"
+    TRAINER = "trainer"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from services.common import server
 from services.common.auth import Role
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from services.registry import metrics, security, workers
+from services.common.gen.liveml.training.v1 import training_pb2 as tpb
+from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
+from services.registry import metrics, security, training_runs, workers
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
 from services.registry.controller import Controller
@@ -24,11 +26,13 @@ from services.registry.secrets import resolved_secrets, supplied_admin_token
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, wait_for_database
+from services.registry.training_servicer import TrainingServicer
 from services.registry.watch import Feed
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+TRAINING_SERVICE = tpb.DESCRIPTOR.services_by_name["TrainingService"].full_name
 
 
 @dataclass
@@ -128,13 +132,17 @@ async def start(settings: RegistrySettings) -> Registry:
         monitor_seconds=settings.monitor_seconds,
         keep_windows=settings.keep_windows_seconds,
         drift_alert_psi=settings.drift_alert_psi,
+        accuracy_alert=(settings.accuracy_alert_drop, settings.accuracy_alert_feedback),
         ready_alert_seconds=settings.ready_alert_seconds,
     )
     servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
-        return [SERVICE_NAME]
+        tpb_grpc.add_TrainingServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            TrainingServicer(store, alerts), grpc_server
+        )
+        return [SERVICE_NAME, TRAINING_SERVICE]
 
     authenticator = None
     if settings.auth:
@@ -150,12 +158,21 @@ async def start(settings: RegistrySettings) -> Registry:
     async def compact() -> None:
         await store.compact(settings.watch_keep_revisions)
 
+    async def expire_runs() -> None:
+        async with store.read() as session:
+            if not await training_runs.any_expired(session):
+                return
+        async with store.write("registry") as tx:
+            for name in await training_runs.expire(tx, alerts):
+                log.warning("training run %s: its trainer stopped answering", name)
+
     registry.tasks += [
         asyncio.create_task(
             workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2)).run(),
             name="lease sweep",
         ),
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+        asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
     return registry

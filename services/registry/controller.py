@@ -29,7 +29,7 @@ from sqlalchemy import select
 from services.common import serving
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import alerts, catalog, names, rollouts, windows, workers
+from services.registry import alerts, catalog, names, rollouts, training_runs, windows, workers
 from services.registry.alerts import Alerts
 from services.registry.analysis import Limits, describe, judge, judged, numbers_of, tail
 from services.registry.db import ModelRow, RolloutRow
@@ -67,6 +67,7 @@ class Controller:
         monitor_seconds: float = 5.0,
         keep_windows: float = 3600.0,
         drift_alert_psi: float = 0.25,
+        accuracy_alert: tuple[float, int] = (0.1, 50),
         ready_alert_seconds: float = 60.0,
     ) -> None:
         self.store = store
@@ -77,6 +78,8 @@ class Controller:
         self.monitor_seconds = monitor_seconds
         self.keep_windows = keep_windows
         self.drift_alert_psi = drift_alert_psi
+        self.accuracy_alert_drop, self.accuracy_alert_feedback = accuracy_alert
+        self._holdout: dict[tuple[str, int], float | None] = {}  # registered accuracy
         self.ready_alert_seconds = ready_alert_seconds
         # (model, candidate, step start) -> when the candidate was first seen READY then
         self._ready_since: dict[tuple[str, int, int], float] = {}
@@ -294,6 +297,7 @@ class Controller:
             details = {**details, "controller": self.lease.holder}
         async with self.store.write(actor) as tx:
             after = await rollouts.transition(tx, model, rollout.revision, change, action, details)
+            await training_runs.record_canary(tx, model, after)
             if alert is not None:
                 kind, severity, summary = alert
                 await self.alerts.raise_(
@@ -451,6 +455,17 @@ class Controller:
 
     # --- monitoring ------------------------------------------------------------------------
 
+    async def _holdout_accuracy(self, model: str, version: int) -> float | None:
+        key = (model, version)
+        if key not in self._holdout:
+            try:
+                async with self.store.read() as session:
+                    _, row = await catalog.version_row(session, names.version_name(model, version))
+                self._holdout[key] = catalog.version_proto(row).metrics.get("holdout_accuracy")
+            except ServiceError:
+                return None
+        return self._holdout[key]
+
     async def _monitor(self, current: dict[str, rpb.Rollout], now: float, leader: bool) -> None:
         since = int((now - self.monitor_window) * 1e6)
         snapshot = {}
@@ -491,6 +506,30 @@ class Controller:
                 )
             else:
                 resolve.append(("DriftHigh", version, f"PSI {m.max_drift_psi:.3f}"))
+        for target in rollout.targets:
+            live = measured.get(target.version)
+            if target.percent <= 0 or live is None:
+                continue
+            if live.feedback_total < self.accuracy_alert_feedback:
+                continue
+            registered = await self._holdout_accuracy(model, target.version)
+            if registered is None:
+                continue
+            floor = registered - self.accuracy_alert_drop
+            if live.accuracy < floor:
+                raise_.append(
+                    (
+                        "AccuracyDrop",
+                        alerts.WARNING,
+                        target.version,
+                        f"v{target.version} of {model}: live accuracy {live.accuracy:.3f} over "
+                        f"{live.feedback_total} feedback labels, registered with "
+                        f"{registered:.3f} (alert below {floor:.3f})",
+                        {"accuracy": live.accuracy, "holdout_accuracy": registered},
+                    )
+                )
+            else:
+                resolve.append(("AccuracyDrop", target.version, f"accuracy {live.accuracy:.3f}"))
         settled = now - rollout.update_time.ToMicroseconds() / 1e6 > self.ready_alert_seconds
         held_on = {
             h.version: h.held_on
@@ -532,7 +571,7 @@ class Controller:
             kind, _, number = key.rpartition("/")
             kind = kind.rsplit("/", 1)[0]
             version = int(number)
-            if (kind == "NoReadyWorker" and version not in served) or (
+            if (kind in ("NoReadyWorker", "AccuracyDrop") and version not in served) or (
                 kind == "DriftHigh" and version not in watched
             ):
                 resolve.append((kind, version, "no longer served"))

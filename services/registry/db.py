@@ -154,3 +154,28 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128), nullable=False)
     expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class TrainingPolicyRow(Base):
+    """A model's training policy (the `TrainingPolicy` message)."""
+
+    __tablename__ = "training_policies"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class TrainingRunRow(Base):
+    """One training run (the `TrainingRun` message), numbered per model."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    state: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    lease_expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

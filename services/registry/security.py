@@ -16,6 +16,7 @@ from services.registry.db import TokenRow
 from services.registry.store import Store, Tx, now_us
 
 SERVICE = "/liveml.registry.v1.RegistryService/"
+TRAINING = "/liveml.training.v1.TrainingService/"
 
 ROLE_TO_PROTO = {
     Role.ADMIN: rpb.ROLE_ADMIN,
@@ -26,6 +27,7 @@ ROLE_TO_PROTO = {
     Role.CLIENT: rpb.ROLE_CLIENT,
     Role.INGEST: rpb.ROLE_INGEST,
     Role.GATEWAY: rpb.ROLE_GATEWAY,
+    Role.TRAINER: rpb.ROLE_TRAINER,
 }
 PROTO_TO_ROLE: dict[int, Role] = {v: k for k, v in ROLE_TO_PROTO.items()}
 
@@ -74,7 +76,19 @@ POLICY: dict[str, set[Role]] = {
         SERVICE + m: set(_DATA_PLANE)
         for m in ("RegisterWorker", "Heartbeat", "DeleteWorker", "ReportWindows")
     },
+    **{
+        TRAINING + m: _READ | {Role.TRAINER}
+        for m in ("GetTrainingPolicy", "ListTrainingPolicies", "GetTrainingRun", "ListTrainingRuns")
+    },
+    **{TRAINING + m: {Role.DEPLOYER} for m in ("SetTrainingPolicy", "DeleteTrainingPolicy")},
+    TRAINING + "RequestTrainingRun": {Role.DEPLOYER, Role.TRAINER},
+    **{TRAINING + m: {Role.TRAINER} for m in ("ClaimTrainingRun", "UpdateTrainingRun")},
 }
+# A trainer reads what it trains against and registers what passes its gate; the
+# registry, not the trainer, then approves it and starts its canary.
+for _method in ("GetModel", "GetVersion", "DownloadArtifact", "GetRollout", "ListAlerts"):
+    POLICY[SERVICE + _method] = POLICY[SERVICE + _method] | {Role.TRAINER}
+POLICY[SERVICE + "CreateVersion"] = POLICY[SERVICE + "CreateVersion"] | {Role.TRAINER}
 
 
 # Operator-made tokens (a supplied bootstrap admin token) must look like generated ones:

@@ -13,7 +13,16 @@ from services.common.auth import current_principal
 from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from services.registry import audit, catalog, names, rollouts, security, windows, workers
+from services.registry import (
+    audit,
+    catalog,
+    names,
+    rollouts,
+    security,
+    training_runs,
+    windows,
+    workers,
+)
 from services.registry.alerts import Alerts
 from services.registry.artifacts import CHUNK, ArtifactStore
 from services.registry.controller import Controller
@@ -125,6 +134,10 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         )
         async with self.store.write(actor()) as tx:
             version = await catalog.create_version(tx, model_id, meta.version, artifact, signature)
+            if version.lineage.pipeline_run.startswith("models/"):  # a run's: one per run
+                await training_runs.claim_version(
+                    tx, version.lineage.pipeline_run, model_id, version.number
+                )
         return rpb.CreateVersionResponse(version=version)
 
     @abort_on_error
@@ -153,6 +166,8 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
             version = await catalog.review_version(
                 tx, request.name, request.decision, request.reason
             )
+            if version.approval.state == rpb.APPROVAL_STATE_APPROVED:
+                await training_runs.on_approved(tx, version)
         return rpb.ReviewVersionResponse(version=version)
 
     @abort_on_error
@@ -336,7 +351,7 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         if role is None:
             raise InvalidArgument(
                 "role must be one of ROLE_ADMIN, ROLE_DEPLOYER, ROLE_PUBLISHER, ROLE_VIEWER, "
-                "ROLE_WORKER, ROLE_CLIENT, ROLE_INGEST, ROLE_GATEWAY"
+                "ROLE_WORKER, ROLE_CLIENT, ROLE_INGEST, ROLE_GATEWAY, ROLE_TRAINER"
             )
         if not request.display_name:
             raise InvalidArgument("display_name is required: say who or what the token is for")

@@ -86,6 +86,16 @@ class RegistrySettings(ServerSettings):
     drift_alert_psi: float = Field(
         0.25, gt=0, description="Raise DriftHigh when a version's worst feature PSI exceeds this."
     )
+    accuracy_alert_drop: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Raise AccuracyDrop when a served version's live feedback accuracy falls "
+        "this far below the holdout_accuracy it was registered with.",
+    )
+    accuracy_alert_feedback: int = Field(
+        50, ge=1, description="Feedback labels a version needs before AccuracyDrop is judged."
+    )
     ready_alert_seconds: float = Field(
         60.0,
         ge=0,

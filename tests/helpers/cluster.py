@@ -34,7 +34,9 @@ class Cluster:
     stub: rpb_grpc.RegistryServiceStub
     workers: dict[str, tuple[Proc, int]] = field(default_factory=dict)
     gateways: list[Proc] = field(default_factory=list)
+    trainers: dict[str, Proc] = field(default_factory=dict)
     worker_token: str = ""
+    trainer_token: str = ""
 
     @property
     def md(self) -> tuple[tuple[str, str], ...]:
@@ -86,6 +88,38 @@ class Cluster:
         wait_port(port, proc)
         self.workers[name] = (proc, port)
         return port
+
+    async def start_trainer(self, name: str, *flags: str) -> Proc:
+        """`liveml trainer serve` with its own trainer token, polling fast."""
+        if not self.trainer_token:
+            made = await self.stub.CreateToken(
+                rpb.CreateTokenRequest(display_name="trainers", role=rpb.ROLE_TRAINER),
+                metadata=self.md,
+            )
+            self.trainer_token = made.secret
+        port = free_port()
+        proc = python_module(
+            "services.cli.main",
+            {"LIVEML_REGISTRY_TOKEN": self.trainer_token},
+            "trainer",
+            "serve",
+            "--registry",
+            f"127.0.0.1:{self.registry_port}",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--trainer-id",
+            name,
+            "--poll-seconds",
+            "0.2",
+            "--work-dir",
+            str(self.root / f"trainer-{name}"),
+            *flags,
+        )
+        wait_port(port, proc)
+        self.trainers[name] = proc
+        return proc
 
     def restart_worker(self, name: str) -> None:
         """Start a worker again as it was (same id, port and cache), e.g. after a SIGKILL."""
@@ -157,6 +191,8 @@ async def cluster(root: Path, **registry_env: str) -> AsyncIterator[Cluster]:
     try:
         yield c
     finally:
+        for trainer in c.trainers.values():
+            trainer.stop()
         for gateway in c.gateways:
             gateway.stop()
         for worker, _ in c.workers.values():

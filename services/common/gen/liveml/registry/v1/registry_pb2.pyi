@@ -58,6 +58,7 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_CLIENT: _ClassVar[Role]
     ROLE_INGEST: _ClassVar[Role]
     ROLE_GATEWAY: _ClassVar[Role]
+    ROLE_TRAINER: _ClassVar[Role]
 
 class WindowSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -93,6 +94,7 @@ ROLE_WORKER: Role
 ROLE_CLIENT: Role
 ROLE_INGEST: Role
 ROLE_GATEWAY: Role
+ROLE_TRAINER: Role
 WINDOW_SOURCE_UNSPECIFIED: WindowSource
 WINDOW_SOURCE_GATEWAY: WindowSource
 WINDOW_SOURCE_WORKER: WindowSource
