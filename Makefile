@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP) $(BUF)
 proto: $(STAMP)
 	$(PY) -m services.common.protogen
 
-bench: bench-worker bench-gateway
+bench: bench-worker bench-gateway bench-trainer
 
 # Needs h2load (Debian package nghttp2-client, installed here if missing) and builds
 # KServe's venv in bench/.kserve-venv on first use.
@@ -46,6 +46,9 @@ bench-worker: $(STAMP)
 bench-gateway: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/gateway.py
+
+bench-trainer: $(STAMP)
+	$(PY) bench/trainer.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -214,7 +214,7 @@ async def _work(
     run.dataset.uri = table.uri
     run.first_sequence, run.last_sequence = table.first_sequence, table.last_sequence
     run.source_rows = table.rows
-    rows = await asyncio.to_thread(data.split, table, policy)
+    rows = await _stage(run, "split", lambda: asyncio.to_thread(data.split, table, policy))
     run.dropped_rows = rows.dropped
     run.dataset.digest, run.dataset.rows = rows.digest, rows.rows
     run.train_rows, run.holdout_rows = len(rows.y_train), len(rows.y_holdout)
@@ -223,7 +223,8 @@ async def _work(
     run.production_version = await production_of(reg, model)
     production_bytes = b""
     if run.production_version:
-        production_bytes = await _download(reg, f"models/{model}/versions/{run.production_version}")
+        name = f"models/{model}/versions/{run.production_version}"
+        production_bytes = await _stage(run, "production", lambda: _download(reg, name))
     fitted = await _stage(
         run,
         "fit",
