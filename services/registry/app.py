@@ -16,7 +16,7 @@ from services.common import server
 from services.common.auth import Role
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from services.registry import metrics, security, workers
+from services.registry import event_stream, metrics, security, workers
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
 from services.registry.controller import Controller
@@ -38,6 +38,7 @@ class Registry:
     feed: Feed
     running: server.RunningServer
     controller: Controller
+    events: event_stream.EventParts
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -51,6 +52,7 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.controller.stop()  # hands leadership over without waiting for the lease
+        await self.events.stop()
         await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
         await self.store.close()
@@ -130,7 +132,9 @@ async def start(settings: RegistrySettings) -> Registry:
         drift_alert_psi=settings.drift_alert_psi,
         ready_alert_seconds=settings.ready_alert_seconds,
     )
-    servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller)
+    holder = settings.controller_id or f"{socket.gethostname()}:{os.getpid()}"
+    events = event_stream.parts(settings, store, holder)
+    servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller, events)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
@@ -144,7 +148,7 @@ async def start(settings: RegistrySettings) -> Registry:
     running = await server.start_server(
         "registry", settings, register, authenticator=authenticator, policy=security.POLICY
     )
-    registry = Registry(settings, store, feed, running, controller)
+    registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
     async def expire() -> None:
@@ -164,6 +168,7 @@ async def start(settings: RegistrySettings) -> Registry:
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
+    events.start(settings)
     return registry
 
 
@@ -175,6 +180,7 @@ def serve(settings: RegistrySettings) -> int:
             for task in registry.tasks:
                 task.cancel()
             await registry.controller.stop()
+            await registry.events.stop()
             await registry.feed.stop()  # ends open watches so the server can stop
 
         registry.running.on_stop.append(halt_background)

@@ -74,6 +74,12 @@ POLICY: dict[str, set[Role]] = {
         SERVICE + m: set(_DATA_PLANE)
         for m in ("RegisterWorker", "Heartbeat", "DeleteWorker", "ReportWindows")
     },
+    # The event stream: gateways (worker or gateway tokens) log predictions and
+    # feedback and store ingested examples; ingest tokens append examples only (the
+    # servicer checks the kind) and import files; reading is for viewers and up.
+    SERVICE + "AppendEvents": {Role.WORKER, Role.GATEWAY, Role.INGEST},
+    SERVICE + "ImportExamples": {Role.INGEST},
+    **{SERVICE + m: set(_READ) for m in ("ReadEvents", "GetEventStats")},
 }
 
 
