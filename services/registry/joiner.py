@@ -17,10 +17,12 @@ still held (`low_water`) and replays up to its committed position without effect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,7 @@ from sqlalchemy import select, update
 
 from services.common import examples
 from services.common.errors import OutOfRange
-from services.common.events import Encoded, EventStream, Start, encode
+from services.common.events import Batch, Encoded, EventStream, Start, encode
 from services.common.events import metrics as event_metrics
 from services.common.events.metrics import append_counted
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
@@ -294,17 +296,33 @@ class Joiner:
         event_metrics.JOINER_POSITION.set(position)
         start = Start.START_OLDEST if self._from_oldest else Start.START_AFTER_SEQUENCE
         self._from_oldest = False
-        async for batch in self.stream.read(after, start=start, kinds=KINDS, follow=True):
-            await self._signatures(state, {e.model for e in batch.events})
-            for event in batch.events:
-                state.apply(event, live=event.sequence > replay_through)
-            event_metrics.JOINER_LAG.set(max(0, batch.last_sequence - batch.read_through))
-            event_metrics.STREAM_LAST.set(batch.last_sequence)
-            now = time.time()
-            through = max(batch.read_through, self.position)
-            if now - last_commit >= self.commit_seconds and through > self.position:
-                await self._commit(state, through, last_commit, now)
-                last_commit = now
+        batches = self.stream.read(after, start=start, kinds=KINDS, follow=True)
+        queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(maxsize=8)
+        pump = asyncio.create_task(_pump(batches, queue), name="joiner-read")
+        through = position
+        try:
+            while True:
+                item: Batch | BaseException | None = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.commit_seconds):
+                        item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is not None:
+                    await self._signatures(state, {e.model for e in item.events})
+                    for event in item.events:
+                        state.apply(event, live=event.sequence > replay_through)
+                    through = max(through, item.read_through)
+                    event_metrics.JOINER_LAG.set(max(0, item.last_sequence - item.read_through))
+                    event_metrics.STREAM_LAST.set(item.last_sequence)
+                now = time.time()
+                if now - last_commit >= self.commit_seconds and through > self.position:
+                    await self._commit(state, through, last_commit, now)
+                    last_commit = now
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
     async def _commit(self, state: JoinState, through: int, start_s: float, end_s: float) -> None:
         if not await self.lease.hold():
@@ -329,6 +347,14 @@ class Joiner:
         event_metrics.JOINER_POSITION.set(through)
         self.committed.set()
         self.committed = asyncio.Event()
+
+
+async def _pump(batches: AsyncIterator[Batch], queue: asyncio.Queue[Batch | BaseException]) -> None:
+    try:
+        async for batch in batches:
+            await queue.put(batch)
+    except Exception as exc:  # raised in the session that reads the queue
+        await queue.put(exc)
 
 
 async def joiner_stats(store: Store, model: str) -> tuple[int, int, int, int]:

@@ -4,6 +4,7 @@ a real registry's RPCs) or a fresh JetStream stream on the local NATS server."""
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,9 +15,15 @@ from services.common.events import EventStream, encode
 from services.common.events.jetstream import JetStreamEvents
 from services.common.events.registry import RegistryEvents
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
-from tests.conftest import port_open, require
-from tests.helpers.registry import RunningRegistry, auth, database, registry_settings
-from tests.helpers.registry import running_registry
+from tests.conftest import free_port, port_open, require
+from tests.helpers.procs import Proc, wait_port
+from tests.helpers.registry import (
+    RunningRegistry,
+    auth,
+    database,
+    registry_settings,
+    running_registry,
+)
 
 NATS_HOST, NATS_PORT = "127.0.0.1", 4222
 NATS_URL = f"nats://{NATS_HOST}:{NATS_PORT}"
@@ -98,3 +105,14 @@ async def read_all(stream: EventStream, after: int = 0, **kwargs: Any) -> list[e
     async for batch in stream.read(after, **kwargs):
         out += batch.events
     return out
+
+
+def nats_server(root: Path) -> tuple[Proc, int]:
+    """A NATS server with JetStream of the test's own (so a test may stop it)."""
+    require(shutil.which("nats-server") is not None, "the nats-server program")
+    port = free_port()
+    store = root / "nats"
+    store.mkdir(exist_ok=True)
+    proc = Proc(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)])
+    wait_port(port, proc)
+    return proc, port
