@@ -127,3 +127,38 @@ def settings_options(
         return command
 
     return decorate
+
+
+class EventStreamSettings(BaseSettings):
+    """Where the event stream is (every process that appends to or reads it)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    event_stream: str = Field(
+        "sql",
+        pattern=r"^(sql|(nats|tls)://\S+)$",
+        description="The event stream: sql (a table in the registry's database, reached "
+        "through the registry) or nats://HOST:PORT (NATS JetStream).",
+    )
+    event_stream_name: str = Field(
+        "LIVEML_EVENTS",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="JetStream stream that holds the events (nats only).",
+    )
+    event_subject_prefix: str = Field(
+        "liveml.events",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Subjects are PREFIX.KIND.MODEL (nats only).",
+    )
+    event_retention_seconds: float = Field(
+        7 * 86400.0, gt=0, description="Events older than this are removed, seconds."
+    )
+    event_retention_bytes: int = Field(
+        1 << 30, ge=1024, description="The stream keeps at most this many bytes (oldest go)."
+    )
+    event_dedup_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="JetStream's duplicate window: a key appended again within it is stored "
+        "once (the sql stream keeps keys unique for ever).",
+    )

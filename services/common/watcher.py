@@ -24,9 +24,10 @@ VersionKey = tuple[str, int]
 
 
 class Picture:
-    """Rollouts by model, versions by (model, number), workers by name."""
+    """Models and rollouts by model, versions by (model, number), workers by name."""
 
     def __init__(self) -> None:
+        self.models: dict[str, rpb.Model] = {}
         self.rollouts: dict[str, rpb.Rollout] = {}
         self.versions: dict[VersionKey, rpb.Version] = {}
         self.workers: dict[str, rpb.Worker] = {}
@@ -41,11 +42,14 @@ class Picture:
                 self.versions[(model, event.version.number)] = event.version
             elif kind == "worker":
                 self.workers[event.worker.name] = event.worker
+            elif kind == "model":
+                self.models[event.model.name.split("/")[1]] = event.model
             elif event.type == rpb.WatchEvent.TYPE_DELETE:
                 parts = event.resource_name.split("/")
                 if parts[0] == "workers":
                     self.workers.pop(event.resource_name, None)
                 elif parts[0] == "models" and len(parts) == 2:
+                    self.models.pop(parts[1], None)
                     self.rollouts.pop(parts[1], None)
                     self.versions = {k: v for k, v in self.versions.items() if k[0] != parts[1]}
 

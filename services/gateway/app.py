@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from grpc import aio
 
 from services.common import registry_client, server
+from services.common.events.open import open_stream
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
@@ -25,8 +26,10 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
 from services.gateway import metrics, shadow
+from services.gateway.data import DataPlaneEvents
 from services.gateway.feedback import FeedbackBook
 from services.gateway.links import Connector, reachable
+from services.gateway.predictions import PredictionLog, sampling_rate
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
     ControlFront,
@@ -56,6 +59,7 @@ class Gateway:
     watcher: RegistryWatcher
     channels: list[aio.Channel]
     reporter: Reporter
+    predictions: PredictionLog
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -70,6 +74,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.reporter.stop()
+        await self.predictions.stop()
+        await self.predictions.sink.close()
         await self.router.shadow.close()
 
     async def stop(self, grace: float = 0) -> None:
@@ -129,15 +135,26 @@ async def start(settings: GatewaySettings) -> Gateway:
         rpb.WINDOW_SOURCE_GATEWAY,
         f"gateways/{settings.gateway_id or f'{socket.gethostname()}:{settings.port}'}",
     )
+    sink = open_stream(settings, registry_channel, metadata, f"liveml-{book.reporter}")
+    predictions = PredictionLog(
+        sink,
+        book.reporter,
+        lambda model: sampling_rate(watcher.picture.models.get(model), settings.log_predictions),
+        buffer=settings.log_buffer,
+        batch=settings.log_batch,
+        flush_seconds=settings.log_flush_ms / 1000,
+        max_request_bytes=settings.log_max_request_bytes,
+    )
     router = Router(
         lambda: current[0],
         pool,
-        FeedbackBook(settings.feedback_size, settings.feedback_seconds, book, settings.group_key),
+        FeedbackBook(settings.feedback_size, settings.feedback_seconds),
         settings.route_key_header,
         settings.default_timeout,
         Shadow(shadow.config_of(settings), forward_address),
         book,
         settings.group_key,
+        predictions,
     )
     front, control = InferenceFront(router), ControlFront(router, control_channel)
 
@@ -156,6 +173,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         pool.kick(w.address for w in picture.workers.values())
 
     watcher = RegistryWatcher(stub, metadata, rebuild)
+    data = DataPlaneEvents(sink, book.reporter, lambda: watcher.picture.models, settings.group_key)
 
     async def watch_lingering() -> None:
         while True:
@@ -165,16 +183,19 @@ async def start(settings: GatewaySettings) -> Gateway:
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         grpc_server.add_generic_rpc_handlers((inference_handler(front, control),))
-        gpb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(router), grpc_server)  # type: ignore[no-untyped-call]
+        gpb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(router, data), grpc_server)  # type: ignore[no-untyped-call]
         return SERVICES
 
     running = await server.start_server("gateway", settings, register)
     reporter = Reporter([book], stub, metadata, settings.report_seconds)
-    gateway = Gateway(settings, running, router, front, watcher, [registry_channel], reporter)
+    gateway = Gateway(
+        settings, running, router, front, watcher, [registry_channel], reporter, predictions
+    )
     gateway.tasks += [
         asyncio.create_task(watcher.run(), name="registry-watch"),
         asyncio.create_task(watch_lingering(), name="lingering-workers"),
         asyncio.create_task(reporter.run(), name="window-reporter"),
+        asyncio.create_task(predictions.run(), name="prediction-log"),
     ]
     return gateway
 

@@ -1,4 +1,9 @@
-"""Recent predictions by request id, so ground truth sent later finds the version that answered."""
+"""Recent predictions by request id: this gateway's own quick answer to SubmitFeedback.
+
+It is a cache: the event stream's joiner is what joins feedback to its prediction
+(whichever gateway answered it) and counts live accuracy. The book only lets the
+gateway say at once whether it remembers the request, and which version answered.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
-from services.common.windows import WindowBook
 from services.gateway import metrics
-from services.gateway.outputs import first_output, is_positive, prediction
+from services.gateway.outputs import first_output, matches, prediction
 
 
 @dataclass(frozen=True)
@@ -22,15 +26,10 @@ class Remembered:
 
 
 class FeedbackBook:
-    def __init__(
-        self, size: int, seconds: float, book: WindowBook | None = None, group_key: str = "group"
-    ) -> None:
+    def __init__(self, size: int, seconds: float) -> None:
         self.size = size
         self.seconds = seconds
-        self.book = book
-        self.group_key = group_key
         self._entries: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
-        self.correct: dict[tuple[str, str], tuple[int, int]] = {}  # (model, version) -> (ok, all)
 
     def remember(
         self, model: str, request_id: str, version: str, response: bytes, group: str = ""
@@ -56,29 +55,8 @@ class FeedbackBook:
             return gpb.SubmitFeedbackResponse(matched=False)
         output = first_output(found.response)
         predicted = prediction(output) if output is not None else None
-        truth = request.ground_truth
-        kind = truth.WhichOneof("value")
-        if kind == "class_index":
-            correct = predicted == truth.class_index
-        elif kind == "number" and isinstance(predicted, int | float):
-            correct = abs(float(predicted) - truth.number) <= 0.1 * max(abs(truth.number), 1e-9)
-        else:
-            correct = kind == "text" and predicted == truth.text
-        ok, total = self.correct.get((found.model, found.version), (0, 0))
-        self.correct[(found.model, found.version)] = (ok + int(correct), total + 1)
+        correct = predicted is not None and matches(predicted, request.ground_truth)
         metrics.FEEDBACK.labels(found.model, found.version, "correct" if correct else "wrong").inc()
-        if self.book is not None:
-            tally = self.book.tally(found.model, int(found.version))
-            tally.feedback[0] += int(correct)
-            tally.feedback[1] += 1
-            group = found.group or request.groups.get(self.group_key, "")
-            if group:
-                row = tally.group(group)
-                if not found.group:  # its prediction was not counted when it was made
-                    row[0] += 1
-                    row[1] += int(predicted is not None and is_positive(predicted))
-                row[2] += int(correct)
-                row[3] += 1
         return gpb.SubmitFeedbackResponse(
             matched=True, model_version=found.version, correct=correct
         )

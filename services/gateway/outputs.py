@@ -8,6 +8,7 @@ import numpy as np
 
 from services.common import codec
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 
 
 def first_output(response: bytes) -> np.ndarray[Any, Any] | None:
@@ -29,6 +30,16 @@ def prediction(array: np.ndarray[Any, Any]) -> int | float | str:
     if np.issubdtype(row.dtype, np.integer) or row.dtype == np.bool_:
         return int(row[0])
     return float(row[0])
+
+
+def matches(predicted: int | float | str, truth: gpb.Label) -> bool:
+    """Whether a prediction is right: the same class or text, a number within 10%."""
+    kind = truth.WhichOneof("value")
+    if kind == "class_index":
+        return predicted == truth.class_index
+    if kind == "number" and isinstance(predicted, int | float):
+        return abs(float(predicted) - truth.number) <= 0.1 * max(abs(truth.number), 1e-9)
+    return kind == "text" and predicted == truth.text
 
 
 def is_positive(predicted: int | float | str) -> bool:

@@ -22,7 +22,7 @@ from grpc import aio
 from opentelemetry import propagate
 
 from services.common import parameters, telemetry, v2
-from services.common.errors import InvalidArgument, ServiceError, Unavailable
+from services.common.errors import InvalidArgument, ServiceError, Unavailable, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
@@ -30,8 +30,10 @@ from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.streams import OrderedStreams
 from services.common.windows import WindowBook
 from services.gateway import metrics, statistics, wire
+from services.gateway.data import DataPlaneEvents
 from services.gateway.feedback import FeedbackBook
 from services.gateway.outputs import first_output, is_positive, prediction
+from services.gateway.predictions import PredictionLog
 from services.gateway.routing import RoutingTable
 from services.gateway.shadow import Shadow
 from services.gateway.upstream import UpstreamDown, UpstreamPool
@@ -63,6 +65,7 @@ class Router:
         shadow: Shadow,
         book: WindowBook,
         group_key: str = "group",
+        predictions: PredictionLog | None = None,
     ) -> None:
         self.table = table
         self.pool = pool
@@ -72,6 +75,7 @@ class Router:
         self.shadow = shadow
         self.book = book
         self.group_key = group_key
+        self.predictions = predictions
         self._changed = asyncio.Event()
         self._first = asyncio.Event()
 
@@ -217,6 +221,8 @@ class Router:
             self._count_group(model, version, group, answer)
         if routing.id:
             self.feedback.remember(model, routing.id, str(version), answer, group)
+        if self.predictions is not None:
+            self.predictions.offer(model, version, routing.id, data, answer, group)
         for mirror, percent in route.mirrors:
             if percent >= 100 or random.random() * 100 < percent:
                 workers = table.workers(model, mirror, shadow=True)
@@ -379,27 +385,20 @@ class ControlFront:
 
 
 class GatewayServicer(gpb_grpc.GatewayServiceServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, data: DataPlaneEvents) -> None:
         self.router = router
+        self.data = data
 
+    @abort_on_error
     async def SubmitFeedback(self, request: gpb.SubmitFeedbackRequest, context: Ctx) -> Any:
-        if not request.model_name or not request.request_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "model_name and request_id are required"
-            )
-        if request.ground_truth.WhichOneof("value") is None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "ground_truth needs a class_index, a number or a text label",
-            )
+        await self.data.feedback(request)  # durable before the answer
         return self.router.feedback.join(request)
 
+    @abort_on_error
     async def IngestExamples(self, request: gpb.IngestExamplesRequest, context: Ctx) -> Any:
-        if not request.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
-        # Stored through the event stream once the learning issue lands; counted until then.
-        metrics.INGESTED.labels(request.model_name).inc(len(request.examples))
-        return gpb.IngestExamplesResponse(accepted=len(request.examples))
+        stored, duplicates = await self.data.examples(request)
+        metrics.INGESTED.labels(request.model_name).inc(stored)
+        return gpb.IngestExamplesResponse(accepted=stored + duplicates, duplicates=duplicates)
 
 
 def inference_handler(front: InferenceFront, control: ControlFront) -> grpc.GenericRpcHandler:

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.common.config import RegistryClientSettings, ServerSettings
+from services.common.config import EventStreamSettings, RegistryClientSettings, ServerSettings
 
 
-class GatewaySettings(ServerSettings, RegistryClientSettings):
+class GatewaySettings(ServerSettings, RegistryClientSettings, EventStreamSettings):
     port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9100, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
@@ -64,4 +64,24 @@ class GatewaySettings(ServerSettings, RegistryClientSettings):
     )
     gateway_id: str | None = Field(
         None, description="Name in reported windows (default: host and port)."
+    )
+    log_predictions: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of predictions logged to the event stream (a model's "
+        "prediction_log_rate in the registry overrides it).",
+    )
+    log_buffer: int = Field(
+        10_000, ge=1, description="Predictions waiting for the event stream at most; more drop."
+    )
+    log_batch: int = Field(500, ge=1, description="Predictions appended per batch at most.")
+    log_flush_ms: float = Field(
+        100.0, gt=0, description="Longest a logged prediction waits for its batch, ms."
+    )
+    log_max_request_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Requests larger than this are logged without their inputs (the answer "
+        "is kept).",
     )

@@ -18,7 +18,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
-from services.registry import metrics, security, training_runs, workers
+from services.registry import event_stream, metrics, security, training_runs, workers
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
 from services.registry.controller import Controller
@@ -42,6 +42,7 @@ class Registry:
     feed: Feed
     running: server.RunningServer
     controller: Controller
+    events: event_stream.EventParts
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -55,6 +56,7 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.controller.stop()  # hands leadership over without waiting for the lease
+        await self.events.stop()
         await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
         await self.store.close()
@@ -135,7 +137,9 @@ async def start(settings: RegistrySettings) -> Registry:
         accuracy_alert=(settings.accuracy_alert_drop, settings.accuracy_alert_feedback),
         ready_alert_seconds=settings.ready_alert_seconds,
     )
-    servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller)
+    holder = settings.controller_id or f"{socket.gethostname()}:{os.getpid()}"
+    events = event_stream.parts(settings, store, holder)
+    servicer = RegistryServicer(settings, store, artifacts, feed, alerts, controller, events)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
@@ -152,7 +156,7 @@ async def start(settings: RegistrySettings) -> Registry:
     running = await server.start_server(
         "registry", settings, register, authenticator=authenticator, policy=security.POLICY
     )
-    registry = Registry(settings, store, feed, running, controller)
+    registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
     async def compact() -> None:
@@ -175,6 +179,7 @@ async def start(settings: RegistrySettings) -> Registry:
         asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
+    events.start(settings)
     return registry
 
 
@@ -186,6 +191,7 @@ def serve(settings: RegistrySettings) -> int:
             for task in registry.tasks:
                 task.cancel()
             await registry.controller.stop()
+            await registry.events.stop()
             await registry.feed.stop()  # ends open watches so the server can stop
 
         registry.running.on_stop.append(halt_background)

@@ -17,7 +17,7 @@ from services.registry import names
 from services.registry.db import ModelRow, RolloutRow, VersionRow
 from services.registry.store import Tx, now_us, page
 
-MODEL_MUTABLE = {"description", "labels"}
+MODEL_MUTABLE = {"description", "labels", "prediction_log_rate"}
 VERSION_MUTABLE = {"description", "tags", "metrics", "stage", "reference_statistics"}
 
 
@@ -51,6 +51,8 @@ async def create_model(tx: Tx, model_id: str, model: rpb.Model) -> rpb.Model:
     created.name = f"models/{model_id}"
     created.latest_version = 0
     created.aliases.clear()
+    if created.HasField("prediction_log_rate") and not 0 <= created.prediction_log_rate <= 1:
+        raise InvalidArgument("prediction_log_rate must be between 0 and 1")
     created.create_time.FromMicroseconds(now_us())
     created.update_time.CopyFrom(created.create_time)
     tx.session.add(ModelRow(name=model_id, latest_version=0, proto=created.SerializeToString()))
@@ -83,6 +85,11 @@ async def update_model(tx: Tx, model: rpb.Model, mask: FieldMask) -> rpb.Model:
         after.ClearField(path)
         if path == "labels":
             after.labels.update(model.labels)
+        elif path == "prediction_log_rate":
+            if model.HasField(path):  # absent in `model`: back to each gateway's default
+                if not 0 <= model.prediction_log_rate <= 1:
+                    raise InvalidArgument("prediction_log_rate must be between 0 and 1")
+                after.prediction_log_rate = model.prediction_log_rate
         else:
             setattr(after, path, getattr(model, path))
     after.update_time.FromMicroseconds(now_us())

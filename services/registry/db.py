@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -179,3 +180,46 @@ class TrainingRunRow(Base):
     state: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
     lease_expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class EventRow(Base):
+    """One event of the stream (the embedded backend): `liveml.events.v1.Event` in `proto`.
+
+    Sequences are handed out under the `event_meta` row lock, so they commit in order
+    and a reader that has seen sequence N can never miss one that commits later.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_model_sequence", "model", "sequence"),
+        Index("ix_events_model_kind", "model", "kind"),
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    # The dedup key: unique for ever (JetStream's dedup window has no counterpart here).
+    key: Mapped[str] = mapped_column(String(256), nullable=False, unique=True)
+    # When the registry stored it (its own clock): retention by age cuts here.
+    stored_us: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class EventMeta(Base):
+    """One row: the last sequence handed out (its row lock orders appends), where the
+    stream starts after retention, and the bytes it holds."""
+
+    __tablename__ = "event_meta"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    first_sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, default=1)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class ConsumerRow(Base):
+    """A consumer's committed state (the joiner's): position and its own counters (JSON)."""
+
+    __tablename__ = "event_consumers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    state: Mapped[str] = mapped_column(Text, nullable=False, default="{}")

@@ -83,6 +83,13 @@ POLICY: dict[str, set[Role]] = {
     **{TRAINING + m: {Role.DEPLOYER} for m in ("SetTrainingPolicy", "DeleteTrainingPolicy")},
     TRAINING + "RequestTrainingRun": {Role.DEPLOYER, Role.TRAINER},
     **{TRAINING + m: {Role.TRAINER} for m in ("ClaimTrainingRun", "UpdateTrainingRun")},
+    # The event stream: gateways (worker or gateway tokens) log predictions and
+    # feedback and store ingested examples; ingest tokens append examples only (the
+    # servicer checks the kind) and import files; reading is for viewers and up.
+    SERVICE + "AppendEvents": {Role.WORKER, Role.GATEWAY, Role.INGEST},
+    SERVICE + "ImportExamples": {Role.INGEST},
+    # Trainers read the labelled examples they learn from.
+    **{SERVICE + m: _READ | {Role.TRAINER} for m in ("ReadEvents", "GetEventStats")},
 }
 # A trainer reads what it trains against and registers what passes its gate; the
 # registry, not the trainer, then approves it and starts its canary.

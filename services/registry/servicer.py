@@ -27,6 +27,8 @@ from services.registry.alerts import Alerts
 from services.registry.artifacts import CHUNK, ArtifactStore
 from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
+from services.registry.event_rpcs import EventService
+from services.registry.event_stream import EventParts
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, now_us, page
 from services.registry.watch import Feed
@@ -39,7 +41,7 @@ def actor() -> str:
     return principal.name if principal else "anonymous"
 
 
-class RegistryServicer(rpb_grpc.RegistryServiceServicer):
+class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     def __init__(
         self,
         settings: RegistrySettings,
@@ -48,6 +50,7 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         feed: Feed,
         alerts: Alerts,
         controller: Controller,
+        events: EventParts,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,6 +58,8 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         self.feed = feed
         self.alerts = alerts
         self.controller = controller
+        self.events = events.stream
+        self.import_max_bytes = settings.import_max_bytes
         # Versions known to have reference statistics (checked once, then skipped).
         self._with_reference: set[tuple[str, int]] = set()
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from services.common.config import ServerSettings
+from services.common.config import EventStreamSettings, ServerSettings
 
 
-class RegistrySettings(ServerSettings):
+class RegistrySettings(ServerSettings, EventStreamSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9102, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
@@ -103,4 +103,22 @@ class RegistrySettings(ServerSettings):
     )
     alert_webhook: str | None = Field(
         None, description="URL that gets every alert change as a JSON POST."
+    )
+    import_max_bytes: int = Field(
+        64 << 20, ge=1024, description="Largest file of examples one ImportExamples may carry."
+    )
+    event_retain_seconds: float = Field(
+        60.0, gt=0, description="How often retention removes old events (sql stream), seconds."
+    )
+    join_window_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long the joiner waits for a prediction's feedback (and a "
+        "feedback's prediction) before counting it unmatched, seconds.",
+    )
+    join_max_pending: int = Field(
+        200_000, ge=1, description="Predictions and feedback the joiner holds at most."
+    )
+    join_commit_seconds: float = Field(
+        2.0, gt=0, description="How often the joiner commits its joins and position, seconds."
     )

@@ -29,6 +29,8 @@ from services.registry.store import Tx, now_us
 
 GATEWAY = rpb.WINDOW_SOURCE_GATEWAY
 WORKER = rpb.WINDOW_SOURCE_WORKER
+# Feedback joined from the event stream: written by the registry's joiner, never reported.
+JOINER = rpb.WINDOW_SOURCE_JOINER
 # Groups with fewer predictions than this are left out of the fairness gap: their rate
 # is noise.
 MIN_GROUP_PREDICTIONS = 20
@@ -233,7 +235,7 @@ async def summarize(
         start, end = w.start_time.ToMicroseconds(), w.end_time.ToMicroseconds()
         s.start_us = min(s.start_us or start, start)
         s.end_us = max(s.end_us, end)
-        if (source == GATEWAY) == gateway_reported:
+        if (source == GATEWAY) == gateway_reported or source == JOINER:
             s.add_traffic(w)
         if source == WORKER:
             s.add_features(w)

@@ -183,10 +183,10 @@ async def test_feedback_is_joined_to_the_answering_version(tmp_path: Path) -> No
             ingested = await feedback.IngestExamples(
                 gpb.IngestExamplesRequest(
                     model_name="lin",
-                    examples=[gpb.Example(features=[1, 2], label=gpb.Label(number=1))] * 3,
+                    examples=[gpb.Example(features=[1, 2, 3, 4], label=gpb.Label(number=1))] * 3,
                 )
             )
-            assert ingested.accepted == 3
+            assert (ingested.accepted, ingested.duplicates) == (3, 0)
 
 
 async def test_sigkill_of_a_worker_under_load_fails_nothing(tmp_path: Path) -> None:

@@ -71,7 +71,9 @@ class IngestExamplesRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ...) -> None: ...
 
 class IngestExamplesResponse(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "duplicates")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
-    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...

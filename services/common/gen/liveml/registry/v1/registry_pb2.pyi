@@ -3,6 +3,8 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from services.common.gen.liveml.events.v1 import events_pb2 as _events_pb2
+from services.common.gen.liveml.gateway.v1 import gateway_pb2 as _gateway_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -65,6 +67,7 @@ class WindowSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WINDOW_SOURCE_UNSPECIFIED: _ClassVar[WindowSource]
     WINDOW_SOURCE_GATEWAY: _ClassVar[WindowSource]
     WINDOW_SOURCE_WORKER: _ClassVar[WindowSource]
+    WINDOW_SOURCE_JOINER: _ClassVar[WindowSource]
 STAGE_UNSPECIFIED: Stage
 STAGE_NONE: Stage
 STAGE_STAGING: Stage
@@ -98,6 +101,7 @@ ROLE_TRAINER: Role
 WINDOW_SOURCE_UNSPECIFIED: WindowSource
 WINDOW_SOURCE_GATEWAY: WindowSource
 WINDOW_SOURCE_WORKER: WindowSource
+WINDOW_SOURCE_JOINER: WindowSource
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "datatype", "shape")
@@ -118,7 +122,7 @@ class Signature(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "description", "signature", "labels", "aliases", "latest_version", "create_time", "update_time")
+    __slots__ = ("name", "description", "signature", "labels", "aliases", "latest_version", "create_time", "update_time", "prediction_log_rate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +145,7 @@ class Model(_message.Message):
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_LOG_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     signature: Signature
@@ -149,7 +154,8 @@ class Model(_message.Message):
     latest_version: int
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., latest_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    prediction_log_rate: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., latest_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prediction_log_rate: _Optional[float] = ...) -> None: ...
 
 class Approval(_message.Message):
     __slots__ = ("state", "actor", "reason", "time")
@@ -1173,3 +1179,155 @@ class WatchAlertsResponse(_message.Message):
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     alerts: _containers.RepeatedCompositeFieldContainer[Alert]
     def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
+
+class AppendEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class AppendEventsResponse(_message.Message):
+    __slots__ = ("sequences", "duplicates", "stored", "duplicate_count")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedScalarFieldContainer[int]
+    duplicates: _containers.RepeatedScalarFieldContainer[bool]
+    stored: int
+    duplicate_count: int
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ..., stored: _Optional[int] = ..., duplicate_count: _Optional[int] = ...) -> None: ...
+
+class ReadEventsRequest(_message.Message):
+    __slots__ = ("after_sequence", "start", "model", "kinds", "follow", "max_batch")
+    class Start(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        START_UNSPECIFIED: _ClassVar[ReadEventsRequest.Start]
+        START_AFTER_SEQUENCE: _ClassVar[ReadEventsRequest.Start]
+        START_OLDEST: _ClassVar[ReadEventsRequest.Start]
+        START_LATEST: _ClassVar[ReadEventsRequest.Start]
+    START_UNSPECIFIED: ReadEventsRequest.Start
+    START_AFTER_SEQUENCE: ReadEventsRequest.Start
+    START_OLDEST: ReadEventsRequest.Start
+    START_LATEST: ReadEventsRequest.Start
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    start: ReadEventsRequest.Start
+    model: str
+    kinds: _containers.RepeatedScalarFieldContainer[_events_pb2.EventKind]
+    follow: bool
+    max_batch: int
+    def __init__(self, after_sequence: _Optional[int] = ..., start: _Optional[_Union[ReadEventsRequest.Start, str]] = ..., model: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[_events_pb2.EventKind, str]]] = ..., follow: _Optional[bool] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class ReadEventsResponse(_message.Message):
+    __slots__ = ("events", "first_sequence", "last_sequence", "read_through")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    READ_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    first_sequence: int
+    last_sequence: int
+    read_through: int
+    def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., read_through: _Optional[int] = ...) -> None: ...
+
+class ImportExamplesRequest(_message.Message):
+    __slots__ = ("header", "rows")
+    class Header(_message.Message):
+        __slots__ = ("model", "features", "source", "digest")
+        MODEL_FIELD_NUMBER: _ClassVar[int]
+        FEATURES_FIELD_NUMBER: _ClassVar[int]
+        SOURCE_FIELD_NUMBER: _ClassVar[int]
+        DIGEST_FIELD_NUMBER: _ClassVar[int]
+        model: str
+        features: _containers.RepeatedScalarFieldContainer[str]
+        source: str
+        digest: str
+        def __init__(self, model: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    class Rows(_message.Message):
+        __slots__ = ("examples", "lines")
+        EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+        LINES_FIELD_NUMBER: _ClassVar[int]
+        examples: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Example]
+        lines: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, examples: _Optional[_Iterable[_Union[_gateway_pb2.Example, _Mapping]]] = ..., lines: _Optional[_Iterable[int]] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    header: ImportExamplesRequest.Header
+    rows: ImportExamplesRequest.Rows
+    def __init__(self, header: _Optional[_Union[ImportExamplesRequest.Header, _Mapping]] = ..., rows: _Optional[_Union[ImportExamplesRequest.Rows, _Mapping]] = ...) -> None: ...
+
+class ImportExamplesResponse(_message.Message):
+    __slots__ = ("received", "stored", "duplicates", "first_sequence", "last_sequence")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    stored: int
+    duplicates: int
+    first_sequence: int
+    last_sequence: int
+    def __init__(self, received: _Optional[int] = ..., stored: _Optional[int] = ..., duplicates: _Optional[int] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+
+class GetEventStatsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class EventKindCount(_message.Message):
+    __slots__ = ("kind", "count")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: _events_pb2.EventKind
+    count: int
+    def __init__(self, kind: _Optional[_Union[_events_pb2.EventKind, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class EventConsumerLag(_message.Message):
+    __slots__ = ("name", "position", "pending")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    position: int
+    pending: int
+    def __init__(self, name: _Optional[str] = ..., position: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+
+class GetEventStatsResponse(_message.Message):
+    __slots__ = ("backend", "counts", "first_sequence", "last_sequence", "oldest_time", "newest_time", "bytes", "retention_age", "retention_bytes", "joined", "feedback_unmatched", "predictions_expired", "joined_fraction", "consumers")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_AGE_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_UNMATCHED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    counts: _containers.RepeatedCompositeFieldContainer[EventKindCount]
+    first_sequence: int
+    last_sequence: int
+    oldest_time: _timestamp_pb2.Timestamp
+    newest_time: _timestamp_pb2.Timestamp
+    bytes: int
+    retention_age: _duration_pb2.Duration
+    retention_bytes: int
+    joined: int
+    feedback_unmatched: int
+    predictions_expired: int
+    joined_fraction: float
+    consumers: _containers.RepeatedCompositeFieldContainer[EventConsumerLag]
+    def __init__(self, backend: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[EventKindCount, _Mapping]]] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ..., oldest_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bytes: _Optional[int] = ..., retention_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention_bytes: _Optional[int] = ..., joined: _Optional[int] = ..., feedback_unmatched: _Optional[int] = ..., predictions_expired: _Optional[int] = ..., joined_fraction: _Optional[float] = ..., consumers: _Optional[_Iterable[_Union[EventConsumerLag, _Mapping]]] = ...) -> None: ...

@@ -195,6 +195,26 @@ class RegistryServiceStub:
                 request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.AppendEvents = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/AppendEvents',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsResponse.FromString,
+                _registered_method=True)
+        self.ReadEvents = channel.unary_stream(
+                '/liveml.registry.v1.RegistryService/ReadEvents',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsResponse.FromString,
+                _registered_method=True)
+        self.ImportExamples = channel.stream_unary(
+                '/liveml.registry.v1.RegistryService/ImportExamples',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesResponse.FromString,
+                _registered_method=True)
+        self.GetEventStats = channel.unary_unary(
+                '/liveml.registry.v1.RegistryService/GetEventStats',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -430,6 +450,36 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendEvents(self, request, context):
+        """--- the event stream (embedded backend: a table in the registry's database) ---
+        Append events in one batch, each stored once by key; answers once they are durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadEvents(self, request, context):
+        """Events in order after a sequence; with `follow`, waits for new ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportExamples(self, request_iterator, context):
+        """Labelled examples from a file: checked against the model's signature and
+        stored whole, or refused whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEventStats(self, request, context):
+        """Counts by kind, the join's progress, lag and the retention window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -592,6 +642,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditRequest.FromString,
                     response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'AppendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvents,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsResponse.SerializeToString,
+            ),
+            'ReadEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadEvents,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'ImportExamples': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportExamples,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesResponse.SerializeToString,
+            ),
+            'GetEventStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventStats,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1459,6 +1529,114 @@ class RegistryService:
             '/liveml.registry.v1.RegistryService/VerifyAudit',
             liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditRequest.SerializeToString,
             liveml_dot_registry_dot_v1_dot_registry__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/AppendEvents',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.AppendEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/ReadEvents',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportExamples(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/liveml.registry.v1.RegistryService/ImportExamples',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.ImportExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.registry.v1.RegistryService/GetEventStats',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.GetEventStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,251 @@
+"""The embedded backend of the event stream: the `events` table of the registry's database.
+
+Appends take the `event_meta` row lock, look up which keys are stored already,
+hand out the next sequences and insert the rest in one transaction: sequences commit
+in the order they were handed out, so a reader that has read through N never misses
+one committed later, and a key (UNIQUE) is stored once for ever. Readers are woken by
+appends in this process and poll for those of other registry replicas. Retention
+removes the oldest events, by age and by size, always a prefix of the stream, and
+moves `first_sequence` on so a reader asking for removed events is told so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from sqlalchemy import delete, func, insert, select, update
+
+from services.common.errors import OutOfRange
+from services.common.events import (
+    DEFAULT_BATCH,
+    Appended,
+    Batch,
+    Encoded,
+    Start,
+    Stats,
+    retention_gap,
+    wire,
+)
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
+from services.registry.db import EventMeta, EventRow
+from services.registry.store import Store, now_us
+
+log = logging.getLogger(__name__)
+
+_KEYS_PER_QUERY = 500  # bound parameters per IN (...) lookup
+_RETAIN_CHUNK = 20_000  # events deleted per retention transaction
+# An idle follower sends its position this often, so a filtered reader's lag stays known.
+PROGRESS_SECONDS = 5.0
+
+
+class SqlEventLog:
+    backend = "sql"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retention_seconds: float,
+        retention_bytes: int,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.retention_seconds = retention_seconds
+        self.retention_bytes = retention_bytes
+        self.poll_seconds = poll_seconds
+        self._appended = asyncio.Event()
+
+    def _wake(self) -> None:
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def append(self, events: Sequence[Encoded]) -> Appended:
+        if not events:
+            return Appended()
+        stored_us = now_us()
+        async with self.store.write_unversioned() as session:
+            meta = (
+                await session.execute(select(EventMeta).where(EventMeta.id == 1).with_for_update())
+            ).scalar_one()
+            keys = list({e.key for e in events})
+            known: dict[str, int] = {}
+            for i in range(0, len(keys), _KEYS_PER_QUERY):
+                found = await session.execute(
+                    select(EventRow.key, EventRow.sequence).where(
+                        EventRow.key.in_(keys[i : i + _KEYS_PER_QUERY])
+                    )
+                )
+                known.update((k, s) for k, s in found.all())
+            result = Appended()
+            rows = []
+            sequence = meta.last_sequence
+            size = 0
+            for event in events:
+                seen = known.get(event.key)
+                if seen is not None:
+                    result.sequences.append(seen)
+                    result.duplicates.append(True)
+                    continue
+                sequence += 1
+                known[event.key] = sequence  # a key twice in one batch is stored once
+                result.sequences.append(sequence)
+                result.duplicates.append(False)
+                size += len(event.data)
+                rows.append(
+                    {
+                        "sequence": sequence,
+                        "kind": event.kind,
+                        "model": event.model,
+                        "key": event.key,
+                        "stored_us": stored_us,
+                        "size": len(event.data),
+                        "proto": event.data,
+                    }
+                )
+            if rows:
+                await session.execute(insert(EventRow), rows)
+                meta.last_sequence = sequence
+                meta.bytes += size
+        if rows:
+            self._wake()
+        return result
+
+    async def _bounds(self) -> tuple[int, int]:
+        async with self.store.read() as session:
+            first, last = (
+                await session.execute(
+                    select(EventMeta.first_sequence, EventMeta.last_sequence).where(
+                        EventMeta.id == 1
+                    )
+                )
+            ).one()
+        return int(first), int(last)
+
+    async def read(
+        self,
+        after: int = 0,
+        *,
+        start: int = Start.START_AFTER_SEQUENCE,
+        model: str = "",
+        kinds: Sequence[int] = (),
+        follow: bool = False,
+        max_batch: int = DEFAULT_BATCH,
+    ) -> AsyncIterator[Batch]:
+        first, last = await self._bounds()
+        if start == Start.START_LATEST:
+            after = last
+        elif start == Start.START_OLDEST:
+            after = first - 1
+        query = select(EventRow.sequence, EventRow.proto).order_by(EventRow.sequence)
+        if model:
+            query = query.where(EventRow.model == model)
+        if kinds:
+            query = query.where(EventRow.kind.in_(list(kinds)))
+        reported = time.monotonic()
+        while True:
+            woken = self._appended
+            # The bounds are read on both sides of the rows: `last` before (everything up
+            # to it is committed, so the rows cover it), `first` after (retention that
+            # ran meanwhile is seen).
+            _, last = await self._bounds()
+            async with self.store.read() as session:
+                rows = (
+                    await session.execute(query.where(EventRow.sequence > after).limit(max_batch))
+                ).all()
+            first, _ = await self._bounds()
+            gap = retention_gap(after, first, Start.START_AFTER_SEQUENCE)
+            if gap is not None:
+                raise OutOfRange(gap)
+            through = rows[-1][0] if rows else after
+            if len(rows) < max_batch:
+                through = max(through, last)
+            if rows or (through > after and time.monotonic() - reported >= PROGRESS_SECONDS):
+                parsed = [epb.Event.FromString(wire.with_sequence(p, s)) for s, p in rows]
+                yield Batch(parsed, through, first, max(last, through))
+                reported = time.monotonic()
+            after = through
+            if len(rows) == max_batch:
+                continue
+            if not follow:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await woken.wait()
+
+    async def retain(self) -> int:
+        """Remove what retention no longer keeps; the number of events removed."""
+        removed = 0
+        horizon = now_us() - int(self.retention_seconds * 1e6)
+        while True:
+            async with self.store.write_unversioned() as session:
+                meta = (
+                    await session.execute(
+                        select(EventMeta).where(EventMeta.id == 1).with_for_update()
+                    )
+                ).scalar_one()
+                limit = meta.first_sequence - 1 + _RETAIN_CHUNK
+                aged = (
+                    await session.execute(
+                        select(func.max(EventRow.sequence)).where(
+                            EventRow.stored_us < horizon, EventRow.sequence <= limit
+                        )
+                    )
+                ).scalar_one()
+                cutoff = int(aged or 0)
+                excess = meta.bytes - self.retention_bytes
+                if excess > 0:
+                    sizes = await session.execute(
+                        select(EventRow.sequence, EventRow.size)
+                        .where(EventRow.sequence <= limit)
+                        .order_by(EventRow.sequence)
+                    )
+                    for sequence, size in sizes.all():
+                        if excess <= 0:
+                            break
+                        excess -= size
+                        cutoff = max(cutoff, sequence)
+                if cutoff < meta.first_sequence:
+                    return removed
+                gone = await session.execute(
+                    select(func.count(), func.coalesce(func.sum(EventRow.size), 0)).where(
+                        EventRow.sequence <= cutoff
+                    )
+                )
+                count, size = gone.one()
+                await session.execute(delete(EventRow).where(EventRow.sequence <= cutoff))
+                await session.execute(
+                    update(EventMeta)
+                    .where(EventMeta.id == 1)
+                    .values(first_sequence=cutoff + 1, bytes=EventMeta.bytes - size)
+                )
+            removed += int(count)
+            log.info("event retention removed %d events, through sequence %d", count, cutoff)
+
+    async def stats(self, model: str = "") -> Stats:
+        async with self.store.read() as session:
+            meta = (await session.execute(select(EventMeta).where(EventMeta.id == 1))).scalar_one()
+            counted = select(EventRow.kind, func.count()).group_by(EventRow.kind)
+            times = select(func.min(EventRow.stored_us), func.max(EventRow.stored_us))
+            if model:
+                counted = counted.where(EventRow.model == model)
+                times = times.where(EventRow.model == model)
+            counts = {int(k): int(n) for k, n in (await session.execute(counted)).all()}
+            oldest, newest = (await session.execute(times)).one()
+        return Stats(
+            backend=self.backend,
+            counts=counts,
+            first_sequence=meta.first_sequence,
+            last_sequence=meta.last_sequence,
+            oldest_us=int(oldest or 0),
+            newest_us=int(newest or 0),
+            bytes=meta.bytes,
+            retention_seconds=self.retention_seconds,
+            retention_bytes=self.retention_bytes,
+        )
+
+    async def close(self) -> None:
+        return None
