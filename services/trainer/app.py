@@ -22,10 +22,11 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import StatusCode, aio
 
 from services.common import registry_client, server
+from services.common.events.open import open_stream
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
-from services.trainer import pipeline, triggers
+from services.trainer import pipeline, sources, triggers
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class Trainer:
             log.info("asked for %s: %s", reply.run.name, fired.reason)
 
     async def stop(self) -> None:
+        if isinstance(self.events, sources.EventSource):
+            await self.events.stream.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -167,7 +170,8 @@ async def start(settings: TrainerSettings) -> Trainer:
 
     running = await server.start_server("trainer", settings, register)
     name = f"trainers/{settings.trainer_id or f'{socket.gethostname()}-{os.getpid()}'}"
-    trainer = Trainer(settings, running, reg, name, channel)
+    source = sources.EventSource(open_stream(settings, channel, metadata, name))
+    trainer = Trainer(settings, running, reg, name, channel, source, {"events": source.volume})
     trainer.tasks.append(asyncio.create_task(trainer.loop(), name="trainer"))
     log.info("trainer %s working for %s", name, settings.registry)
     return trainer

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.config import RegistryClientSettings, ServerSettings
+from services.common.config import EventStreamSettings, RegistryClientSettings, ServerSettings
 
 
-class TrainerSettings(ServerSettings, RegistryClientSettings):
+class TrainerSettings(ServerSettings, RegistryClientSettings, EventStreamSettings):
     port: int = Field(
         9301, ge=0, le=65535, description="gRPC port of its health service (0 = any free one)."
     )

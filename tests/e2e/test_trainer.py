@@ -468,3 +468,70 @@ async def test_a_parquet_source(tmp_path: Path) -> None:
         else:
             assert run.state == Run.STATE_FAILED
             assert run.error.endswith("reading Parquet needs pyarrow, which is not installed")
+
+
+async def test_a_policy_learns_from_the_event_stream(tmp_path: Path) -> None:
+    """No file: the model's labelled examples in the event stream, counted by the
+    data-volume trigger, read with their sequences."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.common.gen.liveml.events.v1 import events_pb2 as epb
+    from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+
+    async with cluster(tmp_path) as c:
+        await c.create_model("clf")
+        await c.start_trainer("t1")
+        t = Training(c)
+        ingest = await c.stub.CreateToken(
+            rpb.CreateTokenRequest(display_name="ingest", role=rpb.ROLE_INGEST), metadata=c.md
+        )
+
+        async def append(rows: int, seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            x = rng.normal(size=(rows, 4))
+            y = (x @ training.RULE > 0).astype(int)
+            events = []
+            for i in range(rows):
+                when = Timestamp()
+                when.FromSeconds(1_700_000_000 + seed * 10_000 + i)
+                events.append(
+                    epb.Event(
+                        kind=epb.EVENT_KIND_EXAMPLE,
+                        model="clf",
+                        key=f"s{seed}-{i}",
+                        example=epb.Example(
+                            features=x[i].tolist(),
+                            label=gpb.Label(class_index=int(y[i])),
+                            event_time=when,
+                            origin=epb.EXAMPLE_ORIGIN_INGESTED,
+                        ),
+                    )
+                )
+            await c.stub.AppendEvents(
+                rpb.AppendEventsRequest(events=events),
+                metadata=(("authorization", f"Bearer {ingest.secret}"),),
+            )
+
+        await append(1000, seed=1)
+        policy = training.policy(
+            "clf",
+            tmp_path / "unused.csv",
+            triggers=tpb.TrainingTriggers(min_new_examples=500),
+        )
+        policy.dataset_uri = ""
+        await t.set(policy)
+
+        async def ended(count: int) -> list[Run] | None:
+            runs = [r for r in await t.runs() if r.state in FINAL]
+            return runs if len(runs) >= count else None
+
+        (first,) = await async_wait_until(lambda: ended(1), 60, "the first run")
+        assert first.state == Run.STATE_SUCCEEDED, first.error
+        assert first.trigger == tpb.TRAINING_TRIGGER_DATA_VOLUME
+        assert first.dataset.uri == "events:clf" and first.source_rows == 1000
+        assert (first.first_sequence, first.last_sequence) == (1, 1000)
+        assert (first.train_rows, first.holdout_rows) == (800, 200)
+        await append(600, seed=2)
+        runs = await async_wait_until(lambda: ended(2), 60, "a run on the new examples")
+        assert runs[0].source_rows == 1600 and runs[0].last_sequence == 1600
+        assert runs[0].reasons[0].startswith("data_volume: 600 new labelled examples since run 1")
