@@ -31,6 +31,7 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(trainer_app, name="trainer")
 app.add_typer(train_cmds.train_app, name="train")
+app.add_typer(train_cmds.learner_app, name="learner")
 console = Console()
 
 

@@ -45,7 +45,9 @@ Run = tpb.TrainingRun
 SHORT_ENUMS = {
     "task": "TRAINING_TASK_",
     "approval": "APPROVAL_MODE_",
+    "mode": "TRAINING_MODE_",
 }
+learner_app = typer.Typer(help="Online learners: where each stands.", no_args_is_help=True)
 
 
 def _duration_text(text: str, flag: str) -> str:
@@ -85,6 +87,11 @@ def _normalise(spec: dict[str, Any]) -> dict[str, Any]:
         value = spec.get(key)
         if isinstance(value, str) and not value.startswith(prefix):
             spec[key] = prefix + value.upper()
+    online = spec.get("online")
+    rollout = online.get("rollout") if isinstance(online, dict) else None
+    short = isinstance(rollout, str) and not rollout.startswith("ONLINE_ROLLOUT_")
+    if isinstance(online, dict) and short:
+        online["rollout"] = "ONLINE_ROLLOUT_" + str(rollout).upper()
     estimator = spec.get("estimator")
     if isinstance(estimator, dict) and isinstance(estimator.get("params"), dict):
         estimator["params"] = {
@@ -180,6 +187,23 @@ def policy_set(
     canary_interval: Annotated[
         str | None, typer.Option(help="Time at each canary step, e.g. 60s.")
     ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="batch (runs) or online (a learner on the stream).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Online: examples per update.")
+    ] = None,
+    publish_every: Annotated[
+        int | None, typer.Option(min=1, help="Online: publish after this many examples.")
+    ] = None,
+    publish_interval: Annotated[
+        str | None, typer.Option(help="Online: or after this long, e.g. 30s.")
+    ] = None,
+    replay_ratio: Annotated[
+        float | None,
+        typer.Option(max=1.0, help="Online: share replayed from the reservoir (negative: none)."),
+    ] = None,
+    online_rollout: Annotated[str | None, typer.Option(help="Online: canary or direct.")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Create or replace MODEL's training policy."""
@@ -237,6 +261,19 @@ def policy_set(
             ) from None
     if canary_interval is not None:
         canary["step_interval"] = _duration_text(canary_interval, "--canary-interval")
+    if mode is not None:
+        spec["mode"] = mode
+    online = spec.setdefault("online", {})
+    for key, value in (
+        ("batch_size", batch_size),
+        ("publish_every", publish_every),
+        ("replay_ratio", replay_ratio),
+        ("rollout", online_rollout),
+    ):
+        if value is not None:
+            online[key] = value
+    if publish_interval is not None:
+        online["publish_interval"] = _duration_text(publish_interval, "--publish-interval")
     spec["name"] = f"models/{_model_id(model)}/trainingPolicy"
     policy = tpb.TrainingPolicy()
     try:
@@ -300,6 +337,7 @@ def _policy_fields(p: tpb.TrainingPolicy) -> list[tuple[str, str]]:
         ("triggers", "; ".join(f for f in fired if f)),
         ("cooldown", _duration(p.cooldown) if p.cooldown.ToNanoseconds() else "60 s"),
         ("gate", "; ".join(bounds) or "non-inferiority, parity and latency only"),
+        ("mode", _short(tpb.TrainingMode, p.mode) if p.mode else "batch"),
         ("approval", _short(tpb.ApprovalMode, p.approval) if p.approval else "auto"),
         ("canary", ", ".join(f"{s}%" for s in p.canary.steps) or "10%, 50%, 100%"),
         ("updated", f"{_time(p.update_time)} by {p.updater}"),
@@ -449,3 +487,50 @@ def train_show(
             title="gate",
         )
     stdout.print()
+
+
+@learner_app.command("status")
+@connected
+def learner_status(conn: Connection, model: ModelArg, json_output: JsonFlag = False) -> None:
+    """Where MODEL's online learner stands: position, lag, accuracy, drift, publishing."""
+    with connect(conn) as registry:
+        reply: tpb.GetLearnerStatusResponse = registry.training.GetLearnerStatus(
+            tpb.GetLearnerStatusRequest(parent=f"models/{_model_id(model)}")
+        )
+    if json_output:
+        _print_json(reply)
+        return
+    st = reply.status
+    if st.HasField("prequential_accuracy"):
+        accuracy = f"{st.prequential_accuracy:.4f}"
+    elif st.HasField("prequential_rmse"):
+        accuracy = f"RMSE {st.prequential_rmse:.4f}"
+    else:
+        accuracy = "-"
+    quarantined = ", ".join(f"{k}: {v}" for k, v in sorted(st.quarantined.items())) or "none"
+    drifts = ", ".join(map(str, st.drift_sequences[-3:]))
+    published = (
+        f"v{st.published_version} at {_time(st.publish_time)}: {st.publish_decision}"
+        if st.published_version
+        else (st.publish_decision or "none yet")
+    )
+    _fields(
+        [
+            ("learner", f"{st.learner} (fencing token {st.fencing_token})"),
+            ("lease until", _time(st.lease_expire_time)),
+            ("applied", f"{st.applied} examples, through sequence {st.last_sequence}"),
+            ("lag", f"{st.lag} sequences behind the stream"),
+            ("prequential accuracy", accuracy),
+            ("drift", st.drift_state + (f" (at {drifts})" if drifts else "")),
+            ("quarantined", quarantined),
+            ("speed", f"{st.examples_per_second:,.0f} examples/s"),
+            (
+                "checkpoint",
+                f"#{st.checkpoint_number}, {st.checkpoint_bytes} bytes, "
+                f"{_time(st.checkpoint_time)}",
+            ),
+            ("last publish", published),
+            ("publishing", f"STOPPED: {st.stopped_reason}" if st.publishing_stopped else "on"),
+        ],
+        title=f"online learner of {_model_id(model)}",
+    )

@@ -144,7 +144,7 @@ async def start(settings: RegistrySettings) -> Registry:
     def register(grpc_server: aio.Server) -> Sequence[str]:
         rpb_grpc.add_RegistryServiceServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
         tpb_grpc.add_TrainingServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TrainingServicer(store, alerts), grpc_server
+            TrainingServicer(store, alerts, artifacts), grpc_server
         )
         return [SERVICE_NAME, TRAINING_SERVICE]
 

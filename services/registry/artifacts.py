@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ class ArtifactStore:
         key_id = self.keys.current_id if self.keys else ""
         if target.exists():
             staged.discard()
+            os.utime(target)  # just used again: `collect` leaves it alone for a while
             return self.key_id_of(staged.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.keys is None:
@@ -150,6 +152,18 @@ class ArtifactStore:
 
     def exists(self, sha256: str) -> bool:
         return self.blob_path(sha256).exists()
+
+    def collect(self, sha256: str, min_age: float = 60.0) -> bool:
+        """Delete a blob no version references any more (the caller checked), unless it
+        was stored or uploaded again within `min_age` seconds (a registration under way)."""
+        path = self.blob_path(sha256)
+        try:
+            if time.time() - path.stat().st_mtime < min_age:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def read(self, sha256: str) -> Iterator[bytes]:
         """The blob's plaintext in chunks; raises if it is missing or was tampered with."""

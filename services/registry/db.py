@@ -223,3 +223,18 @@ class ConsumerRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     state: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
+class LearnerRow(Base):
+    """A model's online learner: who holds it (lease, fencing token), its last
+    checkpoint and where it stands (the `LearnerStatus` message)."""
+
+    __tablename__ = "learners"
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    holder: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    token: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    lease_expire_us: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    checkpoint: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, default=b"")
+    status: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, default=b"")

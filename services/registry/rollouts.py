@@ -28,6 +28,9 @@ from services.registry.catalog import model_row
 from services.registry.db import ModelRow, RolloutHistoryRow, RolloutRow, VersionRow
 from services.registry.store import Tx, now_us, page
 
+# The tag of an archived online version whose artifact was collected (learners.py).
+COLLECTED = "liveml.artifact_collected"
+
 
 def empty(model_id: str) -> rpb.Rollout:
     return rpb.Rollout(name=f"models/{model_id}/rollout")
@@ -81,6 +84,21 @@ async def _validate(session: AsyncSession, model: ModelRow, rollout: rpb.Rollout
         raise NotFound(
             f"model '{model.name}' has no version {', '.join(map(str, missing))}; "
             f"its latest version is {model.latest_version}"
+        )
+    collected = (
+        await session.execute(
+            select(VersionRow.number, VersionRow.proto).where(
+                VersionRow.model_id == model.id,
+                VersionRow.number.in_(wanted),
+                VersionRow.stage == rpb.STAGE_ARCHIVED,
+            )
+        )
+    ).all()
+    gone = sorted(n for n, p in collected if rpb.Version.FromString(p).tags.get(COLLECTED))
+    if gone:
+        raise FailedPrecondition(
+            f"version {', '.join(map(str, gone))} of '{model.name}' is an archived online "
+            "version whose artifact was collected; it cannot serve again"
         )
     rejected = sorted(n for n, a in known.items() if a == rpb.APPROVAL_STATE_REJECTED)
     if rejected:

@@ -82,7 +82,17 @@ POLICY: dict[str, set[Role]] = {
     },
     **{TRAINING + m: {Role.DEPLOYER} for m in ("SetTrainingPolicy", "DeleteTrainingPolicy")},
     TRAINING + "RequestTrainingRun": {Role.DEPLOYER, Role.TRAINER},
-    **{TRAINING + m: {Role.TRAINER} for m in ("ClaimTrainingRun", "UpdateTrainingRun")},
+    **{
+        TRAINING + m: {Role.TRAINER}
+        for m in (
+            "ClaimTrainingRun",
+            "UpdateTrainingRun",
+            "ClaimLearner",
+            "CommitLearnerCheckpoint",
+            "PublishOnlineVersion",
+        )
+    },
+    TRAINING + "GetLearnerStatus": _READ | {Role.TRAINER},
     # The event stream: gateways (worker or gateway tokens) log predictions and
     # feedback and store ingested examples; ingest tokens append examples only (the
     # servicer checks the kind) and import files; reading is for viewers and up.

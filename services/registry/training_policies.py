@@ -229,6 +229,53 @@ def validate_static(policy: tpb.TrainingPolicy) -> None:
     if policy.approval not in tpb.ApprovalMode.values():
         raise InvalidArgument("approval must be APPROVAL_MODE_AUTO or APPROVAL_MODE_MANUAL")
     _check_canary(policy.canary)
+    if policy.mode not in tpb.TrainingMode.values():
+        raise InvalidArgument("mode must be TRAINING_MODE_BATCH or TRAINING_MODE_ONLINE")
+    if policy.mode == tpb.TRAINING_MODE_ONLINE:
+        _check_online(policy)
+
+
+def _check_online(policy: tpb.TrainingPolicy) -> None:
+    estimator = policy.estimator
+    if estimator.WhichOneof("kind") != "class_path":
+        raise InvalidArgument(
+            "an online policy needs estimator.class_path: a scikit-learn estimator with "
+            "partial_fit (SGDClassifier, SGDRegressor, PassiveAggressiveClassifier, Perceptron)"
+        )
+    if not hasattr(_import_class(estimator.class_path), "partial_fit"):
+        raise InvalidArgument(
+            f"estimator {estimator.class_path} has no partial_fit: it cannot learn online "
+            "(try sklearn.linear_model.SGDClassifier)"
+        )
+    online = policy.online
+    bounds = {
+        "online.batch_size": (online.batch_size, 0, 100_000),
+        "online.publish_every": (online.publish_every, 0, 10**12),
+        "online.reservoir_per_class": (online.reservoir_per_class, 0, 100_000),
+        "online.window": (online.window, 0, 10**7),
+        "online.keep_versions": (online.keep_versions, 0, 10_000),
+    }
+    for field, (value, low, high) in bounds.items():
+        if not low <= value <= high:
+            raise InvalidArgument(f"{field} must be within {low}-{high}, got {value}")
+    for field in ("publish_interval", "checkpoint_interval"):
+        _seconds(getattr(online, field), f"online.{field}")
+    if online.replay_ratio > 1:
+        raise InvalidArgument(
+            f"online.replay_ratio must be at most 1 (negative = no replay), got "
+            f"{online.replay_ratio:g}"
+        )
+    for field in ("max_accuracy_gap", "max_forgetting", "max_weight_change"):
+        if getattr(online, field) < 0:
+            raise InvalidArgument(f"online.{field} must not be negative")
+    if not 0 <= online.positive_rate_band <= 1:
+        raise InvalidArgument("online.positive_rate_band must be within 0-1")
+    if not 0 <= online.min_label_rate < 0.5:
+        raise InvalidArgument("online.min_label_rate must be within [0, 0.5)")
+    if len(set(online.classes)) != len(online.classes):
+        raise InvalidArgument(f"online.classes must be distinct, got {list(online.classes)}")
+    if online.rollout not in tpb.OnlineRollout.values():
+        raise InvalidArgument("online.rollout must be ONLINE_ROLLOUT_CANARY or _DIRECT")
 
 
 async def put(tx: Tx, requested: tpb.TrainingPolicy) -> tpb.TrainingPolicy:

@@ -7,8 +7,9 @@ from typing import Any
 from services.common.errors import InvalidArgument, abort_on_error
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
-from services.registry import names, training_policies, training_runs
+from services.registry import learners, names, training_policies, training_runs
 from services.registry.alerts import Alerts
+from services.registry.artifacts import ArtifactStore
 from services.registry.servicer import actor
 from services.registry.store import Store
 
@@ -23,9 +24,10 @@ def _lease(request: Any) -> float:
 
 
 class TrainingServicer(tpb_grpc.TrainingServiceServicer):
-    def __init__(self, store: Store, alerts: Alerts) -> None:
+    def __init__(self, store: Store, alerts: Alerts, artifacts: ArtifactStore) -> None:
         self.store = store
         self.alerts = alerts
+        self.artifacts = artifacts
 
     @abort_on_error
     async def SetTrainingPolicy(self, request: tpb.SetTrainingPolicyRequest, context: Ctx) -> Any:
@@ -99,3 +101,37 @@ class TrainingServicer(tpb_grpc.TrainingServiceServicer):
         async with self.store.write(actor()) as tx:
             run = await training_runs.update(tx, request.run, lease, self.alerts)
         return tpb.UpdateTrainingRunResponse(run=run)
+
+    @abort_on_error
+    async def ClaimLearner(self, request: tpb.ClaimLearnerRequest, context: Ctx) -> Any:
+        lease = _lease(request)
+        async with self.store.write(actor()) as tx:
+            granted, row, status = await learners.claim(tx, request.parent, request.learner, lease)
+        if not granted or row is None:
+            return tpb.ClaimLearnerResponse(granted=False, status=status)
+        return tpb.ClaimLearnerResponse(
+            granted=True, fencing_token=row.token, checkpoint=row.checkpoint, status=status
+        )
+
+    @abort_on_error
+    async def CommitLearnerCheckpoint(
+        self, request: tpb.CommitLearnerCheckpointRequest, context: Ctx
+    ) -> Any:
+        lease = _lease(request)
+        async with self.store.write(actor()) as tx:  # fenced, and it may raise alerts
+            status = await learners.commit(tx, request, lease, self.alerts)
+        return tpb.CommitLearnerCheckpointResponse(status=status)
+
+    @abort_on_error
+    async def PublishOnlineVersion(
+        self, request: tpb.PublishOnlineVersionRequest, context: Ctx
+    ) -> Any:
+        async with self.store.write(actor()) as tx:
+            decision, archived, status = await learners.publish(tx, request, self.artifacts)
+        return tpb.PublishOnlineVersionResponse(decision=decision, archived=archived, status=status)
+
+    @abort_on_error
+    async def GetLearnerStatus(self, request: tpb.GetLearnerStatusRequest, context: Ctx) -> Any:
+        async with self.store.read() as session:
+            status = await learners.status_of(session, request.parent)
+        return tpb.GetLearnerStatusResponse(status=status)

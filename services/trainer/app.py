@@ -22,11 +22,14 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import StatusCode, aio
 
 from services.common import registry_client, server
+from services.common.events import EventStream
 from services.common.events.open import open_stream
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
 from services.trainer import pipeline, sources, triggers
+from services.trainer.online import seal
+from services.trainer.online.runner import Learner, Stopped
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ class Trainer:
     volumes: dict[str, triggers.Volume] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     finished: list[tpb.TrainingRun] = field(default_factory=list)  # recent runs, newest last
+    stream: EventStream | None = None
+    checkpoint_key: bytes = b""
+    learners: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by model
 
     @property
     def port(self) -> int:
@@ -96,6 +102,8 @@ class Trainer:
         now = time.time()
         for policy in reply.policies:
             model = policy.name.split("/")[1]
+            if policy.mode == tpb.TRAINING_MODE_ONLINE:
+                await self.learn_online(model, policy)
             runs = await self.reg.call(
                 self.reg.training.ListTrainingRuns,
                 tpb.ListTrainingRunsRequest(parent=f"models/{model}", page_size=1),
@@ -117,6 +125,32 @@ class Trainer:
                 if trigger is not None:
                     await self.request(model, trigger)
 
+    async def learn_online(self, model: str, policy: tpb.TrainingPolicy) -> None:
+        """Become the model's online learner if nobody is (one per model, by lease)."""
+        running = self.learners.get(model)
+        if (running is not None and not running.done()) or self.stream is None:
+            return
+        learner = Learner(
+            self.reg,
+            self.stream,
+            self.name,
+            policy,
+            self.checkpoint_key,
+            self.settings.lease_seconds,
+        )
+        if not await learner.claim():
+            return
+
+        async def work() -> None:
+            try:
+                await learner.run()
+            except Stopped as exc:
+                log.warning("the learner of %s stopped: %s", model, exc)
+            except Exception:
+                log.exception("the learner of %s failed; another pass will claim it again", model)
+
+        self.learners[model] = asyncio.create_task(work(), name=f"learner {model}")
+
     async def request(self, model: str, fired: triggers.Fired) -> None:
         try:
             reply = await self.reg.call(
@@ -136,8 +170,13 @@ class Trainer:
             log.info("asked for %s: %s", reply.run.name, fired.reason)
 
     async def stop(self) -> None:
-        if isinstance(self.events, sources.EventSource):
-            await self.events.stream.close()
+        for task in [*self.tasks, *self.learners.values()]:
+            task.cancel()
+        for task in self.learners.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.stream is not None:
+            await self.stream.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -170,11 +209,29 @@ async def start(settings: TrainerSettings) -> Trainer:
 
     running = await server.start_server("trainer", settings, register)
     name = f"trainers/{settings.trainer_id or f'{socket.gethostname()}-{os.getpid()}'}"
-    source = sources.EventSource(open_stream(settings, channel, metadata, name))
+    stream = open_stream(settings, channel, metadata, name)
+    source = sources.EventSource(stream)
     trainer = Trainer(settings, running, reg, name, channel, source, {"events": source.volume})
+    trainer.stream = stream
+    trainer.checkpoint_key = _checkpoint_key(settings)
     trainer.tasks.append(asyncio.create_task(trainer.loop(), name="trainer"))
     log.info("trainer %s working for %s", name, settings.registry)
     return trainer
+
+
+def _checkpoint_key(settings: TrainerSettings) -> bytes:
+    if settings.checkpoint_key is not None:
+        return seal.derive_key(settings.checkpoint_key.get_secret_value())
+    if settings.checkpoint_key_file is not None:
+        return seal.derive_key(settings.checkpoint_key_file.read_text().strip())
+    token = registry_client.read_token(settings.registry_token, settings.registry_token_file)
+    if token is None:
+        log.warning(
+            "no --checkpoint-key and no registry token: online learners' checkpoints are "
+            "sealed with a fixed key anyone can know"
+        )
+        return seal.derive_key("liveml without a key")
+    return seal.derive_key(token)
 
 
 def serve(settings: TrainerSettings) -> int:

@@ -94,7 +94,10 @@ def _names(signature: rpb.Signature, task: int) -> tuple[str, list[str]]:
     return input_name, outputs
 
 
-def export(estimator: Any, width: int, signature: rpb.Signature, task: int) -> bytes:
+def export(
+    estimator: Any, width: int, signature: rpb.Signature, task: int, classifier: Any = None
+) -> bytes:
+    """ONNX of `estimator` (a Pipeline too: `classifier` is then its final step)."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
 
@@ -104,7 +107,7 @@ def export(estimator: Any, width: int, signature: rpb.Signature, task: int) -> b
             (outputs[0], Int64TensorType([None])),
             (outputs[1], FloatTensorType([None, None])),
         ]
-        options: dict[Any, Any] | None = {id(estimator): {"zipmap": False}}
+        options: dict[Any, Any] | None = {id(classifier or estimator): {"zipmap": False}}
     else:
         final = [(outputs[0], FloatTensorType([None, 1]))]
         options = None

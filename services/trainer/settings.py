@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.common.config import EventStreamSettings, RegistryClientSettings, ServerSettings
 
@@ -33,3 +33,9 @@ class TrainerSettings(ServerSettings, RegistryClientSettings, EventStreamSetting
     work_dir: Path = Field(
         Path(".liveml/trainer"), description="Scratch space for artifacts being gated."
     )
+    checkpoint_key: SecretStr | None = Field(
+        None,
+        description="Key that seals online learners' checkpoints (every trainer replica "
+        "needs the same one; default: derived from the registry token).",
+    )
+    checkpoint_key_file: Path | None = Field(None, description="File holding --checkpoint-key.")

@@ -24,6 +24,18 @@ class ApprovalMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVAL_MODE_AUTO: _ClassVar[ApprovalMode]
     APPROVAL_MODE_MANUAL: _ClassVar[ApprovalMode]
 
+class TrainingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAINING_MODE_UNSPECIFIED: _ClassVar[TrainingMode]
+    TRAINING_MODE_BATCH: _ClassVar[TrainingMode]
+    TRAINING_MODE_ONLINE: _ClassVar[TrainingMode]
+
+class OnlineRollout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ONLINE_ROLLOUT_UNSPECIFIED: _ClassVar[OnlineRollout]
+    ONLINE_ROLLOUT_CANARY: _ClassVar[OnlineRollout]
+    ONLINE_ROLLOUT_DIRECT: _ClassVar[OnlineRollout]
+
 class TrainingTrigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRAINING_TRIGGER_UNSPECIFIED: _ClassVar[TrainingTrigger]
@@ -38,12 +50,153 @@ TRAINING_TASK_REGRESSION: TrainingTask
 APPROVAL_MODE_UNSPECIFIED: ApprovalMode
 APPROVAL_MODE_AUTO: ApprovalMode
 APPROVAL_MODE_MANUAL: ApprovalMode
+TRAINING_MODE_UNSPECIFIED: TrainingMode
+TRAINING_MODE_BATCH: TrainingMode
+TRAINING_MODE_ONLINE: TrainingMode
+ONLINE_ROLLOUT_UNSPECIFIED: OnlineRollout
+ONLINE_ROLLOUT_CANARY: OnlineRollout
+ONLINE_ROLLOUT_DIRECT: OnlineRollout
 TRAINING_TRIGGER_UNSPECIFIED: TrainingTrigger
 TRAINING_TRIGGER_MANUAL: TrainingTrigger
 TRAINING_TRIGGER_SCHEDULE: TrainingTrigger
 TRAINING_TRIGGER_DATA_VOLUME: TrainingTrigger
 TRAINING_TRIGGER_ALERT: TrainingTrigger
 TRAINING_TRIGGER_RETRY: TrainingTrigger
+
+class LearnerStatus(_message.Message):
+    __slots__ = ("name", "learner", "fencing_token", "lease_expire_time", "last_sequence", "applied", "sequence_sum", "lag", "prequential_accuracy", "prequential_rmse", "drift_state", "drift_sequences", "quarantined", "checkpoint_number", "checkpoint_bytes", "checkpoint_time", "published_version", "publish_time", "publish_decision", "publishing_stopped", "stopped_reason", "examples_per_second")
+    class QuarantinedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_SUM_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    PREQUENTIAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PREQUENTIAL_RMSE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_STATE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_DECISION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHING_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    learner: str
+    fencing_token: int
+    lease_expire_time: _timestamp_pb2.Timestamp
+    last_sequence: int
+    applied: int
+    sequence_sum: int
+    lag: int
+    prequential_accuracy: float
+    prequential_rmse: float
+    drift_state: str
+    drift_sequences: _containers.RepeatedScalarFieldContainer[int]
+    quarantined: _containers.ScalarMap[str, int]
+    checkpoint_number: int
+    checkpoint_bytes: int
+    checkpoint_time: _timestamp_pb2.Timestamp
+    published_version: int
+    publish_time: _timestamp_pb2.Timestamp
+    publish_decision: str
+    publishing_stopped: bool
+    stopped_reason: str
+    examples_per_second: float
+    def __init__(self, name: _Optional[str] = ..., learner: _Optional[str] = ..., fencing_token: _Optional[int] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., applied: _Optional[int] = ..., sequence_sum: _Optional[int] = ..., lag: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_rmse: _Optional[float] = ..., drift_state: _Optional[str] = ..., drift_sequences: _Optional[_Iterable[int]] = ..., quarantined: _Optional[_Mapping[str, int]] = ..., checkpoint_number: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_decision: _Optional[str] = ..., publishing_stopped: _Optional[bool] = ..., stopped_reason: _Optional[str] = ..., examples_per_second: _Optional[float] = ...) -> None: ...
+
+class ClaimLearnerRequest(_message.Message):
+    __slots__ = ("parent", "learner", "lease_duration")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    learner: str
+    lease_duration: _duration_pb2.Duration
+    def __init__(self, parent: _Optional[str] = ..., learner: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ClaimLearnerResponse(_message.Message):
+    __slots__ = ("granted", "fencing_token", "checkpoint", "status")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    fencing_token: int
+    checkpoint: bytes
+    status: LearnerStatus
+    def __init__(self, granted: _Optional[bool] = ..., fencing_token: _Optional[int] = ..., checkpoint: _Optional[bytes] = ..., status: _Optional[_Union[LearnerStatus, _Mapping]] = ...) -> None: ...
+
+class CommitLearnerCheckpointRequest(_message.Message):
+    __slots__ = ("parent", "learner", "fencing_token", "checkpoint", "status", "lease_duration")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    learner: str
+    fencing_token: int
+    checkpoint: bytes
+    status: LearnerStatus
+    lease_duration: _duration_pb2.Duration
+    def __init__(self, parent: _Optional[str] = ..., learner: _Optional[str] = ..., fencing_token: _Optional[int] = ..., checkpoint: _Optional[bytes] = ..., status: _Optional[_Union[LearnerStatus, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CommitLearnerCheckpointResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: LearnerStatus
+    def __init__(self, status: _Optional[_Union[LearnerStatus, _Mapping]] = ...) -> None: ...
+
+class PublishOnlineVersionRequest(_message.Message):
+    __slots__ = ("parent", "learner", "fencing_token", "version", "checks")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    learner: str
+    fencing_token: int
+    version: int
+    checks: _containers.RepeatedCompositeFieldContainer[GateCheck]
+    def __init__(self, parent: _Optional[str] = ..., learner: _Optional[str] = ..., fencing_token: _Optional[int] = ..., version: _Optional[int] = ..., checks: _Optional[_Iterable[_Union[GateCheck, _Mapping]]] = ...) -> None: ...
+
+class PublishOnlineVersionResponse(_message.Message):
+    __slots__ = ("decision", "archived", "status")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    decision: str
+    archived: _containers.RepeatedScalarFieldContainer[int]
+    status: LearnerStatus
+    def __init__(self, decision: _Optional[str] = ..., archived: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[LearnerStatus, _Mapping]] = ...) -> None: ...
+
+class GetLearnerStatusRequest(_message.Message):
+    __slots__ = ("parent",)
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    def __init__(self, parent: _Optional[str] = ...) -> None: ...
+
+class GetLearnerStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: LearnerStatus
+    def __init__(self, status: _Optional[_Union[LearnerStatus, _Mapping]] = ...) -> None: ...
 
 class Estimator(_message.Message):
     __slots__ = ("class_path", "entry_point", "params", "returns_onnx")
@@ -138,7 +291,7 @@ class GatePolicy(_message.Message):
     def __init__(self, min_holdout_rows: _Optional[int] = ..., floors: _Optional[_Mapping[str, float]] = ..., max_regression: _Optional[_Mapping[str, float]] = ..., max_relative_regression: _Optional[_Mapping[str, float]] = ..., slice_column: _Optional[str] = ..., primary_metric: _Optional[str] = ..., non_inferiority_margin: _Optional[float] = ..., alpha: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ...) -> None: ...
 
 class TrainingPolicy(_message.Message):
-    __slots__ = ("name", "task", "estimator", "features", "label", "dataset_uri", "time_column", "window", "holdout", "triggers", "cooldown", "gate", "approval", "canary", "updater", "update_time")
+    __slots__ = ("name", "task", "estimator", "features", "label", "dataset_uri", "time_column", "window", "holdout", "triggers", "cooldown", "gate", "approval", "canary", "updater", "update_time", "mode", "online")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +308,8 @@ class TrainingPolicy(_message.Message):
     CANARY_FIELD_NUMBER: _ClassVar[int]
     UPDATER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: TrainingTask
     estimator: Estimator
@@ -171,7 +326,43 @@ class TrainingPolicy(_message.Message):
     canary: _registry_pb2.AnalysisPolicy
     updater: str
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[TrainingTask, str]] = ..., estimator: _Optional[_Union[Estimator, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., time_column: _Optional[str] = ..., window: _Optional[_Union[TrainingWindow, _Mapping]] = ..., holdout: _Optional[_Union[Holdout, _Mapping]] = ..., triggers: _Optional[_Union[TrainingTriggers, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gate: _Optional[_Union[GatePolicy, _Mapping]] = ..., approval: _Optional[_Union[ApprovalMode, str]] = ..., canary: _Optional[_Union[_registry_pb2.AnalysisPolicy, _Mapping]] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    mode: TrainingMode
+    online: OnlinePolicy
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[TrainingTask, str]] = ..., estimator: _Optional[_Union[Estimator, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., time_column: _Optional[str] = ..., window: _Optional[_Union[TrainingWindow, _Mapping]] = ..., holdout: _Optional[_Union[Holdout, _Mapping]] = ..., triggers: _Optional[_Union[TrainingTriggers, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gate: _Optional[_Union[GatePolicy, _Mapping]] = ..., approval: _Optional[_Union[ApprovalMode, str]] = ..., canary: _Optional[_Union[_registry_pb2.AnalysisPolicy, _Mapping]] = ..., updater: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mode: _Optional[_Union[TrainingMode, str]] = ..., online: _Optional[_Union[OnlinePolicy, _Mapping]] = ...) -> None: ...
+
+class OnlinePolicy(_message.Message):
+    __slots__ = ("batch_size", "publish_every", "publish_interval", "replay_ratio", "reservoir_per_class", "window", "classes", "max_accuracy_gap", "max_forgetting", "max_weight_change", "positive_rate_band", "min_label_rate", "rollout", "keep_versions", "checkpoint_interval")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    RESERVOIR_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_GAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORGETTING_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_RATE_BAND_FIELD_NUMBER: _ClassVar[int]
+    MIN_LABEL_RATE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    publish_every: int
+    publish_interval: _duration_pb2.Duration
+    replay_ratio: float
+    reservoir_per_class: int
+    window: int
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    max_accuracy_gap: float
+    max_forgetting: float
+    max_weight_change: float
+    positive_rate_band: float
+    min_label_rate: float
+    rollout: OnlineRollout
+    keep_versions: int
+    checkpoint_interval: _duration_pb2.Duration
+    def __init__(self, batch_size: _Optional[int] = ..., publish_every: _Optional[int] = ..., publish_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., replay_ratio: _Optional[float] = ..., reservoir_per_class: _Optional[int] = ..., window: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., max_accuracy_gap: _Optional[float] = ..., max_forgetting: _Optional[float] = ..., max_weight_change: _Optional[float] = ..., positive_rate_band: _Optional[float] = ..., min_label_rate: _Optional[float] = ..., rollout: _Optional[_Union[OnlineRollout, str]] = ..., keep_versions: _Optional[int] = ..., checkpoint_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GateCheck(_message.Message):
     __slots__ = ("name", "slice", "candidate", "production", "limit", "passed", "text")

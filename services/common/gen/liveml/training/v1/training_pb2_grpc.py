@@ -79,6 +79,26 @@ class TrainingServiceStub:
                 request_serializer=liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunRequest.SerializeToString,
                 response_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunResponse.FromString,
                 _registered_method=True)
+        self.ClaimLearner = channel.unary_unary(
+                '/liveml.training.v1.TrainingService/ClaimLearner',
+                request_serializer=liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerRequest.SerializeToString,
+                response_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerResponse.FromString,
+                _registered_method=True)
+        self.CommitLearnerCheckpoint = channel.unary_unary(
+                '/liveml.training.v1.TrainingService/CommitLearnerCheckpoint',
+                request_serializer=liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointRequest.SerializeToString,
+                response_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointResponse.FromString,
+                _registered_method=True)
+        self.PublishOnlineVersion = channel.unary_unary(
+                '/liveml.training.v1.TrainingService/PublishOnlineVersion',
+                request_serializer=liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionRequest.SerializeToString,
+                response_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionResponse.FromString,
+                _registered_method=True)
+        self.GetLearnerStatus = channel.unary_unary(
+                '/liveml.training.v1.TrainingService/GetLearnerStatus',
+                request_serializer=liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusRequest.SerializeToString,
+                response_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -149,6 +169,38 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimLearner(self, request, context):
+        """A trainer becomes a model's online learner (one per model, under a lease), and
+        gets the last checkpoint and a new fencing token. Not granted while another
+        learner holds an unexpired lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitLearnerCheckpoint(self, request, context):
+        """Store the learner's state and position in the stream atomically, and renew its
+        lease. ABORTED when the fencing token is not the current one: a stale learner can
+        never overwrite a newer one's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishOnlineVersion(self, request, context):
+        """Roll out a version the learner registered, by the policy (short canary or
+        direct), and archive online versions beyond the policy's `keep_versions`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLearnerStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +248,26 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.UpdateTrainingRun,
                     request_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunRequest.FromString,
                     response_serializer=liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunResponse.SerializeToString,
+            ),
+            'ClaimLearner': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimLearner,
+                    request_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerRequest.FromString,
+                    response_serializer=liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerResponse.SerializeToString,
+            ),
+            'CommitLearnerCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitLearnerCheckpoint,
+                    request_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointRequest.FromString,
+                    response_serializer=liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointResponse.SerializeToString,
+            ),
+            'PublishOnlineVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishOnlineVersion,
+                    request_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionRequest.FromString,
+                    response_serializer=liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionResponse.SerializeToString,
+            ),
+            'GetLearnerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLearnerStatus,
+                    request_deserializer=liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusRequest.FromString,
+                    response_serializer=liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +513,114 @@ class TrainingService:
             '/liveml.training.v1.TrainingService/UpdateTrainingRun',
             liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunRequest.SerializeToString,
             liveml_dot_training_dot_v1_dot_training__pb2.UpdateTrainingRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimLearner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.training.v1.TrainingService/ClaimLearner',
+            liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerRequest.SerializeToString,
+            liveml_dot_training_dot_v1_dot_training__pb2.ClaimLearnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitLearnerCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.training.v1.TrainingService/CommitLearnerCheckpoint',
+            liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointRequest.SerializeToString,
+            liveml_dot_training_dot_v1_dot_training__pb2.CommitLearnerCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishOnlineVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.training.v1.TrainingService/PublishOnlineVersion',
+            liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionRequest.SerializeToString,
+            liveml_dot_training_dot_v1_dot_training__pb2.PublishOnlineVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLearnerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveml.training.v1.TrainingService/GetLearnerStatus',
+            liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusRequest.SerializeToString,
+            liveml_dot_training_dot_v1_dot_training__pb2.GetLearnerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,422 @@
+"""A model's online learner at work: claim, resume, learn from the stream, checkpoint,
+publish — until the lease is lost or the policy leaves online mode.
+
+Exactly once: the learner's position in the stream lives inside its checkpoint, so
+state and position commit together in one (fenced) registry transaction; after a
+restart it reads the stream after the checkpoint's last sequence and cuts the same
+batches (B examples in stream order; a shorter one only when it has read all there
+is), so the same stream makes the same weights however often it was stopped. Only
+batches whose every example was scored and learned are ever committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf.duration_pb2 import Duration
+from grpc import StatusCode, aio
+
+from services.common import drift
+from services.common.events import EventStream
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
+from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.gen.liveml.training.v1 import training_pb2 as tpb
+from services.trainer import gate, pipeline
+from services.trainer.online import publish, seal
+from services.trainer.online.learner import OnlineLearner, OnlineSettings, StepReport
+from services.trainer.online.state import DriftState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 256
+DEFAULT_PUBLISH_EVERY = 5000
+DEFAULT_CHECKPOINT_SECONDS = 1.0
+DEFAULT_RESERVOIR = 500
+DEFAULT_WINDOW = 1000
+DEFAULT_REPLAY = 0.2
+POLICY_SECONDS = 5.0  # how often the learner rereads its policy
+
+
+class Stopped(Exception):
+    """The learner must stop: its lease was lost, or its policy left online mode."""
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def settings_of(policy: tpb.TrainingPolicy) -> OnlineSettings:
+    online = policy.online
+    classification = policy.task == tpb.TRAINING_TASK_CLASSIFICATION
+    replay = online.replay_ratio
+    params = tuple(sorted(pipeline_params(policy).items()))
+    return OnlineSettings(
+        classification=classification,
+        classes=tuple(online.classes) or (0, 1),
+        width=len(policy.features),
+        estimator=policy.estimator.class_path,
+        params=params,
+        replay_ratio=0.0 if replay < 0 else (replay or DEFAULT_REPLAY),
+        reservoir_per_class=online.reservoir_per_class or DEFAULT_RESERVOIR,
+        window=online.window or DEFAULT_WINDOW,
+    )
+
+
+def pipeline_params(policy: tpb.TrainingPolicy) -> dict[str, Any]:
+    import json
+
+    return {k: json.loads(v) for k, v in policy.estimator.params.items()}
+
+
+@dataclass
+class Example:
+    sequence: int
+    features: list[float]
+    label: Any
+
+
+class Learner:
+    """One model's online learner in this trainer."""
+
+    def __init__(
+        self,
+        reg: pipeline.Registry,
+        stream: EventStream,
+        name: str,
+        policy: tpb.TrainingPolicy,
+        key: bytes,
+        lease_seconds: float,
+    ) -> None:
+        self.reg = reg
+        self.stream = stream
+        self.name = name  # this trainer: trainers/...
+        self.policy = policy
+        self.model = policy.name.split("/")[1]
+        self.parent = f"models/{self.model}"
+        self.key = key
+        self.lease_seconds = lease_seconds
+        self.token = 0
+        self.learner: OnlineLearner | None = None
+        self.last_sequence_seen = 0  # the stream's newest, for the lag
+        self.last_commit = 0.0
+        self.last_publish = time.monotonic()
+        self.dirty = False
+        self.rate = 0.0
+        self.drift_reported: set[int] = set()
+        self.hold = ""  # why the last publish was held, if it was
+
+    # --- the registry ---------------------------------------------------------------------
+
+    async def claim(self) -> bool:
+        reply = await self.reg.call(
+            self.reg.training.ClaimLearner,
+            tpb.ClaimLearnerRequest(
+                parent=self.parent, learner=self.name, lease_duration=_duration(self.lease_seconds)
+            ),
+        )
+        if not reply.granted:
+            return False
+        self.token = reply.fencing_token
+        if reply.checkpoint:
+            self.learner = OnlineLearner.restore(seal.unseal(self.key, reply.checkpoint))
+            log.info(
+                "learner of %s resumed after sequence %d (token %d)",
+                self.model,
+                self.learner.last_sequence,
+                self.token,
+            )
+        else:
+            self.learner = OnlineLearner(settings_of(self.policy))
+            log.info("learner of %s started (token %d)", self.model, self.token)
+        return True
+
+    def status(self) -> tpb.LearnerStatus:
+        learner = self.learner
+        assert learner is not None
+        status = tpb.LearnerStatus(
+            last_sequence=learner.last_sequence,
+            applied=learner.applied,
+            sequence_sum=learner.sequence_sum,
+            lag=max(0, self.last_sequence_seen - learner.last_sequence),
+            drift_state=learner.drift_state.value,
+            drift_sequences=[s for s, _ in learner.drifts],
+            quarantined=learner.quarantined,
+            examples_per_second=self.rate,
+            publish_decision=f"held: {self.hold}" if self.hold else "",
+        )
+        if learner.prequential_accuracy is not None:
+            status.prequential_accuracy = learner.prequential_accuracy
+        if learner.prequential_rmse is not None:
+            status.prequential_rmse = learner.prequential_rmse
+        if self.hold.startswith("the label rate collapsed"):
+            status.publishing_stopped = True
+            status.stopped_reason = self.hold
+        return status
+
+    async def commit(self) -> None:
+        assert self.learner is not None
+        blob = seal.seal(self.key, await asyncio.to_thread(self.learner.checkpoint))
+        try:
+            await self.reg.call(
+                self.reg.training.CommitLearnerCheckpoint,
+                tpb.CommitLearnerCheckpointRequest(
+                    parent=self.parent,
+                    learner=self.name,
+                    fencing_token=self.token,
+                    checkpoint=blob,
+                    status=self.status(),
+                    lease_duration=_duration(self.lease_seconds),
+                ),
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() in (StatusCode.ABORTED, StatusCode.FAILED_PRECONDITION):
+                raise Stopped(exc.details()) from None
+            raise
+        self.last_commit = time.monotonic()
+        self.dirty = False
+
+    # --- learning -------------------------------------------------------------------------
+
+    def _examples(self, events: list[epb.Event]) -> list[Example]:
+        """The usable examples of a chunk; the others are quarantined with the reason."""
+        assert self.learner is not None
+        width = self.learner.settings.width
+        out = []
+        for event in events:
+            example = event.example
+            kind = example.label.WhichOneof("value")
+            label: Any = (
+                example.label.class_index if kind == "class_index" else example.label.number
+            )
+            if kind not in ("class_index", "number"):
+                self.learner.quarantine("unknown label")
+                continue
+            if len(example.features) != width:
+                self.learner.quarantine("wrong feature count")
+                continue
+            out.append(Example(event.sequence, list(example.features), label))
+        return out
+
+    async def learn(self, chunk: list[epb.Event]) -> StepReport:
+        """One chunk of the stream, in order: quarantine, score, learn (off the loop)."""
+        assert self.learner is not None
+        learner = self.learner
+        batch = self._examples(chunk)
+        width = learner.settings.width
+        seqs = np.array([e.sequence for e in batch], dtype=np.int64)
+        x = np.array([e.features for e in batch], dtype=np.float64).reshape(len(batch), width)
+        y = np.array([e.label for e in batch])
+        started = time.perf_counter()
+        report = await asyncio.to_thread(learner.step, seqs, x, y, chunk[-1].sequence)
+        took = time.perf_counter() - started
+        self.rate = len(chunk) / took if took > 0 else self.rate
+        self.dirty = True
+        return report
+
+    async def after_drift(self, report: StepReport) -> None:
+        assert self.learner is not None
+        if report.drift is not DriftState.DRIFT:
+            return
+        sequence = max((s for s, state in self.learner.drifts if state == "drift"), default=0)
+        if sequence in self.drift_reported:
+            return
+        self.drift_reported.add(sequence)
+        try:
+            await self.reg.call(
+                self.reg.training.RequestTrainingRun,
+                tpb.RequestTrainingRunRequest(
+                    parent=self.parent,
+                    trigger=tpb.TRAINING_TRIGGER_ALERT,
+                    reason=f"the online learner saw concept drift at sequence {sequence}",
+                ),
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() != StatusCode.FAILED_PRECONDITION:  # within the cooldown: fine
+                raise
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def due(self) -> bool:
+        assert self.learner is not None
+        online = self.policy.online
+        every = online.publish_every or DEFAULT_PUBLISH_EVERY
+        interval = online.publish_interval.ToNanoseconds() / 1e9
+        if not self.learner.since_publish:
+            return False
+        if self.learner.since_publish >= every:
+            return True
+        return bool(interval) and time.monotonic() - self.last_publish >= interval
+
+    async def _live(self) -> tuple[int, float | None, int]:
+        serving = await pipeline.production_of(self.reg, self.model)
+        if not serving:
+            return 0, None, 0
+        reply = await self.reg.call(
+            self.reg.registry.GetVersionMetrics, rpb.GetVersionMetricsRequest(parent=self.parent)
+        )
+        for m in reply.metrics:
+            if m.version == serving:
+                return serving, (m.accuracy if m.feedback_total else None), int(m.feedback_total)
+        return serving, None, 0
+
+    async def publish(self) -> None:
+        learner = self.learner
+        assert learner is not None
+        self.last_publish = time.monotonic()
+        serving, live, feedback = await self._live()
+        verdict = publish.judge(
+            learner,
+            self.policy.online,
+            live,
+            feedback,
+            learner.published_weights,
+            learner.published_reservoir,
+        )
+        if not verdict.passed:
+            self.hold = verdict.summary()
+            log.info("learner of %s held a publish: %s", self.model, self.hold)
+            await self.commit()
+            return
+        self.hold = ""
+        described = await self.reg.call(
+            self.reg.registry.GetModel, rpb.GetModelRequest(name=self.parent)
+        )
+        onnx_bytes = await asyncio.to_thread(
+            publish.export,
+            learner.model,
+            learner.settings.width,
+            described.model.signature,
+            self.policy.task,
+        )
+        await self.commit()  # the version names a checkpoint that exists
+        statistics = await asyncio.to_thread(self._reference, onnx_bytes)
+        metrics = {}
+        if learner.prequential_accuracy is not None:
+            metrics["prequential_accuracy"] = learner.prequential_accuracy
+        reservoir = learner.reservoir_accuracy()
+        if reservoir is not None:
+            metrics["reservoir_accuracy"] = reservoir
+        version = rpb.Version(
+            description=f"published by the online learner after sequence {learner.last_sequence}",
+            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
+            params={
+                "estimator": learner.settings.estimator,
+                "first_sequence": str(learner.publish_from),
+                "last_sequence": str(learner.last_sequence),
+                "applied": str(learner.applied),
+                "fencing_token": str(self.token),
+            },
+            metrics=metrics,
+            reference_statistics=statistics,
+            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
+            tags={"trigger": "online"},
+        )
+        created = await pipeline._upload(self.reg, self.model, onnx_bytes, version)
+        try:
+            reply = await self.reg.call(
+                self.reg.training.PublishOnlineVersion,
+                tpb.PublishOnlineVersionRequest(
+                    parent=self.parent,
+                    learner=self.name,
+                    fencing_token=self.token,
+                    version=created.number,
+                    checks=verdict.checks,
+                ),
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() == StatusCode.ABORTED:
+                raise Stopped(exc.details()) from None
+            raise
+        learner.published(created.number)
+        self.dirty = True
+        log.info("learner of %s published v%d: %s", self.model, created.number, reply.decision)
+        await self.commit()
+
+    def _reference(self, onnx_bytes: bytes) -> rpb.ReferenceStatistics:
+        assert self.learner is not None
+        x, _ = self.learner.reservoir.all()
+        if not len(x):
+            return rpb.ReferenceStatistics()
+        model = gate.Model(onnx_bytes, self.policy.task)
+        names = [o.name for o in model.session.get_outputs()]
+        sample = x.astype(np.float32)
+        return drift.reference_statistics(
+            {model.input: sample}, dict(zip(names, model.run(sample), strict=True))
+        )
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Learn until told to stop; raises Stopped when the lease or the policy is lost."""
+        assert self.learner is not None
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
+
+        async def read() -> None:
+            assert self.learner is not None
+            async for batch in self.stream.read(
+                self.learner.last_sequence,
+                model=self.model,
+                kinds=[epb.EVENT_KIND_EXAMPLE],
+                follow=True,
+                max_batch=2000,
+            ):
+                await queue.put(batch)
+
+        reader = asyncio.create_task(read(), name=f"learner read {self.model}")
+        size = self.policy.online.batch_size or DEFAULT_BATCH
+        every = self.policy.online.checkpoint_interval.ToNanoseconds() / 1e9
+        every = every or DEFAULT_CHECKPOINT_SECONDS
+        pending: list[epb.Event] = []
+        policy_read = time.monotonic()
+        try:
+            while True:
+                batch = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(every, self.lease_seconds / 3)):
+                        batch = await queue.get()
+                if reader.done() and reader.exception() is not None:
+                    raise reader.exception()  # type: ignore[misc]
+                if batch is not None:
+                    self.last_sequence_seen = max(self.last_sequence_seen, batch.last_sequence)
+                    pending += batch.events
+                    caught_up = batch.read_through >= batch.last_sequence
+                    while len(pending) >= size or (caught_up and pending):
+                        chunk, pending = pending[:size], pending[size:]
+                        report = await self.learn(chunk)
+                        await self.after_drift(report)
+                        if self.due():
+                            await self.publish()
+                now = time.monotonic()
+                if self.due() and not pending:
+                    await self.publish()
+                if now - self.last_commit >= every:  # pending events are not in the state
+                    await self.commit()
+                if now - policy_read >= POLICY_SECONDS:
+                    policy_read = now
+                    await self._reread_policy()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _reread_policy(self) -> None:
+        try:
+            reply = await self.reg.call(
+                self.reg.training.GetTrainingPolicy,
+                tpb.GetTrainingPolicyRequest(name=f"{self.parent}/trainingPolicy"),
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() == StatusCode.NOT_FOUND:
+                raise Stopped("the training policy was deleted") from None
+            raise
+        if reply.policy.mode != tpb.TRAINING_MODE_ONLINE:
+            raise Stopped("the training policy left online mode")
+        self.policy = reply.policy
