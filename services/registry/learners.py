@@ -30,6 +30,7 @@ from services.registry.store import Tx, now_us
 
 DEFAULT_KEEP = 5
 HISTORY_KEPT = 5  # rollout states whose versions are never archived
+QUARANTINE_MARKS = (1, 100, 10_000, 1_000_000)  # counts at which a quarantine is alerted
 SHORT_CANARY = rpb.AnalysisPolicy(steps=[50, 100])
 COLLECTED = rollouts.COLLECTED  # the tag of an archived version whose artifact is gone
 
@@ -77,17 +78,18 @@ async def claim(
         tx.session.add(row)
     if row.holder and row.holder != learner and row.lease_expire_us >= now:
         return False, None, _status(row, model_id)
-    if row.holder != learner or row.lease_expire_us < now:
-        row.token += 1  # a new holder (or a returning one after its lease ran out)
-        previous = row.holder
-        row.holder = learner
-        await tx.audit(
-            "ClaimLearner",
-            learner_name(model_id),
-            None,
-            None,
-            {"learner": learner, "token": row.token, "previous": previous},
-        )
+    # Every claim is a new session with a new token, even by a trainer of the same
+    # name: a paused predecessor of that name can then never commit again.
+    row.token += 1
+    previous = row.holder
+    row.holder = learner
+    await tx.audit(
+        "ClaimLearner",
+        learner_name(model_id),
+        None,
+        None,
+        {"learner": learner, "token": row.token, "previous": previous},
+    )
     row.lease_expire_us = now + int(lease_seconds * 1e6)
     return True, row, _status(row, model_id)
 
@@ -155,6 +157,19 @@ async def _raise_changes(
             {"sequences": new_drifts, "state": after.drift_state},
             event=True,
         )
+    for reason, count in sorted(after.quarantined.items()):
+        seen = before.quarantined.get(reason, 0)
+        if any(seen < mark <= count for mark in QUARANTINE_MARKS):
+            await alerts_.raise_(
+                tx,
+                "LearnerQuarantined",
+                alerts.WARNING,
+                model_id,
+                0,
+                f"the online learner of {model_id} quarantined {count} examples: {reason}",
+                {"reason": reason, "count": count},
+                event=True,
+            )
     if after.publishing_stopped and not before.publishing_stopped:
         await alerts_.raise_(
             tx,
@@ -309,6 +324,18 @@ def _collector(artifacts: ArtifactStore, sha256: str) -> Callable[[], None]:
         artifacts.collect(sha256)
 
     return collect
+
+
+async def held_elsewhere(
+    session: AsyncSession, parent: str, learner: str
+) -> tpb.LearnerStatus | None:
+    """The status, when another trainer holds the model's learner under a live lease."""
+    model_id = names.model(parent)
+    model = await catalog.model_row(session, model_id)
+    row = await session.get(LearnerRow, model.id)
+    if row is None or not row.holder or row.holder == learner or row.lease_expire_us < now_us():
+        return None
+    return _status(row, model_id)
 
 
 async def status_of(session: AsyncSession, parent: str) -> tpb.LearnerStatus:

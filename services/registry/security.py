@@ -103,7 +103,14 @@ POLICY: dict[str, set[Role]] = {
 }
 # A trainer reads what it trains against and registers what passes its gate; the
 # registry, not the trainer, then approves it and starts its canary.
-for _method in ("GetModel", "GetVersion", "DownloadArtifact", "GetRollout", "ListAlerts"):
+for _method in (
+    "GetModel",
+    "GetVersion",
+    "DownloadArtifact",
+    "GetRollout",
+    "ListAlerts",
+    "GetVersionMetrics",
+):
     POLICY[SERVICE + _method] = POLICY[SERVICE + _method] | {Role.TRAINER}
 POLICY[SERVICE + "CreateVersion"] = POLICY[SERVICE + "CreateVersion"] | {Role.TRAINER}
 

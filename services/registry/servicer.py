@@ -139,7 +139,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         )
         async with self.store.write(actor()) as tx:
             version = await catalog.create_version(tx, model_id, meta.version, artifact, signature)
-            if version.lineage.pipeline_run.startswith("models/"):  # a run's: one per run
+            if "/trainingRuns/" in version.lineage.pipeline_run:  # a run's: one per run
                 await training_runs.claim_version(
                     tx, version.lineage.pipeline_run, model_id, version.number
                 )

@@ -105,6 +105,10 @@ class TrainingServicer(tpb_grpc.TrainingServiceServicer):
     @abort_on_error
     async def ClaimLearner(self, request: tpb.ClaimLearnerRequest, context: Ctx) -> Any:
         lease = _lease(request)
+        async with self.store.read() as session:  # a learner held elsewhere: no write
+            held = await learners.held_elsewhere(session, request.parent, request.learner)
+        if held is not None:
+            return tpb.ClaimLearnerResponse(granted=False, status=held)
         async with self.store.write(actor()) as tx:
             granted, row, status = await learners.claim(tx, request.parent, request.learner, lease)
         if not granted or row is None:

@@ -34,6 +34,8 @@ from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
+LEARNER_RETRY_SECONDS = 5.0
+
 
 @dataclass
 class Trainer:
@@ -49,6 +51,7 @@ class Trainer:
     stream: EventStream | None = None
     checkpoint_key: bytes = b""
     learners: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by model
+    learner_retry: dict[str, float] = field(default_factory=dict)  # not before (monotonic)
 
     @property
     def port(self) -> int:
@@ -130,6 +133,8 @@ class Trainer:
         running = self.learners.get(model)
         if (running is not None and not running.done()) or self.stream is None:
             return
+        if time.monotonic() < self.learner_retry.get(model, 0.0):
+            return  # it failed a moment ago: not in a tight loop
         learner = Learner(
             self.reg,
             self.stream,
@@ -147,7 +152,8 @@ class Trainer:
             except Stopped as exc:
                 log.warning("the learner of %s stopped: %s", model, exc)
             except Exception:
-                log.exception("the learner of %s failed; another pass will claim it again", model)
+                log.exception("the learner of %s failed; it is claimed again in a while", model)
+                self.learner_retry[model] = time.monotonic() + LEARNER_RETRY_SECONDS
 
         self.learners[model] = asyncio.create_task(work(), name=f"learner {model}")
 

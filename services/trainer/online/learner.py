@@ -41,7 +41,7 @@ BACKGROUND_MIN = 200  # examples a background learner needs before it may take o
 WARNING_PATIENCE = 1000
 # A model still learning its first examples gets better fast, which the detector would
 # read as a changing error: it watches only a model that learned this many.
-DETECTOR_WARMUP = 1000
+DETECTOR_WARMUP = 2000
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ class Learner:
             status.prequential_accuracy = learner.prequential_accuracy
         if learner.prequential_rmse is not None:
             status.prequential_rmse = learner.prequential_rmse
-        if self.hold.startswith("the label rate collapsed"):
+        if self.hold:  # held until a publish passes again
             status.publishing_stopped = True
             status.stopped_reason = self.hold
         return status

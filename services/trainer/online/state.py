@@ -122,7 +122,7 @@ class DDM:
     after `min_samples` errors: over fewer, a lucky run of right answers sets a floor the
     steady error rate then seems to rise above."""
 
-    min_samples: int = 300
+    min_samples: int = 500
     warning_level: float = 2.0
     drift_level: float = 3.0
     n: int = 0
@@ -157,7 +157,7 @@ class PageHinkley:
 
     delta: float = 0.005
     threshold: float = 50.0
-    min_samples: int = 30
+    min_samples: int = 500
     n: int = 0
     mean: float = 0.0
     cumulative: float = 0.0
