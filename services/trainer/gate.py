@@ -14,7 +14,9 @@ why (no production version: the floors alone apply) instead of being left out.
   pass a candidate that is worse but lucky on this holdout.
 - `parity`: the ONNX export against the fitted original (labels identical, largest
   probability difference within the tolerance) — what is served is what was trained.
-- `latency`: candidate p99 over production p99 on single-row calls.
+- `latency`: candidate median over production median on interleaved single-row calls
+  (the median, not p99: the trainer's box is shared, and a p99 over a few hundred calls
+  is whichever call the scheduler interrupted; the canary judges the real tail).
 Floors and regressions apply again per group of `slice_column`, where there are
 enough rows to judge.
 """
@@ -354,7 +356,7 @@ def parity(
     )
 
 
-def _single_row_p99(a: Model, b: Model, rows: npt.NDArray[np.float32]) -> tuple[float, float]:
+def _single_row_p50(a: Model, b: Model, rows: npt.NDArray[np.float32]) -> tuple[float, float]:
     times_a, times_b = [], []
     for row in rows:  # interleaved, so a busy moment lands on both
         one = row.reshape(1, -1)
@@ -364,7 +366,7 @@ def _single_row_p99(a: Model, b: Model, rows: npt.NDArray[np.float32]) -> tuple[
         started = time.perf_counter()
         b.run(one)
         times_b.append(time.perf_counter() - started)
-    return float(np.percentile(times_a, 99)), float(np.percentile(times_b, 99))
+    return float(np.median(times_a)), float(np.median(times_b))
 
 
 def latency(
@@ -377,23 +379,23 @@ def latency(
     cand.run(rows[:1]), prod.run(rows[:1])  # warm
     best = None
     for _ in range(LATENCY_ROUNDS):
-        c99, p99 = _single_row_p99(cand, prod, rows)
-        ratio = c99 / p99 if p99 > 0 else math.inf
+        c50, p50 = _single_row_p50(cand, prod, rows)
+        ratio = c50 / p50 if p50 > 0 else math.inf
         if best is None or ratio < best[0]:
-            best = (ratio, c99, p99)
+            best = (ratio, c50, p50)
         if ratio <= limit:
             break
     assert best is not None
-    ratio, c99, p99 = best
+    ratio, c50, p50 = best
     return _check(
         "latency",
         ratio,
         limit,
         ratio <= limit,
-        f"single-row p99 {c99 * 1e3:.3f} ms vs production {p99 * 1e3:.3f} ms: ratio "
+        f"single-row median {c50 * 1e3:.3f} ms vs production {p50 * 1e3:.3f} ms: ratio "
         f"{ratio:.2f} (at most {limit:g}; best of up to {LATENCY_ROUNDS} rounds of "
         f"{len(rows)} calls)",
-        production=p99,
+        production=p50,
     )
 
 

@@ -117,6 +117,9 @@ async def test_a_slow_warm_up_leaves_its_share_with_the_old_version(tmp_path: Pa
     assert load.failures == []
 
 
+WARMUP_FAILED = r"(FAILED|LOADING) on workers/w\d: (retrying; last failure: )?warm-up failed"
+
+
 async def test_a_failed_target_at_100_percent_never_takes_the_model_down(tmp_path: Path) -> None:
     async with cluster(tmp_path, **ALERTS_FAST) as c:
         address = await serving_v1(c, tmp_path, models.warmup_crash(tmp_path / "v2.onnx"))
@@ -135,11 +138,12 @@ async def test_a_failed_target_at_100_percent_never_takes_the_model_down(tmp_pat
         )
         (held,) = shown.held
         assert held.version == 2 and held.percent == 100 and list(held.held_on) == [1]
-        assert "FAILED on workers/w0: warm-up failed" in held.reason, held.reason
+        # A worker retries a failed load with backoff, so either state may be the latest.
+        assert re.search(WARMUP_FAILED, held.reason), held.reason
         assert [(s.version, s.percent) for s in shown.serving] == [(1, 100.0)]
         env = {"LIVEML_REGISTRY": f"127.0.0.1:{c.registry_port}", "LIVEML_TOKEN": c.admin}
         show = await asyncio.to_thread(liveml, {**env, "COLUMNS": "400"}, "rollout", "show", "lin")
-        assert re.search(r"v2 not READY \(FAILED on workers/w\d: warm-up failed", show.stdout)
+        assert re.search(r"v2 not READY \(" + WARMUP_FAILED, show.stdout), show.stdout
         assert "its 100% held on v1" in show.stdout, show.stdout
 
         async def alert() -> rpb.Alert | None:
