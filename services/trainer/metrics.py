@@ -37,7 +37,7 @@ LAST_POLL = Gauge(
 
 
 def trigger_name(trigger: int) -> str:
-    return tpb.TrainingTrigger.Name(trigger).removeprefix("TRAINING_TRIGGER_").lower()  # type: ignore[arg-type]
+    return tpb.TrainingTrigger.Name(trigger).removeprefix("TRAINING_TRIGGER_").lower()
 
 
 def run_ended(run: tpb.TrainingRun) -> None:
