@@ -8,6 +8,7 @@ Files already there are kept, so running it again changes nothing:
     artifact_old_keys       retired keys, "id:base64,id:base64" (empty until a rotation)
     postgres_password       PostgreSQL password of the `liveml` user
     grafana_admin_password  Grafana's `admin` password
+    checkpoint_key          base64 key that seals online learners' checkpoints
     ca.pem, ca-key.pem      a development CA (keep ca-key.pem to issue more certificates)
     liveml.pem, liveml-key.pem
                             one server certificate for every liveml service, valid for the
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from services.common import pki
 
-HOSTS = ("registry", "worker-1", "worker-2", "gateway", "localhost", "127.0.0.1", "::1")
+HOSTS = ("registry", "worker-1", "worker-2", "gateway", "trainer", "localhost", "127.0.0.1", "::1")
 
 
 def _write(path: Path, text: str) -> bool:
@@ -57,6 +58,7 @@ def make_secrets(
         "artifact_old_keys": "",
         "postgres_password": secrets.token_urlsafe(24),
         "grafana_admin_password": secrets.token_urlsafe(18),
+        "checkpoint_key": base64.b64encode(os.urandom(32)).decode(),
     }
     for name, text in values.items():
         if _write(directory / name, text):

@@ -27,7 +27,7 @@ from services.common.events.open import open_stream
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
-from services.trainer import pipeline, sources, triggers
+from services.trainer import metrics, pipeline, sources, triggers
 from services.trainer.online import seal
 from services.trainer.online.runner import Learner, Stopped
 from services.trainer.settings import TrainerSettings
@@ -95,6 +95,7 @@ class Trainer:
             f": v{done.version}" if done.version else "",
             f": {done.error}" if done.error else "",
         )
+        metrics.run_ended(done)
         self.finished = [*self.finished[-19:], done]
 
     async def evaluate(self, file_volume: triggers.FileVolume) -> None:
@@ -103,6 +104,8 @@ class Trainer:
             self.reg.training.ListTrainingPolicies, tpb.ListTrainingPoliciesRequest()
         )
         now = time.time()
+        metrics.LAST_POLL.set(now)
+        metrics.POLICIES.set(len(reply.policies))
         for policy in reply.policies:
             model = policy.name.split("/")[1]
             if policy.mode == tpb.TRAINING_MODE_ONLINE:
@@ -158,6 +161,7 @@ class Trainer:
         self.learners[model] = asyncio.create_task(work(), name=f"learner {model}")
 
     async def request(self, model: str, fired: triggers.Fired) -> None:
+        counted = metrics.TRIGGERS.labels(model, metrics.trigger_name(fired.trigger), "refused")
         try:
             reply = await self.reg.call(
                 self.reg.training.RequestTrainingRun,
@@ -170,8 +174,11 @@ class Trainer:
         except aio.AioRpcError as exc:
             if exc.code() == StatusCode.FAILED_PRECONDITION:  # cooldown, or policy gone
                 log.debug("not now for %s: %s", model, exc.details())
+                counted.inc()
                 return
             raise
+        outcome = "created" if reply.created else "absorbed"
+        metrics.TRIGGERS.labels(model, metrics.trigger_name(fired.trigger), outcome).inc()
         if reply.created:
             log.info("asked for %s: %s", reply.run.name, fired.reason)
 

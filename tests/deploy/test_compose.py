@@ -17,11 +17,17 @@ from sqlalchemy.engine import make_url
 
 from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
+from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
 from tests.deploy import deployfiles as df
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-SETTINGS = {"registry": RegistrySettings, "worker": WorkerSettings, "gateway": GatewaySettings}
+SETTINGS = {
+    "registry": RegistrySettings,
+    "worker": WorkerSettings,
+    "gateway": GatewaySettings,
+    "trainer": TrainerSettings,
+}
 
 
 def validator() -> jsonschema.Draft201909Validator:

@@ -279,7 +279,7 @@ def metrics(port: int) -> str:
 
 async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -> None:
     await stack.up()
-    for name in ("worker-1", "worker-2", "gateway"):
+    for name in ("worker-1", "worker-2", "gateway", "trainer"):
         await stack.wait_for(name, "service_healthy")
     ca = (stack.secrets / "ca.pem").read_bytes()
     tls = grpc.ssl_channel_credentials(ca)
@@ -356,7 +356,17 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
                     body = await asyncio.to_thread(metrics, stack.ports[host, int(port)])
                     assert "# TYPE" in body, target
                     scraped.add(host)
-    assert scraped == {"registry", "worker-1", "worker-2", "gateway"}
+    assert scraped == {"registry", "worker-1", "worker-2", "gateway", "trainer"}
+
+    # The trainer reaches the registry (TLS, its own trainer token): it lists policies.
+    trainer_metrics = stack.ports["trainer", 9302]
+
+    async def polled() -> bool:
+        body = await asyncio.to_thread(metrics, trainer_metrics)
+        polled_at = re.search(r"^liveml_trainer_last_poll_timestamp_seconds (\S+)", body, re.M)
+        return polled_at is not None and float(polled_at[1]) > 0
+
+    await async_wait_until(polled, 30, "the trainer listing policies from the registry")
 
     # Traces reach the collector named by LIVEML_OTLP_ENDPOINT.
     await async_wait_until(

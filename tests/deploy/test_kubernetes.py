@@ -15,6 +15,7 @@ import yaml
 
 from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
+from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
 from tests.conftest import require
 from tests.deploy import deployfiles as df
@@ -22,8 +23,20 @@ from tests.deploy import deployfiles as df
 # The oldest Kubernetes release the manifests promise to work on, and the newest schemas.
 VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 TARGETS = ["base", *sorted(f"overlays/{p.name}" for p in (df.K8S / "overlays").iterdir())]
-SETTINGS = {"registry": RegistrySettings, "worker": WorkerSettings, "gateway": GatewaySettings}
-PORTS = {"registry": (50051, 9102), "worker": (9001, 9101), "gateway": (8001, 9100)}
+SETTINGS = {
+    "registry": RegistrySettings,
+    "worker": WorkerSettings,
+    "gateway": GatewaySettings,
+    "trainer": TrainerSettings,
+}
+PORTS = {
+    "registry": (50051, 9102),
+    "worker": (9001, 9101),
+    "gateway": (8001, 9100),
+    "trainer": (9301, 9302),
+}
+# Serve only their health service and metrics: no peer needs their gRPC port.
+UNCALLED = {"trainer"}
 
 
 @cache
@@ -140,7 +153,7 @@ def test_registry_and_workers(target: str) -> None:
     assert wenv["LIVEML_ADVERTISE"]["value"] == "$(POD_IP):9001"
     names = [e["name"] for e in worker["containers"][0]["env"]]
     assert names.index("POD_IP") < names.index("LIVEML_ADVERTISE"), "$(POD_IP) needs it first"
-    for role in ("worker", "gateway"):
+    for role in ("worker", "gateway", "trainer"):
         spec = deployments[role]["spec"]
         cenv = env_of(spec["template"]["spec"]["containers"][0])
         assert spec["template"]["spec"]["containers"][0]["args"][2:] == [
@@ -150,6 +163,14 @@ def test_registry_and_workers(target: str) -> None:
         token = cenv["LIVEML_REGISTRY_TOKEN_FILE"]["value"]
         mounts = spec["template"]["spec"]["containers"][0]["volumeMounts"]
         assert any(token.startswith(m["mountPath"] + "/") for m in mounts), role
+    # The trainer: one replica (a second would only wait for leases), its own token and
+    # the key that seals learner checkpoints, both from its Secret.
+    trainer = deployments["trainer"]["spec"]
+    assert trainer["replicas"] == 1
+    tenv = env_of(trainer["template"]["spec"]["containers"][0])
+    assert tenv["LIVEML_CHECKPOINT_KEY_FILE"]["value"].startswith("/var/run/secrets/liveml/")
+    (secret,) = [v for v in trainer["template"]["spec"]["volumes"] if "secret" in v]
+    assert secret["secret"]["secretName"] == "liveml-trainer"
     services = kinds(target, "Service")
     assert services["liveml-registry"]["spec"]["ports"][0]["port"] == 50051
     assert services["liveml-gateway"]["spec"]["ports"][0]["port"] == 8001
@@ -190,7 +211,10 @@ def test_network_policies(target: str) -> None:
     for role, (grpc_port, metrics_port) in PORTS.items():
         assert policies[role]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == role
         assert policies[role]["policyTypes"] == ["Ingress"]
-        assert allowed(role, grpc_port), f"nothing may reach the {role}'s gRPC port"
+        if role in UNCALLED:
+            assert not allowed(role, grpc_port), f"the {role}'s gRPC port is open"
+        else:
+            assert allowed(role, grpc_port), f"nothing may reach the {role}'s gRPC port"
         for peer in allowed(role, metrics_port):
             assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     # Only gateways reach workers.

@@ -535,3 +535,38 @@ async def test_a_policy_learns_from_the_event_stream(tmp_path: Path) -> None:
         runs = await async_wait_until(lambda: ended(2), 60, "a run on the new examples")
         assert runs[0].source_rows == 1600 and runs[0].last_sequence == 1600
         assert runs[0].reasons[0].startswith("data_volume: 600 new labelled examples since run 1")
+
+
+async def test_the_trainer_exports_its_runs_as_metrics(tmp_path: Path) -> None:
+    """What each run ended as, which check rejected one, stage times and the last poll."""
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    async with cluster(tmp_path) as c:
+        await c.create_model("clf")
+        data = training.write_csv(tmp_path / "data.csv", 1000)
+        port = free_port()
+        await c.start_trainer("t1", "--metrics-port", str(port))
+        t = Training(c)
+        assert (await t.through(training.policy("clf", data))).state == Run.STATE_SUCCEEDED
+        strict = training.policy("clf", data)
+        strict.gate.parity_tolerance = 1e-12
+        assert (await t.through(strict)).state == Run.STATE_REJECTED
+
+        def scrape() -> dict[str, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                body = r.read().decode()
+            return {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines()
+                if line.startswith("liveml_trainer_")
+            }
+
+        got = await asyncio.to_thread(scrape)
+        assert got['liveml_trainer_runs_total{model="clf",state="succeeded"}'] == 1
+        assert got['liveml_trainer_runs_total{model="clf",state="rejected"}'] == 1
+        assert got['liveml_trainer_gate_failures_total{check="parity",model="clf"}'] == 1
+        assert got['liveml_trainer_stage_seconds_count{stage="fit"}'] == 2
+        assert got["liveml_trainer_policies"] == 1
+        assert time.time() - got["liveml_trainer_last_poll_timestamp_seconds"] < 60
