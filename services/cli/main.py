@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import canary_cmds, registry_cmds, train_cmds
+from services.cli import canary_cmds, data_cmds, registry_cmds, train_cmds
 from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
@@ -32,6 +32,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(trainer_app, name="trainer")
 app.add_typer(train_cmds.train_app, name="train")
 app.add_typer(train_cmds.learner_app, name="learner")
+app.add_typer(data_cmds.data_app, name="data")
 console = Console()
 
 

@@ -17,7 +17,7 @@ import logging
 import random
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from services.common.errors import ServiceError
@@ -118,6 +118,7 @@ class PredictionLog:
                 await append_counted(self.sink, self._retry)
             except ServiceError as exc:
                 # Kept (same keys) and tried again first; the buffer takes the strain.
+                event_metrics.PREDICTION_BUFFER.set(len(self._queue) + len(self._retry))
                 if not self._failing_since:
                     self._failing_since = time.monotonic()
                     log.warning("prediction log: the event stream refused a batch: %s", exc)
@@ -129,8 +130,8 @@ class PredictionLog:
                 )
                 self._failing_since = 0.0
             self.logged += len(self._retry)
-            for event in self._retry:
-                event_metrics.PREDICTIONS_LOGGED.labels(event.model).inc()
+            for model, count in Counter(event.model for event in self._retry).items():
+                event_metrics.PREDICTIONS_LOGGED.labels(model).inc(count)
             self._retry = []
             event_metrics.PREDICTION_BUFFER.set(len(self._queue))
         return True

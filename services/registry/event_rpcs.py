@@ -25,6 +25,7 @@ from services.registry.store import Store, now_us
 
 Ctx = Any
 MAX_READ_BATCH = 10_000
+MAX_GROUP = 200  # an imported example's group
 
 
 def _model_short(name: str) -> str:
@@ -122,6 +123,8 @@ class EventService:
                 f"features must be model '{model}''s inputs {', '.join(expected)} in that "
                 f"order: {why}"
             )
+        # The stream's keys hold MAX_KEY characters; an imported key is prefixed.
+        key_room = events.MAX_KEY - len(f"import:{model}:")
         received = first.ByteSize()
         encoded: list[events.Encoded] = []
         time_us = now_us()
@@ -137,9 +140,16 @@ class EventService:
             rows = message.rows
             if len(rows.lines) != len(rows.examples):
                 raise InvalidArgument("rows need one line number per example")
-            for example, line in zip(rows.examples, rows.lines, strict=True):
+            if rows.groups and len(rows.groups) != len(rows.examples):
+                raise InvalidArgument("rows need one group per example, or none")
+            groups = rows.groups or [""] * len(rows.examples)
+            for example, line, group in zip(rows.examples, rows.lines, groups, strict=True):
                 where = f"line {line}"
                 problem = examples.check_row(list(example.features), specs, where, example.label)
+                if problem is None and len(example.key) > key_room:
+                    problem = f"{where}: the key is longer than {key_room} characters"
+                if problem is None and len(group) > MAX_GROUP:
+                    problem = f"{where}: the group is longer than {MAX_GROUP} characters"
                 if problem is not None:
                     raise InvalidArgument(problem)
                 event = epb.Event(
@@ -154,6 +164,7 @@ class EventService:
                         origin=epb.EXAMPLE_ORIGIN_IMPORTED,
                         source=header.source,
                         line=line,
+                        group=group,
                     ),
                 )
                 event.time.FromMicroseconds(time_us)

@@ -98,6 +98,8 @@ POLICY: dict[str, set[Role]] = {
     # servicer checks the kind) and import files; reading is for viewers and up.
     SERVICE + "AppendEvents": {Role.WORKER, Role.GATEWAY, Role.INGEST},
     SERVICE + "ImportExamples": {Role.INGEST},
+    # `liveml data push` maps a file's columns onto the model's signature first.
+    SERVICE + "GetModel": _READ | _DATA_PLANE | {Role.INGEST},
     # Trainers read the labelled examples they learn from.
     **{SERVICE + m: _READ | {Role.TRAINER} for m in ("ReadEvents", "GetEventStats")},
 }

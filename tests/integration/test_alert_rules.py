@@ -32,6 +32,16 @@ _HISTOGRAMS = {
     "liveml_gateway_request_seconds",
     "liveml_worker_request_seconds",
     "liveml_worker_batch_size",
+    "liveml_events_append_seconds",
+}
+# Metrics of the whole event stream, not of one model: dashboard panels show them unfiltered.
+STREAM_WIDE = {
+    "liveml_events_append_failures_total",
+    "liveml_events_append_seconds_bucket",
+    "liveml_events_last_sequence",
+    "liveml_gateway_prediction_buffer",
+    "liveml_joiner_lag_events",
+    "liveml_joiner_position",
 }
 METRICS = {
     # gateway
@@ -60,6 +70,18 @@ METRICS = {
     "liveml_version_drift_psi_max",
     "liveml_version_fairness_gap",
     "liveml_alerts_firing",
+    # the event stream (any process that appends; the gateway's prediction log; the joiner)
+    "liveml_events_appended_total",
+    "liveml_events_duplicates_total",
+    "liveml_events_append_failures_total",
+    "liveml_events_last_sequence",
+    "liveml_gateway_predictions_logged_total",
+    "liveml_gateway_predictions_dropped_total",
+    "liveml_gateway_prediction_buffer",
+    "liveml_joiner_joined_total",
+    "liveml_joiner_unmatched_total",
+    "liveml_joiner_lag_events",
+    "liveml_joiner_position",
 } | {f"{name}{suffix}" for name in _HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 
 METRIC_NAME = re.compile(r"\bliveml_[a-z0-9_]+\b")
@@ -191,11 +213,16 @@ def test_dashboard_is_well_formed() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            assert '$model"' in target["expr"] or "in_flight" in target["expr"], panel["title"]
+            unfiltered = set(METRIC_NAME.findall(target["expr"])) <= STREAM_WIDE
+            assert '$model"' in target["expr"] or "in_flight" in target["expr"] or unfiltered, (
+                panel["title"]
+            )
     titles = " ".join(panel["title"].lower() for panel in panels)
     for word in ("traffic", "target percent", "latency", "error", "drift", "accuracy"):
         assert word in titles
     for word in ("fairness", "shadow", "ready", "phase"):
+        assert word in titles
+    for word in ("events appended", "prediction log", "joins", "lag"):
         assert word in titles
     assert any(
         "liveml_rollout_decisions_total" in a.get("expr", "") for a in board["annotations"]["list"]
@@ -237,3 +264,20 @@ def test_grafana_provisioning() -> None:
     dashboards = (GRAFANA / "provisioning" / "dashboards" / "liveml.yml").read_text()
     assert "type: file" in dashboards
     assert "path: /var/lib/grafana/dashboards" in dashboards
+
+
+def test_the_event_stream_metrics_listed_are_the_ones_exported() -> None:
+    """METRICS names what the services register, so a renamed metric fails here."""
+    from prometheus_client import REGISTRY
+
+    from services.common.events import metrics  # noqa: F401  (registers them)
+
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    prefixes = ("liveml_events", "liveml_joiner", "liveml_gateway_predict")
+    exported = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith(prefixes)
+        for suffix in suffixes[family.type]
+    }
+    assert exported == {m for m in METRICS if m.startswith(prefixes)}

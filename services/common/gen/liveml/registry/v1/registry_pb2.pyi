@@ -1250,12 +1250,14 @@ class ImportExamplesRequest(_message.Message):
         digest: str
         def __init__(self, model: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
     class Rows(_message.Message):
-        __slots__ = ("examples", "lines")
+        __slots__ = ("examples", "lines", "groups")
         EXAMPLES_FIELD_NUMBER: _ClassVar[int]
         LINES_FIELD_NUMBER: _ClassVar[int]
+        GROUPS_FIELD_NUMBER: _ClassVar[int]
         examples: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Example]
         lines: _containers.RepeatedScalarFieldContainer[int]
-        def __init__(self, examples: _Optional[_Iterable[_Union[_gateway_pb2.Example, _Mapping]]] = ..., lines: _Optional[_Iterable[int]] = ...) -> None: ...
+        groups: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, examples: _Optional[_Iterable[_Union[_gateway_pb2.Example, _Mapping]]] = ..., lines: _Optional[_Iterable[int]] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
     HEADER_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     header: ImportExamplesRequest.Header
