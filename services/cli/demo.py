@@ -42,7 +42,8 @@ Run = tpb.TrainingRun
 Phase = rpb.AnalysisStatus
 FINAL = (Run.STATE_SUCCEEDED, Run.STATE_REJECTED, Run.STATE_FAILED)
 DONE = (Phase.PHASE_PROMOTED, Phase.PHASE_ROLLED_BACK)
-NEW_EXAMPLES = 2000  # the volume trigger
+NEW_EXAMPLES = 1500  # the volume trigger
+WINDOW, HOLDOUT = 350, 100
 WITHIN = 120.0  # seconds any one step may take
 
 
@@ -61,10 +62,10 @@ def policy() -> tpb.TrainingPolicy:
         ),
         features=data.COLUMNS,
         label="y",
-        # The newest 250 examples, the newest fifth of them held out: the model follows
-        # the data as it is now.
-        window=tpb.TrainingWindow(last_rows=250),
-        holdout=tpb.Holdout(fraction=0.2),
+        # The newest 350 examples, the newest 100 of them held out: the model follows the
+        # data as it is now.
+        window=tpb.TrainingWindow(last_rows=WINDOW),
+        holdout=tpb.Holdout(rows=HOLDOUT),
         triggers=tpb.TrainingTriggers(min_new_examples=NEW_EXAMPLES, on_alert=True),
         cooldown=seconds(5),
         gate=tpb.GatePolicy(
@@ -76,8 +77,8 @@ def policy() -> tpb.TrainingPolicy:
         approval=tpb.APPROVAL_MODE_AUTO,
         canary=rpb.AnalysisPolicy(
             steps=[10, 50, 100],
-            step_interval=seconds(3),
-            min_requests=30,
+            step_interval=seconds(4),
+            min_requests=15,
             min_feedback=12,
             max_accuracy_drop=0.05,
             ready_timeout=seconds(60),
@@ -182,24 +183,25 @@ class Demo:
         )
         self.step(
             "policy",
-            f"logistic regression on the newest 250 examples; retrain on {NEW_EXAMPLES} new "
+            f"logistic regression on the newest {WINDOW} examples ({HOLDOUT} held out); "
+            f"retrain on {NEW_EXAMPLES} new "
             "examples or an accuracy alert; gate: accuracy ≥ 0.75, ≤ 0.05 worse than "
-            "production; canary 10→50→100% every 3 s. From here on only data goes in.",
+            "production; canary 10→50→100% every 4 s. From here on only data goes in.",
         )
-        a, b = data.concepts()
+        old, a, b = data.concepts()
 
         # 1. A batch upload and stream ingestion: the volume trigger trains v1.
-        pushed = await self.push("history.csv", *a.rows(1700, self.rng))
-        ingested = await data.ingest(c.gateway, a, 300, seed=1)
+        pushed = await self.push("history.csv", *old.rows(NEW_EXAMPLES - 300, self.rng))
+        ingested = await data.ingest(c.gateway, old, 300, seed=1)
         first = await self.next_run("the first run", canary=False)
         if first.state != Run.STATE_SUCCEEDED or first.trigger != tpb.TRAINING_TRIGGER_DATA_VOLUME:
             raise DemoFailure(f"the first run: {describe(first)} {first.error}")
-        self.step("data in", f"{pushed}; {ingested} examples through the gateway")
+        self.step("data in", f"{pushed}; {ingested} examples through the gateway (concept A0)")
         await self._serving(first.version)
         self.step(f"v{first.version} trained", f"{describe(first)}; {first.canary_decision}")
 
         # 2. Live traffic with feedback: the next volume trigger, a canary, promotion.
-        traffic = data.Traffic(c.gateway, a, phase="concept A")
+        traffic = data.Traffic(c.gateway, a, phase="A")
         traffic.start()
         try:
             better = await self.next_run("a run on live data and its canary", canary=True)
@@ -211,7 +213,7 @@ class Demo:
             )
 
             # 3. The concept shifts: AccuracyDrop retrains, and the new model is promoted.
-            traffic.concept, traffic.phase = b, "concept B"
+            traffic.concept, traffic.phase = b, "B"
             alert = await until(self._alert(better.version), WITHIN, "AccuracyDrop")
             self.step("concept shifted", f"alert {alert.alert}: {alert.summary}")
             shifted = await self.next_run("a retrain on the alert and its canary", canary=True)
