@@ -27,10 +27,10 @@ T = TypeVar("T")
 REGISTRY_ENV = {
     "LIVEML_CONTROLLER_SECONDS": "0.25",
     "LIVEML_MONITOR_SECONDS": "0.5",
-    # Live accuracy over the last 15 s: a shift in the concept shows within seconds, once
-    # the new concept's labels are most of the window (AccuracyDrop fires ~10 s after a
-    # shift, when the training window is all of it).
-    "LIVEML_MONITOR_WINDOW_SECONDS": "15",
+    # Live accuracy over the last 20 s: AccuracyDrop fires ~14 s after a shift in the
+    # concept, once its labels are two thirds of the window's and the trainer's window
+    # (the newest 300 examples) is all of the new concept.
+    "LIVEML_MONITOR_WINDOW_SECONDS": "20",
     # AccuracyDrop: 0.3 below the version's holdout accuracy, over 50 or more labels.
     "LIVEML_ACCURACY_ALERT_DROP": "0.3",
     "LIVEML_ACCURACY_ALERT_FEEDBACK": "50",

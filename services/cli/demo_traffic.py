@@ -96,7 +96,7 @@ class Traffic:
 
     address: str
     concept: Concept
-    clients: int = 16  # each waits for its answer and its feedback's: many, each slow
+    clients: int = 24  # each waits for its answer and its feedback's: many, each slow
     rate: float = 80.0
     labels: bool = True
     phase: str = ""

@@ -27,7 +27,7 @@ def test_make_run_walks_the_founding_workflow() -> None:
     assert done.returncode == 0, out
     for step in (
         "✓ processes",
-        "✓ data in: stored 1200 of 1200 examples from history.csv",
+        "✓ data in: stored 2700 of 2700 examples from history.csv",
         "300 examples through the gateway",
         "✓ v1 trained: run 1 (data_volume) SUCCEEDED",
         "no version served: v1 takes all the traffic",
