@@ -103,6 +103,7 @@ class SqlEventLog:
                 except BaseException:  # cancelled (shutdown): so are the callers waiting
                     for _, done in [*group, *self._waiting]:
                         done.cancel()
+                    self._waiting.clear()  # told CANCELLED: never written after all
                     raise
                 at = 0
                 for events, done in group:
@@ -300,4 +301,5 @@ class SqlEventLog:
         )
 
     async def close(self) -> None:
-        return None
+        if self._writer is not None:  # let the appends being written finish
+            await asyncio.wait([self._writer], timeout=10)
