@@ -117,8 +117,37 @@ class Events:
         return out
 
 
-async def append_rate(stream: EventStream, events: Events, appenders: int) -> float:
-    """Events stored per second by `appenders` concurrent appenders for APPEND_SECONDS."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nats_pid() -> int | None:
+    """The nats-server serving NATS_URL (its port on the command line), if it is local."""
+    port = NATS_URL.rsplit(":", 1)[-1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"nats-server") and port.encode() in argv:
+                return int(entry.name)
+    return None
+
+
+@dataclass
+class Cell:
+    rate: float  # events stored per second
+    client_us: float  # this process's CPU per event
+    server_us: float  # the registry's (sql) or nats-server's CPU per event
+
+
+async def append_rate(
+    stream: EventStream, events: Events, appenders: int, server: int | None
+) -> Cell:
+    """Events stored per second by `appenders` concurrent appenders for APPEND_SECONDS,
+    and the CPU each side spent per event (which the box's other load moves less)."""
     batches = [events.batch() for _ in range(appenders * 4)]  # built before the clock starts
     stored = 0
     deadline = time.perf_counter() + APPEND_SECONDS
@@ -135,12 +164,17 @@ async def append_rate(stream: EventStream, events: Events, appenders: int) -> fl
             stored += appended.stored
             j += appenders
 
-    started = time.perf_counter()
+    started, own = time.perf_counter(), time.process_time()
+    theirs = cpu_seconds(server) if server else 0.0
     await asyncio.gather(*(appender(i) for i in range(appenders)))
-    return stored / (time.perf_counter() - started)
+    elapsed, own = time.perf_counter() - started, time.process_time() - own
+    theirs = cpu_seconds(server) - theirs if server else float("nan")
+    return Cell(stored / elapsed, own / stored * 1e6, theirs / stored * 1e6)
 
 
-async def appends(registry_port: int, token: str) -> dict[tuple[str, int], list[float]]:
+async def appends(
+    registry_port: int, registry_pid: int, token: str
+) -> dict[tuple[str, int], list[Cell]]:
     tag = secrets.token_hex(4)
     channel = aio.insecure_channel(
         f"127.0.0.1:{registry_port}", options=[("grpc.max_send_message_length", 64 << 20)]
@@ -151,17 +185,23 @@ async def appends(registry_port: int, token: str) -> dict[tuple[str, int], list[
             NATS_URL, stream=f"BENCH_{tag}", prefix=f"bench{tag}.events", timeout=30.0
         ),
     }
-    rates: dict[tuple[str, int], list[float]] = {}
+    servers = {"sql": registry_pid, "nats": nats_pid()}
+    rates: dict[tuple[str, int], list[Cell]] = {}
     events = Events(tag)
     try:
         for stream in streams.values():  # warm-up: connections, the stream, the table
             await stream.append(events.batch())
-        for _ in range(APPEND_ROUNDS):
-            for appenders in APPENDERS:
-                for name, stream in streams.items():
-                    rate = await append_rate(stream, events, appenders)
-                    rates.setdefault((name, appenders), []).append(rate)
-                    print(f"  {name} x{appenders}: {rate:,.0f} events/s", flush=True)
+        cells = [(name, n) for n in APPENDERS for name in streams]
+        for round_ in range(APPEND_ROUNDS):
+            # Each round in another order: no cell always follows the same one.
+            for name, appenders in cells[round_ % len(cells) :] + cells[: round_ % len(cells)]:
+                cell = await append_rate(streams[name], events, appenders, servers[name])
+                rates.setdefault((name, appenders), []).append(cell)
+                print(
+                    f"  {name} x{appenders}: {cell.rate:,.0f} events/s; CPU per event "
+                    f"{cell.client_us:.0f} us here, {cell.server_us:.0f} us in the server",
+                    flush=True,
+                )
     finally:
         nats = streams["nats"]
         assert isinstance(nats, JetStreamEvents)
@@ -222,7 +262,7 @@ def main() -> int:
         token = (work / "admin.token").read_text().strip()
         os.sched_setaffinity(0, {int(CLIENT_CORE)})
         print("appends: batches of 500 prediction events ...", flush=True)
-        rates = asyncio.run(appends(reg_port, token))
+        rates = asyncio.run(appends(reg_port, procs[0].pid, token))
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         # The gateway part: the registry (every thread) moves to the client's core, as in
         # bench/gateway.py.
@@ -262,8 +302,8 @@ def main() -> int:
             gateways.append(Gateway(label, port, metrics))
         print("gateway unary@32, prediction logging off and at 100% ...", flush=True)
         cells: dict[str, list[Result]] = {}
-        for _ in range(GATEWAY_ROUNDS):
-            for gateway in gateways:
+        for round_ in range(GATEWAY_ROUNDS):
+            for gateway in gateways[round_ % 3 :] + gateways[: round_ % 3]:
                 result = measure(gateway.port, 64, False, 32, seconds=GATEWAY_SECONDS)
                 cells.setdefault(gateway.label, []).append(result)
                 print(f"  {gateway.label}: {result.rate:,.0f} req/s", flush=True)
@@ -303,7 +343,7 @@ async def drop_stream(name: str) -> None:
 
 
 def report(
-    rates: dict[tuple[str, int], list[float]],
+    rates: dict[tuple[str, int], list[Cell]],
     cells: dict[str, list[Result]],
     logged: dict[str, tuple[float, float, float]],
 ) -> None:
@@ -311,16 +351,19 @@ def report(
         f"Appends: events/s, batches of {BATCH} prediction events; each cell {APPEND_SECONDS:g} s,"
         f" {APPEND_ROUNDS} interleaved rounds (median, and the range).",
         "",
-        "| backend | appenders | events/s (median) | range | goal |",
-        "|---|---|---|---|---|",
+        "| backend | appenders | events/s (median) | range | CPU µs/event: client, server | goal |",
+        "|---|---|---|---|---|---|",
     ]
-    for (name, appenders), values in rates.items():
+    for (name, appenders), found in rates.items():
+        values = [c.rate for c in found]
         median = statistics.median(values)
+        client = statistics.median(c.client_us for c in found)
+        server = statistics.median(c.server_us for c in found)
         goal = GOALS[name]
         mark = "✓" if median >= goal else "✗"
         lines.append(
             f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
-            f"| ≥ {goal:,.0f} {mark} |"
+            f"| {client:.0f}, {server:.0f} | ≥ {goal:,.0f} {mark} |"
         )
     off = cells[OFF]
     lines += [
