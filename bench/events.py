@@ -90,8 +90,9 @@ def prediction_bytes() -> tuple[bytes, bytes]:
 class Events:
     """Batches of distinct prediction events (every key new, as a gateway's are).
 
-    Every event carries the same bytes (one prediction as the gateway encodes it, built
-    once): what is measured is the append, not making events, whose cost on the request
+    Every event carries the same bytes but its key (one prediction as the gateway
+    encodes it, built once, and the key's field appended: protobuf reads fields in any
+    order): what is measured is the append, not making events, whose cost on the request
     path the gateway part measures.
     """
 
@@ -99,15 +100,19 @@ class Events:
         request, response = prediction_bytes()
         self.prefix = f"bench:{tag}:"
         self.data = wire.prediction_event(
-            "mlp", f"{self.prefix}0", time.time_ns(), "r0", 1, request, response, "", "bench", False
+            "mlp", "", time.time_ns(), "r0", 1, request, response, "", "bench", False
         )
         self.count = 0
 
     def batch(self) -> list[Encoded]:
         first = self.count + 1
         self.count += BATCH
-        kind, prefix, data = epb.EVENT_KIND_PREDICTION, self.prefix, self.data
-        return [Encoded(kind, "mlp", f"{prefix}{i}", data) for i in range(first, first + BATCH)]
+        out = []
+        for i in range(first, first + BATCH):
+            key = f"{self.prefix}{i}"
+            data = self.data + wire.bytes_field(wire.KEY, key.encode())
+            out.append(Encoded(epb.EVENT_KIND_PREDICTION, "mlp", key, data))
+        return out
 
 
 def cpu_seconds(pid: int) -> float:
