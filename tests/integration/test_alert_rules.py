@@ -60,6 +60,15 @@ METRICS = {
     "liveml_version_drift_psi_max",
     "liveml_version_fairness_gap",
     "liveml_alerts_firing",
+    # trainer (online learners)
+    "liveml_learner_lag_events",
+    "liveml_learner_applied_sequence",
+    "liveml_learner_examples_learned_total",
+    "liveml_learner_prequential_accuracy",
+    "liveml_learner_prequential_rmse",
+    "liveml_learner_drift_state",
+    "liveml_learner_publishes_total",
+    "liveml_learner_quarantined_total",
 } | {f"{name}{suffix}" for name in _HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 
 METRIC_NAME = re.compile(r"\bliveml_[a-z0-9_]+\b")

@@ -28,7 +28,7 @@ from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.trainer import gate, pipeline
-from services.trainer.online import publish, seal
+from services.trainer.online import metrics, publish, seal
 from services.trainer.online.learner import OnlineLearner, OnlineSettings, StepReport
 from services.trainer.online.state import DriftState
 
@@ -106,6 +106,7 @@ class Learner:
         self.token = 0
         self.learner: OnlineLearner | None = None
         self.last_sequence_seen = 0  # the stream's newest, for the lag
+        self.read_through = 0  # read (and learned) all of this model's examples up to here
         self.last_commit = 0.0
         self.last_publish = time.monotonic()
         self.dirty = False
@@ -145,7 +146,7 @@ class Learner:
             last_sequence=learner.last_sequence,
             applied=learner.applied,
             sequence_sum=learner.sequence_sum,
-            lag=max(0, self.last_sequence_seen - learner.last_sequence),
+            lag=self.lag,
             drift_state=learner.drift_state.value,
             drift_sequences=[s for s, _ in learner.drifts],
             quarantined=learner.quarantined,
@@ -160,6 +161,13 @@ class Learner:
             status.publishing_stopped = True
             status.stopped_reason = self.hold
         return status
+
+    @property
+    def lag(self) -> int:
+        """Sequences of the stream not yet applied (other models' events count until read)."""
+        assert self.learner is not None
+        applied = max(self.learner.last_sequence, self.read_through)
+        return max(0, self.last_sequence_seen - applied)
 
     async def commit(self) -> None:
         assert self.learner is not None
@@ -209,6 +217,7 @@ class Learner:
         """One chunk of the stream, in order: quarantine, score, learn (off the loop)."""
         assert self.learner is not None
         learner = self.learner
+        before = dict(learner.quarantined)
         batch = self._examples(chunk)
         width = learner.settings.width
         seqs = np.array([e.sequence for e in batch], dtype=np.int64)
@@ -219,6 +228,9 @@ class Learner:
         took = time.perf_counter() - started
         self.rate = len(chunk) / took if took > 0 else self.rate
         self.dirty = True
+        added = {k: v - before.get(k, 0) for k, v in learner.quarantined.items()}
+        metrics.learned(self.model, report.applied, added)
+        metrics.observe(self.model, learner, self.lag)
         return report
 
     async def after_drift(self, report: StepReport) -> None:
@@ -282,6 +294,7 @@ class Learner:
         )
         if not verdict.passed:
             self.hold = verdict.summary()
+            metrics.published(self.model, "stopped" if verdict.stop else "held")
             log.info("learner of %s held a publish: %s", self.model, self.hold)
             await self.commit()
             return
@@ -298,12 +311,12 @@ class Learner:
         )
         await self.commit()  # the version names a checkpoint that exists
         statistics = await asyncio.to_thread(self._reference, onnx_bytes)
-        metrics = {}
+        measured = {}
         if learner.prequential_accuracy is not None:
-            metrics["prequential_accuracy"] = learner.prequential_accuracy
+            measured["prequential_accuracy"] = learner.prequential_accuracy
         reservoir = learner.reservoir_accuracy()
         if reservoir is not None:
-            metrics["reservoir_accuracy"] = reservoir
+            measured["reservoir_accuracy"] = reservoir
         version = rpb.Version(
             description=f"published by the online learner after sequence {learner.last_sequence}",
             dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
@@ -314,7 +327,7 @@ class Learner:
                 "applied": str(learner.applied),
                 "fencing_token": str(self.token),
             },
-            metrics=metrics,
+            metrics=measured,
             reference_statistics=statistics,
             lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
             tags={"trigger": "online"},
@@ -336,6 +349,7 @@ class Learner:
                 raise Stopped(exc.details()) from None
             raise
         learner.published(created.number)
+        metrics.published(self.model, "published")
         self.dirty = True
         log.info("learner of %s published v%d: %s", self.model, created.number, reply.decision)
         await self.commit()
@@ -376,6 +390,8 @@ class Learner:
         every = every or DEFAULT_CHECKPOINT_SECONDS
         pending: list[epb.Event] = []
         policy_read = time.monotonic()
+        metrics.started(self.model)
+        metrics.observe(self.model, self.learner, self.lag)
         try:
             while True:
                 batch = None
@@ -386,6 +402,7 @@ class Learner:
                     raise reader.exception()  # type: ignore[misc]
                 if batch is not None:
                     self.last_sequence_seen = max(self.last_sequence_seen, batch.last_sequence)
+                    metrics.observe(self.model, self.learner, self.lag)
                     pending += batch.events
                     caught_up = batch.read_through >= batch.last_sequence
                     while len(pending) >= size or (caught_up and pending):
@@ -394,6 +411,9 @@ class Learner:
                         await self.after_drift(report)
                         if self.due():
                             await self.publish()
+                    if caught_up and not pending:
+                        self.read_through = batch.read_through
+                        metrics.observe(self.model, self.learner, self.lag)
                 now = time.monotonic()
                 if self.due() and not pending:
                     await self.publish()
@@ -403,6 +423,7 @@ class Learner:
                     policy_read = now
                     await self._reread_policy()
         finally:
+            metrics.stopped(self.model)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
