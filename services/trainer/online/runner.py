@@ -256,7 +256,9 @@ class Learner:
 
     # --- publishing -----------------------------------------------------------------------
 
-    def due(self) -> bool:
+    def due(self, by_time: bool = True) -> bool:
+        """A publish is due: `publish_every` examples since the last, or (`by_time`)
+        `publish_interval` seconds."""
         assert self.learner is not None
         online = self.policy.online
         every = online.publish_every or DEFAULT_PUBLISH_EVERY
@@ -265,7 +267,7 @@ class Learner:
             return False
         if self.learner.since_publish >= every:
             return True
-        return bool(interval) and time.monotonic() - self.last_publish >= interval
+        return by_time and bool(interval) and time.monotonic() - self.last_publish >= interval
 
     async def _live(self) -> tuple[int, float | None, int]:
         serving = await pipeline.production_of(self.reg, self.model)
@@ -283,7 +285,16 @@ class Learner:
         learner = self.learner
         assert learner is not None
         self.last_publish = time.monotonic()
+        took: dict[str, float] = {}  # seconds per stage, for the log
+        mark = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            took[stage], mark = now - mark, now
+
         serving, live, feedback = await self._live()
+        lap("live")
         verdict = publish.judge(
             learner,
             self.policy.online,
@@ -309,8 +320,11 @@ class Learner:
             described.model.signature,
             self.policy.task,
         )
+        lap("export")
         await self.commit()  # the version names a checkpoint that exists
+        lap("commit")
         statistics = await asyncio.to_thread(self._reference, onnx_bytes)
+        lap("reference")
         measured = {}
         if learner.prequential_accuracy is not None:
             measured["prequential_accuracy"] = learner.prequential_accuracy
@@ -333,6 +347,7 @@ class Learner:
             tags={"trigger": "online"},
         )
         created = await pipeline._upload(self.reg, self.model, onnx_bytes, version)
+        lap("upload")
         try:
             reply = await self.reg.call(
                 self.reg.training.PublishOnlineVersion,
@@ -348,11 +363,20 @@ class Learner:
             if exc.code() == StatusCode.ABORTED:
                 raise Stopped(exc.details()) from None
             raise
+        lap("rollout")
         learner.published(created.number)
         metrics.published(self.model, "published")
         self.dirty = True
-        log.info("learner of %s published v%d: %s", self.model, created.number, reply.decision)
         await self.commit()
+        lap("commit2")
+        log.info(
+            "learner of %s published v%d in %.2f s (%s): %s",
+            self.model,
+            created.number,
+            sum(took.values()),
+            ", ".join(f"{k} {v:.3f}" for k, v in took.items()),
+            reply.decision,
+        )
 
     def _reference(self, onnx_bytes: bytes) -> rpb.ReferenceStatistics:
         assert self.learner is not None
@@ -400,7 +424,7 @@ class Learner:
                         batch = await queue.get()
                 if reader.done() and reader.exception() is not None:
                     raise reader.exception()  # type: ignore[misc]
-                if batch is not None:
+                while batch is not None:
                     self.last_sequence_seen = max(self.last_sequence_seen, batch.last_sequence)
                     metrics.observe(self.model, self.learner, self.lag)
                     pending += batch.events
@@ -409,11 +433,16 @@ class Learner:
                         chunk, pending = pending[:size], pending[size:]
                         report = await self.learn(chunk)
                         await self.after_drift(report)
-                        if self.due():
+                        # By count only here: a publish takes a while, and what was read
+                        # meanwhile is learned before the next one is due by time.
+                        if self.due(by_time=False):
                             await self.publish()
                     if caught_up and not pending:
                         self.read_through = batch.read_through
                         metrics.observe(self.model, self.learner, self.lag)
+                    if time.monotonic() - self.last_commit >= every:
+                        break  # commit (and renew the lease) before reading on
+                    batch = None if queue.empty() else queue.get_nowait()
                 now = time.monotonic()
                 if self.due() and not pending:
                     await self.publish()
