@@ -118,9 +118,7 @@ async def test_resume_after_consumer_restarts_misses_and_repeats_nothing(
             for event in events:
                 assert event.sequence > position, "an event at or below the committed position"
                 applied.append(int(event.example.features[0]))
-            crash = next(
-                (c for at, c in crashes.items() if len(committed) + len(applied) >= at), None
-            )
+            crash = next((c for at, c in crashes.items() if len(committed) + len(applied) >= at), None)
             if crash == "before_commit":
                 applied = []  # lost with the process
             else:
@@ -186,9 +184,7 @@ async def test_events_of_every_kind_round_trip(kind: str, tmp_path: Path) -> Non
             kind=epb.EVENT_KIND_PREDICTION,
             model="m.v2",
             key="p1",
-            prediction=epb.Prediction(
-                request_id="r1", version=2, request=b"\x00\x01", response=b"x"
-            ),
+            prediction=epb.Prediction(request_id="r1", version=2, request=b"\x00\x01", response=b"x"),
         )
         feedback = epb.Event(
             kind=epb.EVENT_KIND_FEEDBACK,

@@ -201,7 +201,9 @@ async def test_ingested_examples_survive_a_sigkill_right_after_the_answer(tmp_pa
                     gpb.IngestExamplesRequest(
                         model_name="lin",
                         examples=[
-                            gpb.Example(features=[1, 2, 3, 4], label=gpb.Label(number=float("nan")))
+                            gpb.Example(
+                                features=[1, 2, 3, 4], label=gpb.Label(number=float("nan"))
+                            )
                         ],
                     ),
                     grpc.StatusCode.INVALID_ARGUMENT,
