@@ -157,6 +157,7 @@ class Run:
     ingest_seconds: list[float] = field(default_factory=list)  # per IngestExamples call
     lags: list[int] = field(default_factory=list)  # the learner's, sampled once a second
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    first_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def infer_request(x: np.ndarray, version: str = "") -> pb.ModelInferRequest:
@@ -244,6 +245,7 @@ async def watch_versions(c: Cluster, run: Run, done: asyncio.Event) -> None:
                 await asyncio.sleep(0.005)  # the probe's poll interval
         if not pending:
             run.ready[number] = time.monotonic()
+            run.first_ready.set()
 
     number = 1
     try:
@@ -330,16 +332,16 @@ async def serve_and_publish(args: argparse.Namespace, root: Path) -> tuple[Run, 
         )
         for name in ("w1", "w2"):
             c.start_worker(name)
-        gateway = f"127.0.0.1:{c.start_gateway()}"
-        await c.start_trainer("t1")
+        gateway = f"127.0.0.1:{c.start_gateway('--log-predictions', str(args.log_predictions))}"
+        await c.start_trainer("t1", "--poll-seconds", "2")  # the default: runs are not measured
         run = Run()
         done = asyncio.Event()
         watcher = asyncio.create_task(watch_versions(c, run, done))
         deadline = time.monotonic() + 60
-        while not run.ready and time.monotonic() < deadline:  # v1 everywhere
-            await asyncio.sleep(0.05)  # poll of a deadline wait
-        if not run.ready:
-            raise RuntimeError("no online version answered on both workers within 60 s")
+        try:
+            await asyncio.wait_for(run.first_ready.wait(), 60)  # v1 everywhere
+        except TimeoutError:
+            raise RuntimeError("no online version answered on both workers within 60 s") from None
         first = max(run.ready)
         async with aio.insecure_channel(gateway) as channel:  # the gateway routes it too
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -435,7 +437,8 @@ def render(
         f"this box; publish interval {args.publish_interval:g} s, direct rollout; examples "
         f"ingested through the gateway, {args.ingest_rate}/s in calls of "
         f"{args.ingest_batch}; {args.clients} clients sending {args.request_rate:g} "
-        "inference requests/s through the gateway the whole time.",
+        "inference requests/s through the gateway the whole time (a share of "
+        f"{args.log_predictions:g} of them logged to the event stream).",
         "",
         "| measure | value |",
         "|---|---:|",
@@ -506,6 +509,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--request-rate", type=float, default=200.0, help="client requests/s in all"
     )
     parser.add_argument("--ingest-rate", type=int, default=200, help="examples/s ingested")
+    parser.add_argument(
+        "--log-predictions",
+        type=float,
+        default=1.0,
+        help="the gateway's share of predictions logged",
+    )
     parser.add_argument("--ingest-batch", type=int, default=20, help="examples per IngestExamples")
     return parser.parse_args(argv)
 

@@ -113,6 +113,7 @@ class Learner:
         self.rate = 0.0
         self.drift_reported: set[int] = set()
         self.hold = ""  # why the last publish was held, if it was
+        self.signature: rpb.Signature | None = None  # the model's, read again with the policy
 
     # --- the registry ---------------------------------------------------------------------
 
@@ -270,12 +271,15 @@ class Learner:
         return by_time and bool(interval) and time.monotonic() - self.last_publish >= interval
 
     async def _live(self) -> tuple[int, float | None, int]:
-        serving = await pipeline.production_of(self.reg, self.model)
+        serving, reply = await asyncio.gather(  # both at once: a publish waits on them
+            pipeline.production_of(self.reg, self.model),
+            self.reg.call(
+                self.reg.registry.GetVersionMetrics,
+                rpb.GetVersionMetricsRequest(parent=self.parent),
+            ),
+        )
         if not serving:
             return 0, None, 0
-        reply = await self.reg.call(
-            self.reg.registry.GetVersionMetrics, rpb.GetVersionMetricsRequest(parent=self.parent)
-        )
         for m in reply.metrics:
             if m.version == serving:
                 return serving, (m.accuracy if m.feedback_total else None), int(m.feedback_total)
@@ -293,8 +297,28 @@ class Learner:
             now = time.perf_counter()
             took[stage], mark = now - mark, now
 
-        serving, live, feedback = await self._live()
-        lap("live")
+        if self.signature is None:
+            described = await self.reg.call(
+                self.reg.registry.GetModel, rpb.GetModelRequest(name=self.parent)
+            )
+            self.signature = described.model.signature
+        # The export (CPU, off the loop) while the registry answers: wasted only when the
+        # gate holds the publish (and a model it holds may not export: that is not raised).
+        answered, exported = await asyncio.gather(
+            self._live(),
+            asyncio.to_thread(
+                publish.export,
+                learner.model,
+                learner.settings.width,
+                self.signature,
+                self.policy.task,
+            ),
+            return_exceptions=True,
+        )
+        if isinstance(answered, BaseException):
+            raise answered
+        serving, live, feedback = answered
+        lap("live+export")
         verdict = publish.judge(
             learner,
             self.policy.online,
@@ -310,21 +334,15 @@ class Learner:
             await self.commit()
             return
         self.hold = ""
-        described = await self.reg.call(
-            self.reg.registry.GetModel, rpb.GetModelRequest(name=self.parent)
+        if isinstance(exported, BaseException):
+            raise exported
+        onnx_bytes = exported
+        # The version names a checkpoint that exists: committed while its reference
+        # statistics are computed.
+        _, statistics = await asyncio.gather(
+            self.commit(), asyncio.to_thread(self._reference, onnx_bytes)
         )
-        onnx_bytes = await asyncio.to_thread(
-            publish.export,
-            learner.model,
-            learner.settings.width,
-            described.model.signature,
-            self.policy.task,
-        )
-        lap("export")
-        await self.commit()  # the version names a checkpoint that exists
-        lap("commit")
-        statistics = await asyncio.to_thread(self._reference, onnx_bytes)
-        lap("reference")
+        lap("commit+reference")
         measured = {}
         if learner.prequential_accuracy is not None:
             measured["prequential_accuracy"] = learner.prequential_accuracy
@@ -366,9 +384,7 @@ class Learner:
         lap("rollout")
         learner.published(created.number)
         metrics.published(self.model, "published")
-        self.dirty = True
-        await self.commit()
-        lap("commit2")
+        self.dirty = True  # committed with the next checkpoint, within a second
         log.info(
             "learner of %s published v%d in %.2f s (%s): %s",
             self.model,
@@ -470,3 +486,4 @@ class Learner:
         if reply.policy.mode != tpb.TRAINING_MODE_ONLINE:
             raise Stopped("the training policy left online mode")
         self.policy = reply.policy
+        self.signature = None
