@@ -49,6 +49,7 @@ from services.cli.demo_online_summary import (
 from services.common import codec
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -67,6 +68,10 @@ class Size:
     phase_examples: int = 6000  # examples of each concept at least
     rate: int = 600  # examples ingested per second
     phase_seconds: float = 120.0  # a phase that has not recovered by then fails
+
+
+class StreamFailed(DemoFailure):
+    """The ingesting or a probing task ended with an error."""
 
 
 class Concepts:
@@ -143,8 +148,10 @@ async def ingest(gateway: str, concepts: Concepts, record: Record, rate: int) ->
                     gpb.IngestExamplesRequest(model_name=ONLINE, examples=examples), timeout=30
                 )
             except aio.AioRpcError as exc:
-                # Until the gateway has heard of the new model, it does not know it.
-                if record.ingested or exc.code() != grpc.StatusCode.NOT_FOUND:
+                # Until the model's first version serves, the gateway does not know it
+                # (NOT_FOUND) or not its input signature (FAILED_PRECONDITION).
+                waiting = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+                if record.served or exc.code() not in waiting:
                     raise
                 await asyncio.sleep(0.1)  # a retry's pause
                 continue
@@ -161,6 +168,29 @@ def _static_model(concepts: Concepts, path: Path) -> None:
     model = LogisticRegression(max_iter=1000).fit(x, y)
     onnx = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17)
     path.write_bytes(onnx.SerializeToString())
+
+
+async def seed(
+    stub: rpb_grpc.RegistryServiceStub, token: str, concepts: Concepts, record: Record
+) -> None:
+    x, y = concepts.draw(500)
+    events = [
+        epb.Event(
+            kind=epb.EVENT_KIND_EXAMPLE,
+            model=ONLINE,
+            key=f"seed-{i}",
+            example=epb.Example(
+                features=row.tolist(),
+                label=gpb.Label(class_index=int(label)),
+                origin=epb.EXAMPLE_ORIGIN_INGESTED,
+            ),
+        )
+        for i, (row, label) in enumerate(zip(x, y, strict=True))
+    ]
+    await stub.AppendEvents(
+        rpb.AppendEventsRequest(events=events), metadata=(("authorization", f"Bearer {token}"),)
+    )
+    record.ingested += len(events)
 
 
 async def served(gateway: str, model: str, within: float) -> None:
@@ -269,7 +299,12 @@ class OnlineDemo:
         stub = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         training = tpb_grpc.TrainingServiceStub(channel)  # type: ignore[no-untyped-call]
         tokens = {}
-        for role, display in ((rpb.ROLE_WORKER, "demo data plane"), (rpb.ROLE_TRAINER, "demo")):
+        roles = (
+            (rpb.ROLE_WORKER, "demo data plane"),
+            (rpb.ROLE_TRAINER, "demo"),
+            (rpb.ROLE_INGEST, "demo seed"),
+        )
+        for role, display in roles:
             made = await stub.CreateToken(
                 rpb.CreateTokenRequest(display_name=display, role=role), metadata=md
             )
@@ -314,10 +349,15 @@ class OnlineDemo:
         )
         record = self.record
         record.started = time.monotonic()
+        # The gateway routes (and takes examples for) models that serve a version: the
+        # first examples go to the event stream directly, the learner's first version
+        # follows within a second or two.
+        await seed(stub, tokens[rpb.ROLE_INGEST], concepts, record)
         tasks = [asyncio.create_task(ingest(gateway, concepts, record, self.size.rate))]
         try:
             for model in (STATIC, ONLINE):  # the online one once its first version serves
                 await served(gateway, model, self.size.phase_seconds)
+                record.served = record.served or model == ONLINE
                 tasks.append(asyncio.create_task(probe(gateway, model, concepts, record)))
             for k in range(3):
                 await self._phase(k, concepts, tasks)
@@ -347,7 +387,7 @@ class OnlineDemo:
         async def settled() -> bool:
             for task in tasks:
                 if task.done() and task.exception() is not None:
-                    raise DemoFailure(f"the stream or a probe failed: {task.exception()}")
+                    raise StreamFailed(f"the stream or a probe failed: {task.exception()!r}")
             now = record.now()
             if now - began < WINDOW:
                 return False
@@ -359,6 +399,8 @@ class OnlineDemo:
 
         try:
             await until(settled, self.size.phase_seconds, f"concept {'ABC'[k]} to be learned")
+        except StreamFailed:
+            raise
         except DemoFailure:
             phase["end"] = record.now()
             raise DemoFailure(

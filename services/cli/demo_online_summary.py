@@ -25,6 +25,7 @@ class Record:
     failures: list[str] = field(default_factory=list)
     requests: int = 0
     ingested: int = 0
+    served: bool = False  # the online model answers through the gateway
     drifts: list[float] = field(default_factory=list)  # seconds since started
     phases: list[dict[str, Any]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
