@@ -440,9 +440,9 @@ def main(out: Path, keep: Path | None = None, size: Size | None = None) -> int:
     if error:
         lines = [*lines, f"stopped early: {error}"]
         ok = False
-    plot = write_outputs(out, demo.record, lines)
+    _, lines = write_outputs(out, demo.record, lines)
     console.print("\n".join(lines))
-    console.print(f"summary: {out / SUMMARY}" + (f", plot: {plot}" if plot else ""))
+    console.print(f"summary: {out / SUMMARY}")
     if ok:
         console.print("[bold green]demo passed[/]")
     else:

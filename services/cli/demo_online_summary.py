@@ -89,8 +89,9 @@ def _claim(ok: bool, text: str) -> str:
     return f"{'HELD' if ok else 'FAILED'}: {text}"
 
 
-def write_outputs(folder: Path, record: Record, lines: list[str]) -> Path | None:
-    """The summary, and the plot when matplotlib is there (else the summary says how)."""
+def write_outputs(folder: Path, record: Record, lines: list[str]) -> tuple[Path | None, list[str]]:
+    """The plot when matplotlib is there (else the summary says how to get it), and the
+    summary; returns the plot's path and the summary's lines."""
     plot: Path | None = folder / PLOT
     if demo_plot.available():
         assert plot is not None
@@ -105,11 +106,12 @@ def write_outputs(folder: Path, record: Record, lines: list[str]) -> Path | None
             [(p["start"], f"concept {p['concept']}") for p in record.phases],
             "served accuracy: an online model tracks two abrupt drifts, a static one decays",
         )
+        lines = [*lines, f"plot: {plot}"]
     else:
         plot = None
         lines = [*lines, f"no plot: matplotlib is not installed ({demo_plot.INSTALL})"]
     (folder / SUMMARY).write_text("\n".join(lines) + "\n")
-    return plot
+    return plot, lines
 
 
 def _buckets(record: Record, model: str, width: float = 1.0) -> list[tuple[float, float]]:

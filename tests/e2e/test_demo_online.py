@@ -80,7 +80,7 @@ def test_without_matplotlib_the_summary_says_how_to_get_the_plot(tmp_path: Path)
         "from services.cli.demo_online_summary import Record, verdict, write_outputs\n"
         "record = Record()\n"
         "lines, ok = verdict(record, None)\n"
-        f"print(write_outputs(Path({str(tmp_path)!r}), record, lines), ok)\n"
+        f"print(write_outputs(Path({str(tmp_path)!r}), record, lines)[0], ok)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
