@@ -36,7 +36,8 @@ import numpy.typing as npt
 from grpc import aio
 
 from services.cli import demo_plot
-from services.cli.demo import DemoFailure, Services, console, free_port, seconds, until
+from services.cli.demo import seconds
+from services.cli.demo_cluster import DemoFailure, Services, free_port, until
 from services.cli.demo_online_summary import (
     ONLINE,
     RECOVERED,
@@ -46,6 +47,7 @@ from services.cli.demo_online_summary import (
     verdict,
     write_outputs,
 )
+from services.cli.demo_report import console
 from services.common import codec
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
