@@ -91,7 +91,9 @@ def tamper(name: str, rows: list[dict[str, Any]]) -> tuple[Tamper, Statements]:
     if name == "unkeyed-append":
         forged = {**last, "sequence": n + 1, "previous_hash": last["hash"], "key_id": ""}
         forged["hash"] = audit_hash(AuditRow(**forged))
-        return Tamper(name, n + 1, f"event #{n + 1} (CreateModel on models/m{n - 1}) carries no MAC"), [
+        return Tamper(
+            name, n + 1, f"event #{n + 1} (CreateModel on models/m{n - 1}) carries no MAC"
+        ), [
             (INSERT, forged),
             ("UPDATE meta SET audit_head = :h", {"h": n + 1}),
         ]

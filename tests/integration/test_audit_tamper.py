@@ -179,11 +179,13 @@ async def test_a_wrong_or_lost_key_fails_verification_clearly(tmp_path: Path) ->
     assert "probably not the one the trail was written with" in verdict.problem
 
     missing = registry_settings(url, tmp_path, audit_key_file=tmp_path / "nope")
-    with pytest.raises(SecretsError, match=r"cannot read --audit-key-file \(LIVEML_AUDIT_KEY_FILE\)"):
+    with pytest.raises(
+        SecretsError, match=r"cannot read --audit-key-file \(LIVEML_AUDIT_KEY_FILE\)"
+    ):
         async with running_registry(missing):
             pass
     both = registry_settings(url, tmp_path, audit_key=new_key(), audit_key_file=key_file)
-    with pytest.raises(SecretsError, match="set --audit-key .* or --audit-key-file .*, not both"):
+    with pytest.raises(SecretsError, match=r"set --audit-key .* or --audit-key-file .*, not both"):
         async with running_registry(both):
             pass
     bad = registry_settings(url, tmp_path, audit_key="c2hvcnQ=")
