@@ -131,6 +131,10 @@ def test_cli_names_every_tamper(tmp_path: Path) -> None:
             liveml(env, "audit", "verify")
     finally:
         assert proc.stop() == 0
+    key = (tmp_path / "artifacts" / "audit" / "key").read_text().strip()
+    log = "".join(proc.output)
+    assert "audit key generated in" in log and "WARNING" not in log
+    assert key not in log
 
 
 async def test_rotation_and_a_missing_old_key(tmp_path: Path) -> None:
