@@ -339,7 +339,7 @@ class Demo:
         alerts = await c.stub.ListAlerts(rpb.ListAlertsRequest(model=MODEL), metadata=c.md)
         kinds = sorted({a.alert for a in alerts.alerts})
         self.step(
-            "audit", f"hash chain intact over {verdict.events_checked} events; alerts: {kinds}"
+            "audit", f"HMAC hash chain intact over {verdict.events_checked} events; alerts: {kinds}"
         )
         metrics = await c.stub.GetVersionMetrics(
             rpb.GetVersionMetricsRequest(parent=f"models/{MODEL}", window=seconds(600)),

@@ -49,7 +49,7 @@ rollout_app = typer.Typer(
     help="Rollouts: which versions serve a model's traffic.", no_args_is_help=True
 )
 token_app = typer.Typer(help="Access tokens for people, workers and clients.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+audit_app = typer.Typer(help="The HMAC-chained audit trail.", no_args_is_help=True)
 
 stdout = Console()
 
@@ -1044,7 +1044,7 @@ def audit_list(
 @audit_app.command("verify")
 @connected
 def audit_verify(conn: Connection, json_output: JsonFlag = False) -> None:
-    """Check the audit trail's hash chain; exit 1 if it is broken."""
+    """Check the audit trail's HMAC chain and checkpoint; exit 1 naming the first bad event."""
     with connect(conn) as registry:
         resp: rpb.VerifyAuditResponse = registry.VerifyAudit(rpb.VerifyAuditRequest())
     if json_output:
@@ -1058,4 +1058,9 @@ def audit_verify(conn: Connection, json_output: JsonFlag = False) -> None:
         )
         raise typer.Exit(1)
     if not json_output:
-        stdout.print(Text(f"audit trail intact: {resp.events_checked} events"))
+        stdout.print(
+            Text(
+                f"audit trail intact: {resp.events_checked} events (HMAC key "
+                f"{resp.key_id}, signed checkpoint at #{resp.checkpoint_sequence})"
+            )
+        )

@@ -39,24 +39,32 @@ class KeyRing:
     keys: dict[str, bytes]
 
     @classmethod
-    def parse(cls, current: str | None, current_id: str, old: str | None = None) -> KeyRing | None:
+    def parse(
+        cls, current: str | None, current_id: str, old: str | None = None, what: str = "artifact"
+    ) -> KeyRing | None:
         """From base64 keys: `current`, and `old` as "id:base64,id:base64"."""
         if not current:
             return None
-        keys = {current_id: _key(current, current_id)}
-        for item in filter(None, (old or "").split(",")):
-            key_id, _, value = item.partition(":")
-            keys[key_id.strip()] = _key(value, key_id)
-        return cls(current_id, keys)
+        keys = {current_id: _key(current, current_id, what)}
+        return cls(current_id, {**keys, **parse_keys(old, what)})
 
 
-def _key(value: str, key_id: str) -> bytes:
+def parse_keys(old: str | None, what: str = "artifact") -> dict[str, bytes]:
+    """Keys given as "id:base64,id:base64" (retired keys), by id."""
+    keys: dict[str, bytes] = {}
+    for item in filter(None, (old or "").split(",")):
+        key_id, _, value = item.partition(":")
+        keys[key_id.strip()] = _key(value, key_id, what)
+    return keys
+
+
+def _key(value: str, key_id: str, what: str = "artifact") -> bytes:
     try:
         raw = base64.b64decode(value.strip(), validate=True)
     except ValueError:
-        raise ValueError(f"artifact key {key_id!r} is not valid base64") from None
+        raise ValueError(f"{what} key {key_id!r} is not valid base64") from None
     if len(raw) != 32:
-        raise ValueError(f"artifact key {key_id!r} must be 32 bytes (base64), got {len(raw)}")
+        raise ValueError(f"{what} key {key_id!r} must be 32 bytes (base64), got {len(raw)}")
     return raw
 
 

@@ -107,7 +107,10 @@ class AuditRow(Base):
     after_digest: Mapped[str] = mapped_column(String(64), nullable=False)
     details: Mapped[str] = mapped_column(Text, nullable=False)
     previous_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # HMAC-SHA256 under the audit key `key_id` (services/registry/audit_chain.py); events
+    # from before migration 0008 have "" and a plain sha256 until they are re-chained.
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False, default="")
 
 
 class ChangeRow(Base):

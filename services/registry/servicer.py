@@ -399,10 +399,14 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def VerifyAudit(self, request: rpb.VerifyAuditRequest, context: Ctx) -> Any:
         async with self.store.read() as session:
-            verdict = await audit.verify(session)
+            chain = self.store.audit_chain
+            assert chain is not None  # app.start gives the store its audit keys
+            verdict = await audit.verify(session, chain)
         return rpb.VerifyAuditResponse(
             ok=verdict.ok,
             events_checked=verdict.checked,
             first_bad_sequence=verdict.first_bad,
             problem=verdict.problem,
+            checkpoint_sequence=verdict.checkpoint,
+            key_id=chain.keys.current_id,
         )
