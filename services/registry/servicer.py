@@ -10,7 +10,13 @@ from sqlalchemy import select
 
 from services.common import onnxsig
 from services.common.auth import current_principal
-from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
+from services.common.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    abort_on_error,
+)
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.registry import (
@@ -24,7 +30,7 @@ from services.registry import (
     workers,
 )
 from services.registry.alerts import Alerts
-from services.registry.artifacts import CHUNK, ArtifactStore
+from services.registry.artifacts import CHUNK, ArtifactStore, BlobMismatch
 from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.event_rpcs import EventService
@@ -182,10 +188,21 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         async with self.store.read() as session:
             _, row = await catalog.version_row(session, request.name)
         version = catalog.version_proto(row)
-        yield rpb.DownloadArtifactResponse(artifact=version.artifact)
-        blocks = self.artifacts.read(version.artifact.sha256)
+        artifact = rpb.Artifact()
+        artifact.CopyFrom(version.artifact)
+        # How it is kept at rest now (an old blob is sealed again as it is read): a
+        # worker keeps no plaintext copy of a sealed artifact.
+        artifact.key_id = await asyncio.to_thread(self.artifacts.served_key_id, artifact.sha256)
+        yield rpb.DownloadArtifactResponse(artifact=artifact)
+        blocks = self.artifacts.read(artifact.sha256)
         while True:
-            block = await asyncio.to_thread(next, blocks, None)
+            try:
+                block = await asyncio.to_thread(next, blocks, None)
+            except BlobMismatch as exc:
+                raise DataLoss(
+                    f"the stored blob of {version.name} does not belong to it: {exc.message}; "
+                    "the download is refused (restore the blob or register the version again)"
+                ) from None
             if block is None:
                 return
             for start in range(0, len(block), CHUNK):

@@ -5,7 +5,8 @@ holds equal to the desired set: every version named by the rollouts (targets,
 mirrors, pinned, and the fallback that answers while a target is not READY
 anywhere) of the models it serves; with --role primary only the targets, pinned
 and fallback versions, with --role mirror only the mirrors. A version to load is
-downloaded into a local cache by digest (reused when present), verified, opened,
+downloaded (into a local cache by digest, reused when present, unless the registry
+keeps it sealed: then in memory only; see fetch.py), verified, opened,
 checked against the registered signature and warmed up; it reports READY (or
 FAILED with the reason) at once. A failed load is retried with backoff and never
 touches what is serving. A version no longer desired is retired only once every
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from services.common.errors import InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import RegistryWatcher
 from services.common.windows import FeatureCounts, Reporter
+from services.worker.fetch import fetch, prepare_cache
 from services.worker.repository import Batching, Held, Repository, State
 from services.worker.runtime import Runtime
 from services.worker.settings import WorkerSettings
@@ -109,7 +109,7 @@ class RegistryLoader:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        prepare_cache(self.settings.cache_dir)
         self._tasks = [
             asyncio.create_task(self.watcher.run(), name="registry-watch"),
             asyncio.create_task(self._heartbeat(), name="registry-heartbeat"),
@@ -349,32 +349,8 @@ class RegistryLoader:
             self.repository.fail(*key, message)
         self._wake.set()
 
-    async def _fetch(self, version: rpb.Version) -> Path:
-        """The artifact from the local cache, or downloaded into it and verified by digest."""
-        digest = version.artifact.sha256
-        path = self.settings.cache_dir / f"{digest}.onnx"
-        if path.exists():
-            return path
-        partial = path.with_suffix(f".{secrets.token_hex(4)}.part")
-        hasher = hashlib.sha256()
-        try:
-            with partial.open("wb") as out:
-                call = self.stub.DownloadArtifact(
-                    rpb.DownloadArtifactRequest(name=version.name), metadata=self.metadata
-                )
-                async for message in call:
-                    if message.WhichOneof("part") == "chunk":
-                        hasher.update(message.chunk)
-                        out.write(message.chunk)
-            if hasher.hexdigest() != digest:
-                raise InvalidArgument(
-                    f"artifact digest mismatch: registry said {digest}, "
-                    f"downloaded bytes hash to {hasher.hexdigest()}"
-                )
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+    async def _fetch(self, version: rpb.Version) -> Path | bytes:
+        return await fetch(self.stub, self.metadata, version, self.settings.cache_dir)
 
 
 def _track(tasks: dict[Key, asyncio.Task[None]], key: Key, task: asyncio.Task[None]) -> None:
