@@ -25,8 +25,6 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc import aio
-
 from services.common.errors import InvalidArgument
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -54,8 +52,9 @@ async def fetch(
     digest = version.artifact.sha256
     path = cache_dir / f"{digest}.onnx"
     call = stub.DownloadArtifact(rpb.DownloadArtifactRequest(name=version.name), metadata=metadata)
-    first = await call.read()
-    if first is aio.EOF or first.WhichOneof("part") != "artifact":
+    messages = aiter(call)
+    first = await anext(messages, None)
+    if first is None or first.WhichOneof("part") != "artifact":
         call.cancel()
         raise InvalidArgument("download failed: the registry sent no artifact header")
     sealed = bool(first.artifact.key_id)
@@ -68,7 +67,7 @@ async def fetch(
     partial = path.with_suffix(f".{secrets.token_hex(4)}.part")
     out = None if sealed else os.fdopen(_create_private(partial), "wb")
     try:
-        async for message in call:
+        async for message in messages:
             if message.WhichOneof("part") != "chunk":
                 continue
             hasher.update(message.chunk)
