@@ -9,11 +9,12 @@ from typing import Any
 from sqlalchemy import select
 
 from services.common import onnxsig
-from services.common.auth import current_principal
+from services.common.auth import Role, current_principal
 from services.common.errors import (
     DataLoss,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceError,
     abort_on_error,
 )
@@ -27,6 +28,7 @@ from services.registry import (
     security,
     training_runs,
     windows,
+    worker_identity,
     workers,
 )
 from services.registry.alerts import Alerts
@@ -167,6 +169,18 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def UpdateVersion(self, request: rpb.UpdateVersionRequest, context: Ctx) -> Any:
+        principal = current_principal()
+        if (
+            "stage" in request.update_mask.paths
+            and request.version.stage == rpb.STAGE_PRODUCTION
+            and principal is not None
+            and principal.role not in (Role.ADMIN, Role.DEPLOYER)
+        ):
+            # Going to production is a deployer's decision, not the publisher's.
+            raise PermissionDenied(
+                f"{principal.name} (role {principal.role.value}) may not set a version's "
+                "stage to STAGE_PRODUCTION; it needs one of: admin, deployer"
+            )
         async with self.store.write(actor()) as tx:
             version = await catalog.update_version(tx, request.version, request.update_mask)
         return rpb.UpdateVersionResponse(version=version)
@@ -271,6 +285,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         for window in request.windows:
             windows.check(window)
         async with self.store.write_unversioned() as session:
+            await worker_identity.check_windows(session, request.windows)
             accepted = await windows.store(session, request.windows)
         for window in request.windows:
             if window.source == windows.WORKER and (window.inputs or window.outputs):
@@ -337,7 +352,9 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
         lease = request.lease_duration.ToTimedelta().total_seconds()
+        requested = names.simple("workers", request.worker.name) if request.worker.name else ""
         async with self.store.write(actor()) as tx:
+            request.worker.name = f"workers/{await worker_identity.register_as(tx, requested)}"
             worker = await workers.register(
                 tx, request.worker, lease or self.settings.lease_seconds
             )
@@ -347,6 +364,9 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
+            await worker_identity.check_acts_as(
+                tx, names.simple("workers", request.name), "heartbeat"
+            )
             worker, changed, advanced = await workers.heartbeat(
                 tx, request.name, list(request.versions), request.observed_revision
             )
@@ -362,6 +382,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def DeleteWorker(self, request: rpb.DeleteWorkerRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
+            await worker_identity.check_acts_as(tx, names.simple("workers", request.name), "delete")
             await workers.remove(tx, request.name)
         return rpb.DeleteWorkerResponse()
 
@@ -377,11 +398,23 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
             )
         if not request.display_name:
             raise InvalidArgument("display_name is required: say who or what the token is for")
+        if request.worker_id:
+            if role is not Role.WORKER:
+                raise InvalidArgument(
+                    f"worker_id binds a token of role worker to one worker; this token's "
+                    f"role is {role.value}"
+                )
+            names.check_id("worker", request.worker_id)
         ttl = request.ttl.ToTimedelta().total_seconds() or self.settings.token_ttl
         async with self.store.write(actor()) as tx:
-            row, secret = await security.create_token(tx, request.display_name, role, ttl)
+            row, secret = await security.create_token(
+                tx, request.display_name, role, ttl, worker_id=request.worker_id
+            )
             token = security.token_proto(row)
-            await tx.audit("CreateToken", token.name, None, token, {"role": role.value})
+            details = {"role": role.value}
+            if request.worker_id:
+                details["worker_id"] = request.worker_id
+            await tx.audit("CreateToken", token.name, None, token, details)
         return rpb.CreateTokenResponse(token=token, secret=secret)
 
     @abort_on_error

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from pathlib import Path
 
@@ -68,7 +67,9 @@ class RegistryLoader:
         self.settings = settings
         self.repository = repository
         self.default = default
-        self.name = f"workers/{settings.worker_id or secrets.token_hex(6)}"
+        # Without --worker-id the registry picks the id: the one the worker token is
+        # bound to (so a restart keeps it), else a new one the token then binds to.
+        self.name = f"workers/{settings.worker_id}" if settings.worker_id else ""
         self.address = settings.advertise or f"{settings.host}:{port}"
         # The framed listener is reached at the same host as the gRPC port.
         self.forward_address = (
@@ -148,11 +149,16 @@ class RegistryLoader:
         )
         lease = Duration()
         lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
-        await self.stub.RegisterWorker(
+        reply = await self.stub.RegisterWorker(
             rpb.RegisterWorkerRequest(worker=worker, lease_duration=lease),
             metadata=self.metadata,
             timeout=10,
         )
+        self.name = reply.worker.name
+        if self.repository.book is not None:
+            self.repository.book.reporter = self.name
+        for window in self.reporter.pending if self.reporter is not None else ():
+            window.reporter = window.reporter or self.name  # measured before the id was known
         self._registered.set()
         log.info("registered as %s (%s) with %s", self.name, self.address, self.settings.registry)
 
