@@ -196,6 +196,7 @@ async def create_token(
         expire_us=None if ttl_seconds is None else created + int(ttl_seconds * 1e6),
         revoked=False,
         worker_id=worker_id or None,
+        worker_id_fixed=bool(worker_id),
     )
     tx.session.add(row)
     await tx.session.flush()

@@ -1,13 +1,16 @@
 """Per-worker identity: a worker's credential acts as one worker id, and no other.
 
 A token of role worker carries a `worker_id`: given at creation (`liveml token create
-NAME --role worker --worker-id ID`), or taken from the token's first RegisterWorker
-(trust on first use). Binding on first use keeps an existing worker token working,
-for exactly one worker, with no step for the operator; binding at creation is for
-those who want the id fixed before the worker ever runs. A first use may not take an
-id that another live (not revoked, not expired) worker token is bound to, so a
-stolen unbound token cannot become a running worker. A worker certificate (mutual
-TLS, `--cert-roles CN=worker`) acts as the worker named by its common name.
+NAME --role worker --worker-id ID`; it never moves), or taken from the token's first
+RegisterWorker (trust on first use). Binding on first use keeps an existing worker
+token working, for one worker at a time, with no step for the operator: once that
+worker has left (DeleteWorker, or its lease expired and it was swept) the token may
+register under another id — a pod restarted under a new name — but never act for
+two workers at once. Binding at creation is for those who want the id fixed. A first
+use may not take an id that another live (not revoked, not expired) worker token is
+bound to, so a stolen unbound token cannot take over a running worker. A worker
+certificate (mutual TLS, `--cert-roles CN=worker`) acts as the worker named by its
+common name.
 
 Bound, a worker's credential may register, heartbeat, report windows (its own,
 `reporter` = `workers/{id}`, source WORKER) and leave only as that id; anything else
@@ -28,7 +31,7 @@ from services.common.auth import Principal, Role, current_principal
 from services.common.errors import PermissionDenied
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
-from services.registry.db import TokenRow
+from services.registry.db import TokenRow, WorkerRow
 from services.registry.security import TokenPrincipal
 from services.registry.store import Tx, now_us
 
@@ -55,13 +58,13 @@ async def register_as(tx: Tx, requested: str) -> str:
     if principal is None:
         return requested or secrets.token_hex(6)
     bound = await _bound_id(tx.session, principal)
-    if bound:
-        if requested and requested != bound:
-            raise PermissionDenied(
-                f"{principal.name} is bound to worker workers/{bound}; it may not register "
-                f"as workers/{requested}"
-            )
+    if bound and (not requested or requested == bound):
         return bound
+    if bound and not await _moves(tx, principal, bound):
+        raise PermissionDenied(
+            f"{principal.name} is bound to worker workers/{bound}; it may not register "
+            f"as workers/{requested}"
+        )
     assert isinstance(principal, TokenPrincipal)  # certificates are always bound
     worker_id = names.check_id("worker", requested or secrets.token_hex(6))
     now = now_us()
@@ -84,8 +87,21 @@ async def register_as(tx: Tx, requested: str) -> str:
     row = await tx.session.get(TokenRow, principal.token_id)
     assert row is not None
     row.worker_id = worker_id
-    await tx.audit("BindWorkerToken", f"tokens/{row.id}", None, None, {"worker_id": worker_id})
+    details = {"worker_id": worker_id, **({"previous": bound} if bound else {})}
+    await tx.audit("BindWorkerToken", f"tokens/{row.id}", None, None, details)
     return worker_id
+
+
+async def _moves(tx: Tx, principal: Principal, bound: str) -> bool:
+    """Whether a token bound on first use may bind again: its worker left (or its lease
+    expired), so a worker restarted under a new id (a new pod name) can register.
+    One worker at a time: never two ids at once, never a binding made at creation."""
+    if not isinstance(principal, TokenPrincipal):
+        return False
+    row = await tx.session.get(TokenRow, principal.token_id)
+    if row is None or row.worker_id_fixed:
+        return False
+    return await tx.session.get(WorkerRow, bound) is None
 
 
 async def check_acts_as(tx: Tx, worker_id: str, action: str) -> None:

@@ -116,6 +116,12 @@ async def test_a_worker_token_cannot_act_for_another_worker(iris: RunningRegistr
     again = await one.RegisterWorker(register(""))
     assert again.worker.name == "workers/w1"
     await one.DeleteWorker(rpb.DeleteWorkerRequest(name="workers/w1"))
+    # Bound at creation: the binding never moves, even once its worker has left.
+    await expect_error(
+        one.RegisterWorker(register("w9")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "is bound to worker workers/w1; it may not register as workers/w9",
+    )
     # An admin acts for any worker.
     await iris.client().DeleteWorker(rpb.DeleteWorkerRequest(name="workers/w2"))
 
@@ -150,8 +156,18 @@ async def test_unbound_worker_tokens_bind_on_first_register(iris: RunningRegistr
         for w in (await iris.client().ListWorkers(rpb.ListWorkersRequest())).workers
     }
     assert states["workers/w3"] == READY
+    # Bound on first use, a token moves once its worker has left (a pod restarted
+    # under a new name), one worker at a time.
+    await first.DeleteWorker(rpb.DeleteWorkerRequest(name="workers/w3"))
+    assert (await first.RegisterWorker(register("w5"))).worker.name == "workers/w5"
+    await expect_error(
+        first.Heartbeat(rpb.HeartbeatRequest(name="workers/w3")),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "is bound to worker workers/w5; it may not heartbeat as workers/w3",
+    )
     events = (await iris.client().ListAuditEvents(rpb.ListAuditEventsRequest())).events
-    assert sum(e.action == "BindWorkerToken" for e in events) == 2
+    binds = [e.details for e in events if e.action == "BindWorkerToken"]
+    assert len(binds) == 3 and '"previous":"w3"' in binds[0]  # newest first
 
 
 async def test_token_binding_is_checked_at_creation(iris: RunningRegistry) -> None:
