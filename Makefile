@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP) $(BUF)
 proto: $(STAMP)
 	$(PY) -m services.common.protogen
 
-bench: bench-worker bench-gateway bench-trainer
+bench: bench-worker bench-gateway bench-trainer bench-events bench-online
 
 # Needs h2load (Debian package nghttp2-client, installed here if missing) and builds
 # KServe's venv in bench/.kserve-venv on first use.
@@ -49,6 +49,18 @@ bench-gateway: $(STAMP)
 
 bench-trainer: $(STAMP)
 	$(PY) bench/trainer.py
+
+# Appends per second on each backend (the SQL one through a registry it starts; JetStream
+# on the NATS server at 127.0.0.1:4222, or LIVEML_BENCH_NATS), and the gateway's unary@32
+# with prediction logging at 100% / off (h2load, installed here if missing).
+bench-events: $(STAMP)
+	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
+	$(PY) bench/events.py
+
+# Online learner: examples/s on one core, freshness, 0 failures while publishing every
+# second (BENCH_ONLINE_FLAGS="--duration 30" for a trial; the recorded run is 300 s).
+bench-online: $(STAMP)
+	$(PY) bench/online.py $(BENCH_ONLINE_FLAGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -252,7 +252,8 @@ class RegistryLoader:
         for key in sorted(desired):
             held = self.repository.held.get(key[0], {}).get(key[1])
             if held is not None and held.state is State.DRAINING:
-                self.repository.revive(held)
+                if not self.repository.revive(held):
+                    next_retry = min(next_retry, 0.1)  # unloading: load it again after
                 continue
             if key in self._loading or (held is not None and held.state is not State.FAILED):
                 continue

@@ -193,3 +193,31 @@ def test_every_variable_is_a_setting() -> None:
                 continue
             assert key.startswith("LIVEML_"), f"{name}: nothing reads {key}"
             assert key in settings, f"{name}: {key} is no setting of `{argv[0]} serve`"
+
+
+def test_the_event_stream_is_nats() -> None:
+    """The registry, the gateway and the trainer share the JetStream stream on `nats`,
+    each started only once NATS is healthy; workers do not use the stream."""
+    compose = df.load_compose()
+    services = compose["services"]
+    nats = services["nats"]
+    assert "ports" not in nats, "NATS is reached inside the Compose network only"
+    assert any(target == "/data" for _, target, _ in df.volume_mounts(nats))
+    assert df.command(nats["command"])[df.command(nats["command"]).index("--store_dir") + 1] == (
+        "/data"
+    )
+    for name in ("registry", "gateway", "trainer"):
+        env = df.environment(services[name])
+        assert env["LIVEML_EVENT_STREAM"] == "nats://nats:4222", name
+        assert df.depends_on(services[name])["nats"] == "service_healthy", name
+        settings = SETTINGS[name](_env_file=None, **{"event_stream": env["LIVEML_EVENT_STREAM"]})
+        assert settings.event_stream == "nats://nats:4222"  # the setting's pattern takes it
+    for name in ("worker-1", "worker-2"):
+        assert "LIVEML_EVENT_STREAM" not in df.environment(services[name])
+    # They agree on its retention: each process that connects sets the stream's limits
+    # to its own settings, so disagreeing ones would undo each other.
+    retention = {
+        (env["LIVEML_EVENT_RETENTION_SECONDS"], env["LIVEML_EVENT_RETENTION_BYTES"])
+        for env in (df.environment(services[n]) for n in ("registry", "gateway", "trainer"))
+    }
+    assert len(retention) == 1

@@ -8,8 +8,9 @@ same outside Docker is rewritten:
 - host names and ports: `SERVICE:PORT` becomes 127.0.0.1 and a free port (the service's
   own LIVEML_PORT / LIVEML_FORWARD_PORT / LIVEML_METRICS_PORT too, and LIVEML_HOST 0.0.0.0 becomes 127.0.0.1);
   `postgres:5432` is the local PostgreSQL, in a fresh database (user and database name
-  replaced: the local server has no `liveml` role), `nats:4222` the local NATS, and the
-  trace collector a receiver inside this test;
+  replaced: the local server has no `liveml` role), `nats:4222` the local NATS (in a
+  JetStream stream and subjects of this test's own, removed afterwards), and the trace
+  collector a receiver inside this test;
 - file paths: /run/secrets/NAME holds a copy of exactly the secrets the service is
   granted, made by deploy/make_secrets.py; each volume is a folder shared by the
   services that mount it.
@@ -24,8 +25,10 @@ reach the collector.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
+import nats.js.errors
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -47,6 +52,7 @@ from sqlalchemy.engine import make_url
 
 from services.common import codec
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.conftest import free_port, port_open, require
@@ -88,6 +94,7 @@ class Stack:
     ports: dict[tuple[str, int], int]
     secrets: Path
     receiver: TraceReceiver
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
     procs: dict[str, Proc] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     _mounts: dict[str, dict[str, Path]] = field(default_factory=dict)
@@ -158,7 +165,15 @@ class Stack:
                     f"{name}: {key}={value} is on no volume or secret"
                 )
             env[key] = value
+        if env.get("LIVEML_EVENT_STREAM", "sql") != "sql":
+            env["LIVEML_EVENT_STREAM_NAME"] = self.stream_name
+            env["LIVEML_EVENT_SUBJECT_PREFIX"] = f"wiring{self.tag}.events"
         return env
+
+    @property
+    def stream_name(self) -> str:
+        """The local NATS is shared with other tests: this stack's stream is its own."""
+        return f"WIRING_{self.tag}"
 
     def run_args(self, name: str, argv: list[str]) -> list[str]:
         """`argv` in `name`'s container: its environment alone, its working directory."""
@@ -246,6 +261,7 @@ class Stack:
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     require(port_open("127.0.0.1", 5432), "PostgreSQL on 127.0.0.1:5432")
+    require(port_open("127.0.0.1", 4222), "NATS (JetStream) on 127.0.0.1:4222")
     compose = df.load_compose()
     live = df.liveml_services(compose)
     ports = dict(LOCAL)
@@ -269,6 +285,18 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         finally:
             s.down()
             collector.stop(grace=None)
+            await drop_nats_stream(s.stream_name)
+
+
+async def drop_nats_stream(name: str) -> None:
+    if not port_open("127.0.0.1", LOCAL["nats", 4222]):
+        return
+    connection = await nats.connect(f"nats://127.0.0.1:{LOCAL['nats', 4222]}")
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await connection.jetstream().delete_stream(name)
+    finally:
+        await connection.close()
 
 
 def metrics(port: int) -> str:
@@ -344,6 +372,20 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
     got = codec.decode_raw(output.name, output.datatype, output.shape, reply.raw_output_contents[0])
     (expected,) = ort.InferenceSession(str(model)).run(None, {"x": x})
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    # The answer was logged to the event stream on NATS, and the registry reads it back.
+    async with aio.secure_channel(f"127.0.0.1:{stack.ports['registry', 50051]}", tls) as channel:
+        registry = rpb_grpc.RegistryServiceStub(channel)
+
+        async def logged() -> Any:
+            stats = await registry.GetEventStats(
+                rpb.GetEventStatsRequest(model="models/lin"), metadata=md
+            )
+            counts = {c.kind: c.count for c in stats.counts}
+            return stats if counts.get(epb.EVENT_KIND_PREDICTION, 0) >= 1 else None
+
+        stats = await async_wait_until(logged, 30, "the prediction logged to the event stream")
+    assert stats.backend == "nats"
 
     # Prometheus' scrape targets are the services' metrics endpoints.
     config = yaml.safe_load(df.PROMETHEUS.read_text())

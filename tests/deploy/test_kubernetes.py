@@ -102,8 +102,11 @@ def test_workloads(target: str) -> None:
         assert env["LIVEML_HOST"]["value"] == "0.0.0.0"
         # liveml ignores unknown LIVEML_* variables: each must be a setting of the service.
         settings = {f"LIVEML_{field.upper()}" for field in SETTINGS[role].model_fields}
-        config = kinds(target, "ConfigMap")[container["envFrom"][0]["configMapRef"]["name"]]
-        for key in [*env, *config["data"]]:
+        maps = kinds(target, "ConfigMap")
+        config = [
+            k for ref in container["envFrom"] for k in maps[ref["configMapRef"]["name"]]["data"]
+        ]
+        for key in [*env, *config]:
             assert not key.startswith("LIVEML_") or key in settings, f"{name}: {key}"
         assert env["LIVEML_PORT"]["value"] == str(grpc_port)
         assert env["LIVEML_METRICS_PORT"]["value"] == str(metrics_port)
@@ -198,7 +201,7 @@ def test_autoscalers_and_budgets(target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_network_policies(target: str) -> None:
     policies = {component(p): p["spec"] for p in kinds(target, "NetworkPolicy").values()}
-    assert set(policies) == set(PORTS)
+    assert set(policies) == {*PORTS, "event-stream"}
 
     def allowed(role: str, port: int) -> list[dict[str, Any]]:
         """The `from` peers that may reach `role` on `port` ([{}] = anyone)."""
@@ -232,3 +235,57 @@ def test_network_policies(target: str) -> None:
     assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "liveml"}}}
     # Anyone reaches the gateway.
     assert allowed("gateway", 8001) == [{}]
+    # Only the stream's writers and readers reach NATS; its monitoring port is closed.
+    assert policies["event-stream"]["policyTypes"] == ["Ingress"]
+    (peer,) = allowed("event-stream", 4222)
+    selector = peer["podSelector"]
+    assert selector["matchLabels"] == {"app.kubernetes.io/name": "liveml"}
+    (expression,) = selector["matchExpressions"]
+    assert expression["operator"] == "In"
+    assert set(expression["values"]) == {"registry", "gateway", "trainer"}
+    assert not allowed("event-stream", 8222)
+
+
+def _env_from(target: str, container: dict[str, Any]) -> dict[str, str]:
+    maps = kinds(target, "ConfigMap")
+    out: dict[str, str] = {}
+    for ref in container.get("envFrom", []):
+        out |= maps[ref["configMapRef"]["name"]]["data"]
+    return out
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_event_stream_is_nats_jetstream(target: str) -> None:
+    (nats,) = kinds(target, "StatefulSet").values()
+    spec = nats["spec"]
+    assert spec["replicas"] == 1
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert "--jetstream" in args and "--store_dir=/data" in args
+    (claim,) = spec["volumeClaimTemplates"]
+    assert any(
+        m["name"] == claim["metadata"]["name"] and m["mountPath"] == "/data"
+        for m in container["volumeMounts"]
+    ), "JetStream's store is on the claimed volume"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz?js-enabled-only=true", probe
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = kinds(target, "Service")[spec["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"  # a StatefulSet's governing service
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    url = f"nats://{service['metadata']['name']}:{port['port']}"
+
+    deployments = {component(d): d for d in kinds(target, "Deployment").values()}
+    for role in ("registry", "gateway", "trainer"):
+        (c,) = deployments[role]["spec"]["template"]["spec"]["containers"]
+        env = _env_from(target, c)
+        assert env["LIVEML_EVENT_STREAM"] == url, role
+        assert SETTINGS[role](_env_file=None, event_stream=url).event_stream == url
+        retention = int(env["LIVEML_EVENT_RETENTION_BYTES"])
+        limit = next(a for a in args if a.startswith("--max_file_store="))
+        assert retention < int(limit.split("=")[1].removesuffix("GB")) * 10**9, role
+    (worker,) = deployments["worker"]["spec"]["template"]["spec"]["containers"]
+    assert "LIVEML_EVENT_STREAM" not in _env_from(target, worker)

@@ -1,0 +1,397 @@
+"""Benchmark: the event stream's append rate on each backend, and what logging every
+prediction costs the gateway.
+
+One command (`make bench-events`), two parts, each in interleaved rounds so a ratio
+compares cells measured a minute apart at most:
+
+- **Appends.** Prediction events as the gateway logs them (the benchmark MLP's
+  64-float request and 10-float answer, ~400 bytes each) appended in batches of 500,
+  by one appender (a gateway's flush task) and by four at once (four gateways), on
+  the SQL backend (a real registry process on SQLite, reached through AppendEvents)
+  and on JetStream (the local NATS at 127.0.0.1:4222, a stream of the run's own,
+  deleted afterwards). The registry is pinned to core 0 and this client to core 1;
+  nats-server is the machine's, unpinned. Goals: >= 20k events/s (SQL), >= 50k (JetStream).
+- **Gateway.** unary@32 through the gateway with prediction logging at 100% (to each
+  backend) and off, by h2load, as bench/gateway.py drives it: the gateways and the worker
+  on core 0, h2load and the registry on core 1. Goal: logging at 100% / off >= 0.9. Each
+  logging gateway's counters prove it logged (and say whether it dropped any).
+
+Results go to bench/out/events.md (copied into bench/RESULTS.md with the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from grpc import aio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gateway import publish, route
+from bench.h2bench import (
+    CLIENT_CORE,
+    SERVER_CORE,
+    Result,
+    check_with_client,
+    free_port,
+    mlp_request,
+)
+from bench.worker import measure, start
+from services.common import codec
+from services.common.events import Encoded, EventStream, wire
+from services.common.events.jetstream import JetStreamEvents
+from services.common.events.registry import RegistryEvents
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
+from tests.helpers.models import mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+LIVEML = str(ROOT / ".venv" / "bin" / "liveml")
+NATS_URL = os.environ.get("LIVEML_BENCH_NATS", "nats://127.0.0.1:4222")
+BATCH = 500
+APPEND_SECONDS = float(os.environ.get("LIVEML_BENCH_APPEND_SECONDS", "4"))
+APPEND_ROUNDS = int(os.environ.get("LIVEML_BENCH_APPEND_ROUNDS", "3"))
+GATEWAY_ROUNDS = int(os.environ.get("LIVEML_BENCH_GATEWAY_ROUNDS", "3"))
+GATEWAY_SECONDS = float(os.environ.get("LIVEML_BENCH_GATEWAY_SECONDS", "5"))
+APPENDERS = (1, 4)
+GOALS = {"sql": 20_000.0, "nats": 50_000.0}
+OFF, LOG_SQL, LOG_NATS = "logging off", "logging 100% (sql)", "logging 100% (nats)"
+
+
+# --- appends ---------------------------------------------------------------------------
+
+
+def prediction_bytes() -> tuple[bytes, bytes]:
+    """A request and an answer of the benchmark MLP, serialized as the gateway holds them."""
+    request = mlp_request("mlp").SerializeToString()
+    answer = pb.ModelInferResponse(model_name="mlp", model_version="1", id="")
+    datatype, shape, raw = codec.encode_raw(np.zeros((1, 10), np.float32))
+    answer.outputs.add(name="y", datatype=datatype, shape=shape)
+    answer.raw_output_contents.append(raw)
+    return request, answer.SerializeToString()
+
+
+class Events:
+    """Batches of distinct prediction events (every key new, as a gateway's are).
+
+    Every event carries the same bytes but its key (one prediction as the gateway
+    encodes it, built once, and the key's field appended: protobuf reads fields in any
+    order): what is measured is the append, not making events, whose cost on the request
+    path the gateway part measures.
+    """
+
+    def __init__(self, tag: str) -> None:
+        request, response = prediction_bytes()
+        self.prefix = f"bench:{tag}:"
+        self.data = wire.prediction_event(
+            "mlp", "", time.time_ns(), "r0", 1, request, response, "", "bench", False
+        )
+        self.count = 0
+
+    def batch(self) -> list[Encoded]:
+        first = self.count + 1
+        self.count += BATCH
+        out = []
+        for i in range(first, first + BATCH):
+            key = f"{self.prefix}{i}"
+            data = self.data + wire.bytes_field(wire.KEY, key.encode())
+            out.append(Encoded(epb.EVENT_KIND_PREDICTION, "mlp", key, data))
+        return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nats_pid() -> int | None:
+    """The nats-server serving NATS_URL (its port on the command line), if it is local."""
+    port = NATS_URL.rsplit(":", 1)[-1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"nats-server") and port.encode() in argv:
+                return int(entry.name)
+    return None
+
+
+@dataclass
+class Cell:
+    rate: float  # events stored per second
+    client_us: float  # this process's CPU per event
+    server_us: float  # the registry's (sql) or nats-server's CPU per event
+
+
+async def append_rate(
+    stream: EventStream, events: Events, appenders: int, server: int | None
+) -> Cell:
+    """Events stored per second by `appenders` concurrent appenders for APPEND_SECONDS,
+    and the CPU each side spent per event (which the box's other load moves less)."""
+    stored = 0
+    deadline = time.perf_counter() + APPEND_SECONDS
+
+    async def appender() -> None:
+        nonlocal stored
+        while time.perf_counter() < deadline:
+            batch = events.batch()
+            appended = await stream.append(batch)
+            if appended.stored != len(batch):
+                raise RuntimeError(f"{appended.duplicate_count} duplicates in a batch of new keys")
+            stored += appended.stored
+
+    started, own = time.perf_counter(), time.process_time()
+    theirs = cpu_seconds(server) if server else 0.0
+    await asyncio.gather(*(appender() for _ in range(appenders)))
+    elapsed, own = time.perf_counter() - started, time.process_time() - own
+    theirs = cpu_seconds(server) - theirs if server else float("nan")
+    return Cell(stored / elapsed, own / stored * 1e6, theirs / stored * 1e6)
+
+
+async def appends(
+    registry_port: int, registry_pid: int, token: str
+) -> dict[tuple[str, int], list[Cell]]:
+    tag = secrets.token_hex(4)
+    channel = aio.insecure_channel(
+        f"127.0.0.1:{registry_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
+    streams: dict[str, EventStream] = {
+        "sql": RegistryEvents(channel, (("authorization", f"Bearer {token}"),)),
+        "nats": JetStreamEvents(
+            NATS_URL, stream=f"BENCH_{tag}", prefix=f"bench{tag}.events", timeout=30.0
+        ),
+    }
+    servers = {"sql": registry_pid, "nats": nats_pid()}
+    rates: dict[tuple[str, int], list[Cell]] = {}
+    events = Events(tag)
+    try:
+        for stream in streams.values():  # warm-up: connections, the stream, the table
+            await stream.append(events.batch())
+        cells = [(name, n) for n in APPENDERS for name in streams]
+        for round_ in range(APPEND_ROUNDS):
+            # Each round in another order: no cell always follows the same one.
+            for name, appenders in cells[round_ % len(cells) :] + cells[: round_ % len(cells)]:
+                cell = await append_rate(streams[name], events, appenders, servers[name])
+                rates.setdefault((name, appenders), []).append(cell)
+                print(
+                    f"  {name} x{appenders}: {cell.rate:,.0f} events/s; CPU per event "
+                    f"{cell.client_us:.0f} us here, {cell.server_us:.0f} us in the server",
+                    flush=True,
+                )
+    finally:
+        nats = streams["nats"]
+        assert isinstance(nats, JetStreamEvents)
+        with contextlib.suppress(Exception):
+            await (await nats._jetstream()).delete_stream(nats.stream)
+        await nats.close()
+        await channel.close()
+    return rates
+
+
+# --- the gateway -----------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    label: str
+    port: int
+    metrics: int
+
+
+def counter(metrics_port: int, name: str) -> float:
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+async def wait_serving(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await check_with_client(port, mlp_request("mlp"), expect_model_version="1")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="liveml-bench-events-"))
+    model = mlp(work / "v1.onnx", 64, 256, 10)
+    tag = secrets.token_hex(4)
+    reg_port = free_port()
+    env = {
+        "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/r.db",
+        "LIVEML_ARTIFACT_DIR": str(work / "a"),
+        "LIVEML_ADMIN_TOKEN_FILE": str(work / "admin.token"),
+        "LIVEML_LOG_LEVEL": "WARNING",
+    }
+    registry_args = [LIVEML, "registry", "serve", "--port", str(reg_port), "--metrics-port", "-1"]
+    procs = [start(registry_args, reg_port, env, SERVER_CORE)]
+    nats_stream = f"BENCH_GW_{tag}"
+    try:
+        token = (work / "admin.token").read_text().strip()
+        os.sched_setaffinity(0, {int(CLIENT_CORE)})
+        print("appends: batches of 500 prediction events ...", flush=True)
+        rates = asyncio.run(appends(reg_port, procs[0].pid, token))
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        # The gateway part: the registry (every thread) moves to the client's core, as in
+        # bench/gateway.py.
+        subprocess.run(["taskset", "-a", "-p", "-c", CLIENT_CORE, str(procs[0].pid)], check=True,
+                       capture_output=True)  # fmt: skip
+        asyncio.run(publish(reg_port, token, "mlp", [model]))
+        asyncio.run(route(reg_port, token, "mlp", mirror=False))
+        common = ["--registry", f"127.0.0.1:{reg_port}", "--registry-token", token]
+        common += ["--log-level", "WARNING"]
+        worker_port = free_port()
+        procs.append(
+            start(
+                [LIVEML, "worker", "serve", "--port", str(worker_port), "--metrics-port", "-1",
+                 "--run-threads", "1", "--cache-dir", str(work / "cache"), *common],
+                worker_port,
+            )
+        )  # fmt: skip
+        gateways = []
+        setups = {
+            OFF: ["--log-predictions", "0"],
+            LOG_SQL: ["--log-predictions", "1"],
+            LOG_NATS: [
+                "--log-predictions", "1", "--event-stream", NATS_URL,
+                "--event-stream-name", nats_stream, "--event-subject-prefix", f"benchgw{tag}.events",
+            ],
+        }  # fmt: skip
+        for label, flags in setups.items():
+            port, metrics = free_port(), free_port()
+            procs.append(
+                start(
+                    [LIVEML, "gateway", "serve", "--port", str(port), "--metrics-port",
+                     str(metrics), *flags, *common],
+                    port,
+                )
+            )  # fmt: skip
+            asyncio.run(wait_serving(port))
+            gateways.append(Gateway(label, port, metrics))
+        print("gateway unary@32, prediction logging off and at 100% ...", flush=True)
+        cells: dict[str, list[Result]] = {}
+        for round_ in range(GATEWAY_ROUNDS):
+            for gateway in gateways[round_ % 3 :] + gateways[: round_ % 3]:
+                result = measure(gateway.port, 64, False, 32, seconds=GATEWAY_SECONDS)
+                cells.setdefault(gateway.label, []).append(result)
+                print(f"  {gateway.label}: {result.rate:,.0f} req/s", flush=True)
+        logged = {}
+        for gateway in gateways[1:]:
+            # Wait for the buffer to drain, then read what each logging gateway stored.
+            deadline = time.monotonic() + 30
+            while counter(gateway.metrics, "liveml_gateway_prediction_buffer") > 0:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            logged[gateway.label] = (
+                counter(gateway.metrics, "liveml_gateway_predictions_logged_total"),
+                counter(gateway.metrics, "liveml_gateway_predictions_dropped_total"),
+                counter(gateway.metrics, "liveml_gateway_requests_total"),
+            )
+            if not logged[gateway.label][0]:
+                raise RuntimeError(f"{gateway.label} logged nothing: its row means nothing")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+        asyncio.run(drop_stream(nats_stream))
+    report(rates, cells, logged)
+    return 0
+
+
+async def drop_stream(name: str) -> None:
+    import nats
+
+    with contextlib.suppress(Exception):
+        connection = await nats.connect(NATS_URL)
+        try:
+            await connection.jetstream().delete_stream(name)
+        finally:
+            await connection.close()
+
+
+def report(
+    rates: dict[tuple[str, int], list[Cell]],
+    cells: dict[str, list[Result]],
+    logged: dict[str, tuple[float, float, float]],
+) -> None:
+    lines = [
+        f"Appends: events/s, batches of {BATCH} prediction events; each cell {APPEND_SECONDS:g} s,"
+        f" {APPEND_ROUNDS} interleaved rounds (median, and the range).",
+        "",
+        "| backend | appenders | events/s (median) | range | CPU µs/event: client, server | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (name, appenders), found in rates.items():
+        values = [c.rate for c in found]
+        median = statistics.median(values)
+        client = statistics.median(c.client_us for c in found)
+        server = statistics.median(c.server_us for c in found)
+        goal = GOALS[name]
+        mark = "✓" if median >= goal else "✗"
+        lines.append(
+            f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
+            f"| {client:.0f}, {server:.0f} | ≥ {goal:,.0f} {mark} |"
+        )
+    off = cells[OFF]
+    lines += [
+        "",
+        f"Gateway unary@32 (h2load, {GATEWAY_SECONDS:g} s cells, {GATEWAY_ROUNDS} rounds; ratio ="
+        " median over rounds of each round's own ratio):",
+        "",
+        "| gateway | req/s (all rounds) | p50 ms | p99 ms | logged / dropped / requests | ratio to off | goal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, results in cells.items():
+        rate = sum(r.requests for r in results) / sum(r.seconds for r in results)
+        p50 = statistics.median(r.p50_ms for r in results)
+        p99 = statistics.median(r.p99_ms for r in results)
+        if label == OFF:
+            lines.append(f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | — | 1 | — |")
+            continue
+        ratio = statistics.median(r.rate / o.rate for r, o in zip(results, off, strict=True))
+        done, dropped, total = logged[label]
+        mark = "✓" if ratio >= 0.9 else "✗"
+        lines.append(
+            f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {done:,.0f} / {dropped:,.0f} / "
+            f"{total:,.0f} | {ratio:.2f} | ≥ 0.9 {mark} |"
+        )
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+        f"grpcio {version('grpcio')}, onnxruntime {version('onnxruntime')}, nats-py "
+        f"{version('nats-py')}, SQLAlchemy {version('sqlalchemy')}, aiosqlite {version('aiosqlite')}"
+    )
+    text = machine + "\n\n" + "\n".join(lines)
+    print()
+    print(text)
+    (OUT / "events.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""JetStream appends written out as raw HPUB commands: keys that could break the
+protocol's framing, events over NATS's payload limit, and PubAck answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
+from services.common.events.jetstream import _pub_ack
+from tests.helpers.events import drop_stream, example, read_all, require_nats, unique_nats
+
+pytestmark = pytest.mark.nats
+
+
+def test_pub_acks_as_the_server_writes_them() -> None:
+    assert _pub_ack(b'{"stream":"S", "seq":12}') == (12, False)
+    assert _pub_ack(b'{"stream":"S", "seq":12,"duplicate": true}') == (12, True)
+    refused = _pub_ack(b'{"error":{"code":400,"description":"maximum messages exceeded"}}')
+    assert isinstance(refused, ServiceError) and "maximum messages exceeded" in str(refused)
+    assert isinstance(_pub_ack(b"not json"), Unavailable)
+
+
+async def test_keys_with_line_breaks_and_oversized_events() -> None:
+    require_nats()
+    stream = unique_nats()
+    try:
+        # A key is data from a client: a line break in it must not end the header (it
+        # would let the rest of the key be read as protocol).
+        appended = await stream.append([example(1, key="a\r\nHPUB x y 1 1\r\n"), example(2)])
+        assert appended.duplicates == [False, False]
+        again = await stream.append([example(3, key="a\r\nHPUB x y 1 1\r\n")])
+        assert again.duplicates == [True]
+        nc = await stream._connection()
+        with pytest.raises(InvalidArgument) as caught:
+            await stream.append([example(4, size=nc.max_payload)])
+        assert f"over NATS's max_payload of {nc.max_payload}" in caught.value.message
+        # Nothing of the refused chunk went out, and the connection is still good.
+        assert (await stream.append([example(5)])).stored == 1
+        events = await read_all(stream)
+        assert [e.example.features[0] for e in events] == [1, 2, 5]
+        assert events[0].key == "a\r\nHPUB x y 1 1\r\n"  # the event keeps its own key
+    finally:
+        await drop_stream(stream)
