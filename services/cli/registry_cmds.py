@@ -930,6 +930,15 @@ def token_create(
             "--secret-only", help="Print only the secret on stdout (e.g. into a token file)."
         ),
     ] = False,
+    worker_id: Annotated[
+        str,
+        typer.Option(
+            "--worker-id",
+            metavar="ID",
+            help="Role worker: the one worker id the token may act as (default: the id "
+            "of its first RegisterWorker).",
+        ),
+    ] = "",
 ) -> None:
     """Create an access token and print its secret (the only time it is shown)."""
     if secret_only and json_output:
@@ -938,6 +947,7 @@ def token_create(
         display_name=name,
         role=f"ROLE_{role.name}",
         ttl=_ttl(ttl) if ttl is not None else None,
+        worker_id=worker_id,
     )
     with connect(conn) as registry:
         resp: rpb.CreateTokenResponse = registry.CreateToken(request)
@@ -953,6 +963,7 @@ def token_create(
                 ("name", token.name),
                 ("display name", token.display_name),
                 ("role", _short(rpb.Role, token.role)),
+                *([("worker", f"workers/{token.worker_id}")] if token.worker_id else []),
                 ("expires", _time(token.expire_time)),
             ],
             title="token created",

@@ -94,6 +94,10 @@ class TokenRow(Base):
     create_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
     expire_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Role worker: the one worker id the token acts as (None: binds at first register).
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Bound at creation (never moves), rather than on first use (moves once it left).
+    worker_id_fixed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class AuditRow(Base):

@@ -263,7 +263,7 @@ class Repository:
         self,
         model: str,
         version: int,
-        path: Path,
+        path: Path | bytes,  # a file, or the model's bytes (a sealed artifact: no file)
         batching: Batching,
         check: Callable[[Runtime], None] | None = None,
     ) -> Held:

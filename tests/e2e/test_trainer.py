@@ -422,7 +422,7 @@ async def test_an_accuracy_alert_on_the_serving_version_retrains(tmp_path: Path)
             window.end_time.FromNanoseconds(int(now * 1e9))
             await gateway.ReportWindows(
                 rpb.ReportWindowsRequest(windows=[window]),
-                metadata=(("authorization", f"Bearer {c.worker_token}"),),
+                metadata=(("authorization", f"Bearer {c.mint('test', rpb.ROLE_GATEWAY)}"),),
             )
 
         async def alert_run() -> Run | None:

@@ -432,7 +432,7 @@ class Worker(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., observed_revision: _Optional[int] = ...) -> None: ...
 
 class Token(_message.Message):
-    __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator")
+    __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator", "worker_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class Token(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     role: Role
@@ -447,7 +448,8 @@ class Token(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     revoked: bool
     creator: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., creator: _Optional[str] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., creator: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("sequence", "time", "actor", "action", "target", "before_digest", "after_digest", "details", "previous_hash", "hash", "key_id")
@@ -861,14 +863,16 @@ class DeleteWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("display_name", "role", "ttl")
+    __slots__ = ("display_name", "role", "ttl", "worker_id")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     role: Role
     ttl: _duration_pb2.Duration
-    def __init__(self, display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "secret")
