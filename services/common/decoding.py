@@ -34,6 +34,11 @@ class Malformed:
 
     @property
     def message(self) -> str:
+        if self.problem.startswith("Error parsing message"):  # protobuf's, says no more
+            return (
+                f"the request is not a valid {self.expected} message: expected its protobuf "
+                "encoding, with strings in UTF-8"
+            )
         return f"the request is not a valid {self.expected} message ({self.problem})"
 
 
@@ -41,14 +46,6 @@ def per_message(method: F) -> F:
     """Mark a stream method that answers `Malformed` requests one by one itself."""
     setattr(method, PER_MESSAGE, True)
     return method
-
-
-def decode(kind: Any, data: bytes) -> Any:
-    """`kind.FromString(data)`, or a Malformed saying why not."""
-    try:
-        return kind.FromString(data)
-    except Exception as exc:  # DecodeError, and whatever else a parser may raise
-        return Malformed(kind.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
 
 
 def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
