@@ -286,7 +286,8 @@ async def test_negative_token_ttl(lin: RunningRegistry) -> None:
 async def test_negative_worker_lease(lin: RunningRegistry) -> None:
     client = lin.client(await lin.token(rpb.ROLE_WORKER, "w"))
     revision_before = await store_revision(lin)
-    request = rpb.RegisterWorkerRequest(worker=rpb.Worker(name="workers/w1"))
+    worker = rpb.Worker(name="workers/w1", address="127.0.0.1:1")
+    request = rpb.RegisterWorkerRequest(worker=worker)
     request.lease_duration.FromSeconds(-5)
     error = await refused(client.RegisterWorker, request)
     assert (error.code(), error.details()) == (
