@@ -111,7 +111,7 @@ def seconds(duration: Any, field: str, *, most: float = MAX_SECONDS) -> float:
     """A google.protobuf.Duration field as seconds, 0 (unset) to `most`."""
     value: float = duration.ToNanoseconds() / 1e9
     if not 0 <= value <= most:
-        raise InvalidArgument(f"{field} must be within [0, {most:g}] s, got {value:g} s")
+        raise InvalidArgument(f"{field} must be within [0, {most:.0f}] s, got {value:g} s")
     return value
 
 

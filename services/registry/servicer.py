@@ -317,7 +317,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
-        lease = names.seconds(request.lease_duration, "lease_duration", most=3600)
+        lease = names.seconds(request.lease_duration, "lease_duration", most=86400)
         async with self.store.write(actor()) as tx:
             worker = await workers.register(
                 tx, request.worker, lease or self.settings.lease_seconds

@@ -277,7 +277,7 @@ async def test_negative_token_ttl(lin: RunningRegistry) -> None:
     error = await refused(client.CreateToken, request)
     assert (error.code(), error.details()) == (
         INVALID,
-        "ttl must be within [0, 3.16224e+08] s, got -60 s",
+        "ttl must be within [0, 316224000] s, got -60 s",
     )
     assert (await client.ListTokens(rpb.ListTokensRequest())).tokens == before
     assert await store_revision(lin) == revision_before
@@ -292,7 +292,7 @@ async def test_negative_worker_lease(lin: RunningRegistry) -> None:
     error = await refused(client.RegisterWorker, request)
     assert (error.code(), error.details()) == (
         INVALID,
-        "lease_duration must be within [0, 3600] s, got -5 s",
+        "lease_duration must be within [0, 86400] s, got -5 s",
     )
     assert list((await lin.client().ListWorkers(rpb.ListWorkersRequest())).workers) == []
     assert await store_revision(lin) == revision_before
