@@ -110,6 +110,13 @@ def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     deserializer = handler.request_deserializer
     if deserializer is None:  # a raw-bytes method decodes (and refuses) by itself
         return handler
+    behavior = next(
+        getattr(handler, kind)
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, kind) is not None
+    )
+    if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
+        return handler  # a synchronous one (grpc's reflection): grpc runs it its own way
     changes: dict[str, Any] = {"request_deserializer": _safe(deserializer)}
     for kind in ("unary_unary", "unary_stream"):
         if getattr(handler, kind) is not None:

@@ -314,3 +314,22 @@ async def test_sticky_key_with_whitespace(lin: RunningRegistry) -> None:
             f"whitespace (or be empty for none), got {key!r}",
         )
     assert await revision(lin) == before
+
+
+def test_health_refuses_garbage_and_reflection_still_answers(stack: Stack) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.worker_port}") as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as caught:
+            check(GARBAGE, timeout=10)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[no-untyped-call]
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = list(stub.ServerReflectionInfo(iter([asked]), timeout=10))
+    assert caught.value.code() == INVALID  # type: ignore[attr-defined]
+    assert caught.value.details() == (  # type: ignore[attr-defined]
+        "the request is not a valid grpc.health.v1.HealthCheckRequest message: expected its "
+        "protobuf encoding, with strings in UTF-8"
+    )
+    listed = {s.name for s in replies[0].list_services_response.service}
+    assert "inference.GRPCInferenceService" in listed
