@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc import aio
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -317,8 +318,6 @@ async def test_sticky_key_with_whitespace(lin: RunningRegistry) -> None:
 
 
 def test_health_refuses_garbage_and_reflection_still_answers(stack: Stack) -> None:
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
     with grpc.insecure_channel(f"127.0.0.1:{stack.worker_port}") as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         with pytest.raises(grpc.RpcError) as caught:
