@@ -53,7 +53,7 @@ async def list_events(
     if target:
         query = query.where(AuditRow.target == target)
     if page_token:
-        query = query.where(AuditRow.sequence < int(names.decode_page(page_token)))
+        query = query.where(AuditRow.sequence < names.decode_page_number(page_token))
     rows, token = await page(session, query.order_by(AuditRow.sequence.desc()), size, _sequence)
     return [event_proto(r) for r in rows], token
 

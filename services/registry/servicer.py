@@ -306,9 +306,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def GetVersionMetrics(self, request: rpb.GetVersionMetricsRequest, context: Ctx) -> Any:
         model = names.model(request.parent)
-        seconds = request.window.ToTimedelta().total_seconds() or 300.0
-        if seconds < 0:
-            raise InvalidArgument("window must not be negative")
+        seconds = names.seconds(request.window, "window") or 300.0
         async with self.store.read() as session:
             await catalog.model_row(session, model)
             measured = await windows.summarize(session, model, now_us() - int(seconds * 1e6))
@@ -341,7 +339,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[rpb.WatchResponse]:
         if request.since_revision < 0:
             raise InvalidArgument("since_revision must not be negative")
-        interval = request.progress_interval.ToTimedelta().total_seconds()
+        interval = names.seconds(request.progress_interval, "progress_interval", most=3600)
         async for response in self.feed.watch(
             request.since_revision, interval or self.settings.watch_progress_seconds
         ):
@@ -351,7 +349,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
-        lease = request.lease_duration.ToTimedelta().total_seconds()
+        lease = names.seconds(request.lease_duration, "lease_duration", most=86400)
         requested = names.simple("workers", request.worker.name) if request.worker.name else ""
         async with self.store.write(actor()) as tx:
             request.worker.name = f"workers/{await worker_identity.register_as(tx, requested)}"
@@ -405,7 +403,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
                     f"role is {role.value}"
                 )
             names.check_id("worker", request.worker_id)
-        ttl = request.ttl.ToTimedelta().total_seconds() or self.settings.token_ttl
+        ttl = names.seconds(request.ttl, "ttl") or self.settings.token_ttl
         async with self.store.write(actor()) as tx:
             row, secret = await security.create_token(
                 tx, request.display_name, role, ttl, worker_id=request.worker_id
