@@ -42,6 +42,7 @@ class Publishing:
     hold: str
     signature: rpb.Signature | None
     dirty: bool
+    retrain_after: int
 
     async def commit(self) -> None:
         raise NotImplementedError
@@ -173,6 +174,9 @@ class Publishing:
         lap("rollout")
         learner.published(created.number)
         metrics.published(self.model, "published")
+        if self.retrain_after:
+            await self._request_retrain(self.retrain_after)
+            self.retrain_after = 0
         self.dirty = True  # committed with the next checkpoint, within a second
         log.info(
             "learner of %s published v%d in %.2f s (%s): %s",
@@ -182,6 +186,20 @@ class Publishing:
             ", ".join(f"{k} {v:.3f}" for k, v in took.items()),
             reply.decision,
         )
+
+    async def _request_retrain(self, sequence: int) -> None:
+        try:
+            await self.reg.call(
+                self.reg.training.RequestTrainingRun,
+                tpb.RequestTrainingRunRequest(
+                    parent=self.parent,
+                    trigger=tpb.TRAINING_TRIGGER_ALERT,
+                    reason=f"the online learner saw concept drift at sequence {sequence}",
+                ),
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() != StatusCode.FAILED_PRECONDITION:  # within the cooldown: fine
+                raise
 
     def _reference(self, onnx_bytes: bytes) -> rpb.ReferenceStatistics:
         assert self.learner is not None

@@ -109,6 +109,7 @@ class Learner(Publishing):
         self.dirty = False
         self.rate = 0.0
         self.drift_reported: set[int] = set()
+        self.retrain_after = 0  # a drift at this sequence asks for a retrain at the next publish
         self.hold = ""  # why the last publish was held, if it was
         self.signature: rpb.Signature | None = None  # the model's, read again with the policy
 
@@ -239,18 +240,10 @@ class Learner(Publishing):
         if sequence in self.drift_reported:
             return
         self.drift_reported.add(sequence)
-        try:
-            await self.reg.call(
-                self.reg.training.RequestTrainingRun,
-                tpb.RequestTrainingRunRequest(
-                    parent=self.parent,
-                    trigger=tpb.TRAINING_TRIGGER_ALERT,
-                    reason=f"the online learner saw concept drift at sequence {sequence}",
-                ),
-            )
-        except aio.AioRpcError as exc:
-            if exc.code() != StatusCode.FAILED_PRECONDITION:  # within the cooldown: fine
-                raise
+        # Asked for once a version after it passes the gate: a stream that only looks
+        # like a new concept (labels collapsed to one class, a flip storm) stops
+        # publishing, and must not be learned by a batch retrain either.
+        self.retrain_after = sequence
 
     # --- the loop -------------------------------------------------------------------------
 
