@@ -67,11 +67,16 @@ NATS_URL = os.environ.get("LIVEML_BENCH_NATS", "nats://127.0.0.1:4222")
 BATCH = 500
 APPEND_SECONDS = float(os.environ.get("LIVEML_BENCH_APPEND_SECONDS", "4"))
 APPEND_ROUNDS = int(os.environ.get("LIVEML_BENCH_APPEND_ROUNDS", "3"))
-GATEWAY_ROUNDS = int(os.environ.get("LIVEML_BENCH_GATEWAY_ROUNDS", "3"))
+GATEWAY_ROUNDS = int(
+    os.environ.get("LIVEML_BENCH_GATEWAY_ROUNDS", "4")
+)  # each cell once in each place
 GATEWAY_SECONDS = float(os.environ.get("LIVEML_BENCH_GATEWAY_SECONDS", "5"))
 APPENDERS = (1, 4)
 GOALS = {"sql": 20_000.0, "nats": 50_000.0}
 OFF, LOG_SQL, LOG_NATS = "logging off", "logging 100% (sql)", "logging 100% (nats)"
+# A second gateway with logging off, started last: its ratio to the first is the noise
+# (and any bias of start order) the other ratios carry.
+PLACEBO = "logging off, again (placebo)"
 
 
 # --- appends ---------------------------------------------------------------------------
@@ -214,6 +219,7 @@ class Gateway:
     label: str
     port: int
     metrics: int
+    pid: int
 
 
 def counter(metrics_port: int, name: str) -> float:
@@ -282,6 +288,7 @@ def main() -> int:
                 "--log-predictions", "1", "--event-stream", NATS_URL,
                 "--event-stream-name", nats_stream, "--event-subject-prefix", f"benchgw{tag}.events",
             ],
+            PLACEBO: ["--log-predictions", "0"],
         }  # fmt: skip
         for label, flags in setups.items():
             port, metrics = free_port(), free_port()
@@ -293,16 +300,27 @@ def main() -> int:
                 )
             )  # fmt: skip
             asyncio.run(wait_serving(port))
-            gateways.append(Gateway(label, port, metrics))
+            gateways.append(Gateway(label, port, metrics, procs[-1].pid))
         print("gateway unary@32, prediction logging off and at 100% ...", flush=True)
         cells: dict[str, list[Result]] = {}
+        cpu: dict[str, list[float]] = {}  # the gateway's CPU per request it answered, µs
         for round_ in range(GATEWAY_ROUNDS):
-            for gateway in gateways[round_ % 3 :] + gateways[: round_ % 3]:
+            turn = round_ % len(gateways)
+            for gateway in gateways[turn:] + gateways[:turn]:
+                served = counter(gateway.metrics, "liveml_gateway_requests_total")
+                used = cpu_seconds(gateway.pid)
                 result = measure(gateway.port, 64, False, 32, seconds=GATEWAY_SECONDS)
+                served = counter(gateway.metrics, "liveml_gateway_requests_total") - served
+                per_request = (cpu_seconds(gateway.pid) - used) / served * 1e6
                 cells.setdefault(gateway.label, []).append(result)
-                print(f"  {gateway.label}: {result.rate:,.0f} req/s", flush=True)
+                cpu.setdefault(gateway.label, []).append(per_request)
+                print(
+                    f"  {gateway.label}: {result.rate:,.0f} req/s, gateway CPU "
+                    f"{per_request:.0f} us/request",
+                    flush=True,
+                )
         logged = {}
-        for gateway in gateways[1:]:
+        for gateway in gateways[1:3]:
             # Wait for the buffer to drain, then read what each logging gateway stored.
             deadline = time.monotonic() + 30
             while counter(gateway.metrics, "liveml_gateway_prediction_buffer") > 0:
@@ -321,7 +339,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
         asyncio.run(drop_stream(nats_stream))
-    report(rates, cells, logged)
+    report(rates, cells, cpu, logged)
     return 0
 
 
@@ -339,6 +357,7 @@ async def drop_stream(name: str) -> None:
 def report(
     rates: dict[tuple[str, int], list[Cell]],
     cells: dict[str, list[Result]],
+    cpu: dict[str, list[float]],
     logged: dict[str, tuple[float, float, float]],
 ) -> None:
     lines = [
@@ -365,23 +384,36 @@ def report(
         f"Gateway unary@32 (h2load, {GATEWAY_SECONDS:g} s cells, {GATEWAY_ROUNDS} rounds; ratio ="
         " median over rounds of each round's own ratio):",
         "",
-        "| gateway | req/s (all rounds) | p50 ms | p99 ms | logged / dropped / requests | ratio to off | goal |",
-        "|---|---|---|---|---|---|---|",
+        "| gateway | req/s (all rounds) | p50 ms | p99 ms | gateway CPU µs/request | logged / dropped / requests | ratio to off | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, results in cells.items():
         rate = sum(r.requests for r in results) / sum(r.seconds for r in results)
         p50 = statistics.median(r.p50_ms for r in results)
         p99 = statistics.median(r.p99_ms for r in results)
-        if label == OFF:
-            lines.append(f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | — | 1 | — |")
+        used = statistics.median(cpu[label])
+        if label in (OFF, PLACEBO) and label not in logged:
+            ratio = statistics.median(r.rate / o.rate for r, o in zip(results, off, strict=True))
+            lines.append(
+                f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {used:.0f} | — | {ratio:.2f} | — |"
+            )
             continue
         ratio = statistics.median(r.rate / o.rate for r, o in zip(results, off, strict=True))
         done, dropped, total = logged[label]
         mark = "✓" if ratio >= 0.9 else "✗"
         lines.append(
-            f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {done:,.0f} / {dropped:,.0f} / "
+            f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {used:.0f} | {done:,.0f} / {dropped:,.0f} / "
             f"{total:,.0f} | {ratio:.2f} | ≥ 0.9 {mark} |"
         )
+    base = statistics.median(cpu[OFF])
+    lines += [
+        "",
+        "The gateway's CPU per request, which the box's other load moves far less than its rate:"
+        + "".join(
+            f" {label} / off {statistics.median(cpu[label]) / base:.2f};"
+            for label in (LOG_SQL, LOG_NATS, PLACEBO)
+        ),
+    ]
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
         f"grpcio {version('grpcio')}, onnxruntime {version('onnxruntime')}, nats-py "
