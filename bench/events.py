@@ -58,6 +58,7 @@ from services.common.events.jetstream import JetStreamEvents
 from services.common.events.registry import RegistryEvents
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
+from services.gateway.predictions import PredictionLog
 from tests.helpers.models import mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +68,16 @@ NATS_URL = os.environ.get("LIVEML_BENCH_NATS", "nats://127.0.0.1:4222")
 BATCH = 500
 APPEND_SECONDS = float(os.environ.get("LIVEML_BENCH_APPEND_SECONDS", "4"))
 APPEND_ROUNDS = int(os.environ.get("LIVEML_BENCH_APPEND_ROUNDS", "3"))
-GATEWAY_ROUNDS = int(os.environ.get("LIVEML_BENCH_GATEWAY_ROUNDS", "3"))
+GATEWAY_ROUNDS = int(
+    os.environ.get("LIVEML_BENCH_GATEWAY_ROUNDS", "4")
+)  # each cell once in each place
 GATEWAY_SECONDS = float(os.environ.get("LIVEML_BENCH_GATEWAY_SECONDS", "5"))
 APPENDERS = (1, 4)
 GOALS = {"sql": 20_000.0, "nats": 50_000.0}
 OFF, LOG_SQL, LOG_NATS = "logging off", "logging 100% (sql)", "logging 100% (nats)"
+# A second gateway with logging off, started last: its ratio to the first is the noise
+# (and any bias of start order) the other ratios carry.
+PLACEBO = "logging off, again (placebo)"
 
 
 # --- appends ---------------------------------------------------------------------------
@@ -168,7 +174,7 @@ async def append_rate(
 
 async def appends(
     registry_port: int, registry_pid: int, token: str
-) -> dict[tuple[str, int], list[Cell]]:
+) -> tuple[dict[tuple[str, int], list[Cell]], dict[str, list[float]]]:
     tag = secrets.token_hex(4)
     channel = aio.insecure_channel(
         f"127.0.0.1:{registry_port}", options=[("grpc.max_send_message_length", 64 << 20)]
@@ -181,6 +187,7 @@ async def appends(
     }
     servers = {"sql": registry_pid, "nats": nats_pid()}
     rates: dict[tuple[str, int], list[Cell]] = {}
+    costs: dict[str, list[float]] = {}
     events = Events(tag)
     try:
         for stream in streams.values():  # warm-up: connections, the stream, the table
@@ -196,6 +203,8 @@ async def appends(
                     f"{cell.client_us:.0f} us here, {cell.server_us:.0f} us in the server",
                     flush=True,
                 )
+            for name, stream in streams.items():
+                costs.setdefault(name, []).append(await logging_cost(stream))
     finally:
         nats = streams["nats"]
         assert isinstance(nats, JetStreamEvents)
@@ -203,7 +212,22 @@ async def appends(
             await (await nats._jetstream()).delete_stream(nats.stream)
         await nats.close()
         await channel.close()
-    return rates
+    return rates, costs
+
+
+async def logging_cost(stream: EventStream, predictions: int = 20_000) -> float:
+    """CPU (µs, this process) per prediction logged through the gateway's own
+    PredictionLog into `stream`: the offer on the request path, then the batches the
+    background task encodes and appends, as the gateway runs them."""
+    request, response = prediction_bytes()
+    log = PredictionLog(stream, "gateways/bench", lambda model: 1.0, buffer=predictions + 1)
+    started = time.process_time()
+    for i in range(predictions):
+        log.offer("mlp", 1, f"req-{i}", request, response, "")
+    while log._queue or log._retry:
+        if not await log.flush():
+            raise RuntimeError("the event stream refused the prediction log")
+    return (time.process_time() - started) / predictions * 1e6
 
 
 # --- the gateway -----------------------------------------------------------------------
@@ -214,6 +238,7 @@ class Gateway:
     label: str
     port: int
     metrics: int
+    pid: int
 
 
 def counter(metrics_port: int, name: str) -> float:
@@ -256,7 +281,7 @@ def main() -> int:
         token = (work / "admin.token").read_text().strip()
         os.sched_setaffinity(0, {int(CLIENT_CORE)})
         print("appends: batches of 500 prediction events ...", flush=True)
-        rates = asyncio.run(appends(reg_port, procs[0].pid, token))
+        rates, costs = asyncio.run(appends(reg_port, procs[0].pid, token))
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         # The gateway part: the registry (every thread) moves to the client's core, as in
         # bench/gateway.py.
@@ -282,6 +307,7 @@ def main() -> int:
                 "--log-predictions", "1", "--event-stream", NATS_URL,
                 "--event-stream-name", nats_stream, "--event-subject-prefix", f"benchgw{tag}.events",
             ],
+            PLACEBO: ["--log-predictions", "0"],
         }  # fmt: skip
         for label, flags in setups.items():
             port, metrics = free_port(), free_port()
@@ -293,16 +319,27 @@ def main() -> int:
                 )
             )  # fmt: skip
             asyncio.run(wait_serving(port))
-            gateways.append(Gateway(label, port, metrics))
+            gateways.append(Gateway(label, port, metrics, procs[-1].pid))
         print("gateway unary@32, prediction logging off and at 100% ...", flush=True)
         cells: dict[str, list[Result]] = {}
+        cpu: dict[str, list[float]] = {}  # the gateway's CPU per request it answered, µs
         for round_ in range(GATEWAY_ROUNDS):
-            for gateway in gateways[round_ % 3 :] + gateways[: round_ % 3]:
+            turn = round_ % len(gateways)
+            for gateway in gateways[turn:] + gateways[:turn]:
+                served = counter(gateway.metrics, "liveml_gateway_requests_total")
+                used = cpu_seconds(gateway.pid)
                 result = measure(gateway.port, 64, False, 32, seconds=GATEWAY_SECONDS)
+                served = counter(gateway.metrics, "liveml_gateway_requests_total") - served
+                per_request = (cpu_seconds(gateway.pid) - used) / served * 1e6
                 cells.setdefault(gateway.label, []).append(result)
-                print(f"  {gateway.label}: {result.rate:,.0f} req/s", flush=True)
+                cpu.setdefault(gateway.label, []).append(per_request)
+                print(
+                    f"  {gateway.label}: {result.rate:,.0f} req/s, gateway CPU "
+                    f"{per_request:.0f} us/request",
+                    flush=True,
+                )
         logged = {}
-        for gateway in gateways[1:]:
+        for gateway in gateways[1:3]:
             # Wait for the buffer to drain, then read what each logging gateway stored.
             deadline = time.monotonic() + 30
             while counter(gateway.metrics, "liveml_gateway_prediction_buffer") > 0:
@@ -321,7 +358,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
         asyncio.run(drop_stream(nats_stream))
-    report(rates, cells, logged)
+    report(rates, costs, cells, cpu, logged)
     return 0
 
 
@@ -338,7 +375,9 @@ async def drop_stream(name: str) -> None:
 
 def report(
     rates: dict[tuple[str, int], list[Cell]],
+    costs: dict[str, list[float]],
     cells: dict[str, list[Result]],
+    cpu: dict[str, list[float]],
     logged: dict[str, tuple[float, float, float]],
 ) -> None:
     lines = [
@@ -365,23 +404,50 @@ def report(
         f"Gateway unary@32 (h2load, {GATEWAY_SECONDS:g} s cells, {GATEWAY_ROUNDS} rounds; ratio ="
         " median over rounds of each round's own ratio):",
         "",
-        "| gateway | req/s (all rounds) | p50 ms | p99 ms | logged / dropped / requests | ratio to off | goal |",
-        "|---|---|---|---|---|---|---|",
+        "| gateway | req/s (all rounds) | p50 ms | p99 ms | gateway CPU µs/request | logged / dropped / requests | ratio to off | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, results in cells.items():
         rate = sum(r.requests for r in results) / sum(r.seconds for r in results)
         p50 = statistics.median(r.p50_ms for r in results)
         p99 = statistics.median(r.p99_ms for r in results)
-        if label == OFF:
-            lines.append(f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | — | 1 | — |")
+        used = statistics.median(cpu[label])
+        if label in (OFF, PLACEBO) and label not in logged:
+            ratio = statistics.median(r.rate / o.rate for r, o in zip(results, off, strict=True))
+            lines.append(
+                f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {used:.0f} | — | {ratio:.2f} | — |"
+            )
             continue
         ratio = statistics.median(r.rate / o.rate for r, o in zip(results, off, strict=True))
         done, dropped, total = logged[label]
         mark = "✓" if ratio >= 0.9 else "✗"
         lines.append(
-            f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {done:,.0f} / {dropped:,.0f} / "
+            f"| {label} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {used:.0f} | {done:,.0f} / {dropped:,.0f} / "
             f"{total:,.0f} | {ratio:.2f} | ≥ 0.9 {mark} |"
         )
+    base = statistics.median(cpu[OFF])
+    lines += [
+        "",
+        "The gateways' CPU per request (it moves with the rate: fewer requests gathered per"
+        " message to the worker cost more each):"
+        + "".join(
+            f" {label} / off {statistics.median(cpu[label]) / base:.2f};"
+            for label in (LOG_SQL, LOG_NATS, PLACEBO)
+        ),
+        "",
+        "What logging costs the gateway, measured on its own: CPU per prediction through the"
+        " gateway's PredictionLog (offer, encode, batched append), in a process that does"
+        " nothing else, median of the rounds; and the unary@32 ratio it implies when the"
+        f" gateway's core is the bottleneck (off: {base:.0f} µs per request, above):",
+        "",
+        "| sink | CPU µs per logged prediction | implied ratio (100% / off) | goal |",
+        "|---|---|---|---|",
+    ]
+    for name, values in costs.items():
+        extra = statistics.median(values)
+        implied = base / (base + extra)
+        mark = "✓" if implied >= 0.9 else "✗"
+        lines.append(f"| {name} | {extra:.0f} | {implied:.2f} | ≥ 0.9 {mark} |")
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
         f"grpcio {version('grpcio')}, onnxruntime {version('onnxruntime')}, nats-py "
