@@ -18,7 +18,14 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
-from services.registry import event_stream, metrics, security, training_runs, workers
+from services.registry import (
+    event_stream,
+    metrics,
+    security,
+    training_runs,
+    worker_identity,
+    workers,
+)
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
 from services.registry.audit_chain import AuditChain
@@ -133,6 +140,13 @@ async def start(settings: RegistrySettings) -> Registry:
     await rechain_legacy(store, chain)
     if settings.auth:
         await bootstrap_admin(settings, store)
+    worker_identity.SHARED_TOKENS = settings.shared_worker_tokens
+    if settings.shared_worker_tokens:
+        log.warning(
+            "--shared-worker-tokens: a worker token not bound at creation may act for any "
+            "worker (register, heartbeat, leave, report windows); bind one per worker with "
+            "`liveml token create NAME --role worker --worker-id ID` to close that"
+        )
     artifacts = ArtifactStore(
         settings.artifact_dir, secrets.artifact_keys, settings.max_artifact_bytes
     )

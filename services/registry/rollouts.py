@@ -162,8 +162,14 @@ async def _hold(
     if force or before is None:
         return
     ready = await workers.ready_counts(tx.session, model.name)
-    served = serving.split(targets_of(before), fallback_of(before), ready)
-    after.fallback.extend(rpb.ServingShare(version=v, percent=p) for v, p in served.shares)
+    shares = serving.split(targets_of(before), fallback_of(before), ready).shares
+    if not shares:
+        # The registry sees nothing of it READY — its picture may be behind the data
+        # plane's (a lease lapsed under load while the worker still answers): keep what
+        # `before` meant to serve, and let gateways and workers judge READY themselves,
+        # rather than leave the new targets with nothing to fall back on.
+        shares = tuple(fallback_of(before)) or tuple((v, p) for v, p in targets_of(before) if p > 0)
+    after.fallback.extend(rpb.ServingShare(version=v, percent=p) for v, p in shares)
 
 
 async def _store(

@@ -123,6 +123,13 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
     alert_webhook: str | None = Field(
         None, description="URL that gets every alert change as a JSON POST."
     )
+    shared_worker_tokens: bool = Field(
+        False,
+        description="Let a worker token not bound at creation act for any worker (one "
+        "token for a scaled Deployment's pods) instead of binding to the first worker "
+        "that registers with it. Weaker: one worker's token can speak for another. "
+        "Tokens created with --worker-id stay bound.",
+    )
     import_max_bytes: int = Field(
         64 << 20, ge=1024, description="Largest file of examples one ImportExamples may carry."
     )

@@ -35,6 +35,18 @@ from services.registry.db import TokenRow, WorkerRow
 from services.registry.security import TokenPrincipal
 from services.registry.store import Tx, now_us
 
+# Set at start from `--shared-worker-tokens`: a worker token not bound at creation acts
+# for any worker (one Secret for a scaled Deployment's pods), as before binding existed.
+SHARED_TOKENS = False
+
+
+async def _shared(session: AsyncSession, principal: Principal) -> bool:
+    """A shared worker token (allowed by the registry and not bound at creation)."""
+    if not SHARED_TOKENS or not isinstance(principal, TokenPrincipal):
+        return False
+    row = await session.get(TokenRow, principal.token_id)
+    return row is not None and not row.worker_id_fixed
+
 
 def _restricted() -> Principal | None:
     """The caller if it is a worker credential (bound or to be bound), else None."""
@@ -55,7 +67,7 @@ async def register_as(tx: Tx, requested: str) -> str:
     """The worker id a RegisterWorker registers (`requested`, or "" for "mine or a new
     one"), binding an unbound worker token to it; PermissionDenied if it may not."""
     principal = _restricted()
-    if principal is None:
+    if principal is None or await _shared(tx.session, principal):
         return requested or secrets.token_hex(6)
     bound = await _bound_id(tx.session, principal)
     if bound and (not requested or requested == bound):
@@ -107,7 +119,7 @@ async def _moves(tx: Tx, principal: Principal, bound: str) -> bool:
 async def check_acts_as(tx: Tx, worker_id: str, action: str) -> None:
     """A worker credential may `action` (heartbeat, leave) only as its bound worker."""
     principal = _restricted()
-    if principal is None:
+    if principal is None or await _shared(tx.session, principal):
         return
     bound = await _bound_id(tx.session, principal)
     if not bound:
@@ -134,6 +146,8 @@ async def check_windows(session: AsyncSession, windows: Iterable[rpb.Window]) ->
                     f"{principal.name} (role gateway) may report only WINDOW_SOURCE_GATEWAY "
                     f"windows; got {rpb.WindowSource.Name(window.source)}"
                 )
+        return
+    if await _shared(session, principal):
         return
     bound = await _bound_id(session, principal)
     for window in windows:

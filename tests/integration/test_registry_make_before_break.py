@@ -183,3 +183,20 @@ async def test_a_lapsed_lease_is_renewed_until_the_sweep_removes_it(
     assert not (await client.ListWorkers(rpb.ListWorkersRequest())).workers
     events = (await client.ListAuditEvents(rpb.ListAuditEventsRequest(page_size=50))).events
     assert [e.action for e in events].count("ExpireWorker") == 1
+
+
+async def test_a_swap_while_the_registry_sees_nothing_ready_keeps_what_served(
+    iris: RunningRegistry,
+) -> None:
+    """No worker READY in the registry's picture (a lease lapsed under load while the
+    worker still answers): the fallback still names what served, for the data plane to
+    judge, never nothing."""
+    client = iris.client()
+    await client.UpdateRollout(rollout((1, 100)))
+    swapped = (await client.UpdateRollout(rollout((2, 100)))).rollout
+    assert [(f.version, f.percent) for f in swapped.fallback] == [(1, 100.0)]
+    # Again before anything was READY: v1 is still what answers, not v2.
+    again = (await client.UpdateRollout(rollout((3, 100)))).rollout
+    assert [(f.version, f.percent) for f in again.fallback] == [(1, 100.0)]
+    forced = (await client.UpdateRollout(rollout((2, 100), force=True))).rollout
+    assert not forced.fallback

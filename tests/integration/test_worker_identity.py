@@ -249,3 +249,37 @@ async def test_cli_creates_a_bound_worker_token(iris: RunningRegistry) -> None:
         grpc.StatusCode.PERMISSION_DENIED,
         "is bound to worker workers/w7; it may not register as workers/w8",
     )
+
+
+async def test_shared_worker_tokens_are_an_explicit_opt_out(db_url: str, tmp_path: Path) -> None:
+    """`--shared-worker-tokens` (one Secret for a scaled Deployment's pods): a token not
+    bound at creation registers and heartbeats several workers; one bound at creation
+    stays bound."""
+    from tests.helpers.registry import registry_settings, running_registry
+
+    settings = registry_settings(db_url, tmp_path, shared_worker_tokens=True)
+    async with running_registry(settings) as registry:
+        client = registry.client()
+        await client.CreateModel(rpb.CreateModelRequest(model_id="iris"))
+        await push(client, "iris", linear(tmp_path / "v1.onnx").read_bytes())
+        fleet = await bound(registry)
+        for name in ("w1", "w2"):
+            await fleet.RegisterWorker(register(name))
+            await fleet.Heartbeat(rpb.HeartbeatRequest(name=f"workers/{name}"))
+        tokens = (await client.ListTokens(rpb.ListTokensRequest())).tokens
+        assert [t.worker_id for t in tokens if t.role == rpb.ROLE_WORKER] == [""]
+        pinned = await bound(registry, "w9")
+        await expect_error(
+            pinned.Heartbeat(rpb.HeartbeatRequest(name="workers/w1")),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "is bound to worker workers/w9; it may not heartbeat as workers/w1",
+        )
+    # The next registry started without it binds again.
+    async with running_registry(registry_settings(db_url, tmp_path)) as registry:
+        fresh = await bound(registry)
+        await fresh.RegisterWorker(register("w7"))
+        await expect_error(
+            fresh.RegisterWorker(register("w8")),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "is bound to worker workers/w7",
+        )
