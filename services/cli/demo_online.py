@@ -302,7 +302,7 @@ class OnlineDemo:
         training = tpb_grpc.TrainingServiceStub(channel)  # type: ignore[no-untyped-call]
         tokens = {}
         roles = (
-            (rpb.ROLE_WORKER, "demo data plane"),
+            (rpb.ROLE_GATEWAY, "demo gateway"),
             (rpb.ROLE_TRAINER, "demo"),
             (rpb.ROLE_INGEST, "demo seed"),
         )
@@ -311,18 +311,25 @@ class OnlineDemo:
                 rpb.CreateTokenRequest(display_name=display, role=role), metadata=md
             )
             tokens[role] = made.secret
-        plane = {"LIVEML_REGISTRY_TOKEN": tokens[rpb.ROLE_WORKER], "LIVEML_REPORT_SECONDS": "0.5"}
+        plane = {"LIVEML_REPORT_SECONDS": "0.5"}
         ports = {"worker-1": free_port(), "worker-2": free_port(), "gateway": free_port()}
         w = self.workdir
         for name in ("worker-1", "worker-2"):
+            # Each worker its own token, bound to its id (one cannot act for another).
+            made = await stub.CreateToken(
+                rpb.CreateTokenRequest(
+                    display_name=f"demo {name}", role=rpb.ROLE_WORKER, worker_id=name
+                ),
+                metadata=md,
+            )
             self.services.start(
-                name, plane,
+                name, {**plane, "LIVEML_REGISTRY_TOKEN": made.secret},
                 "worker", "serve", "--registry", registry, "--port", str(ports[name]),
                 "--metrics-port", "-1", "--worker-id", name, "--cache-dir", str(w / name),
                 "--heartbeat-seconds", "0.5", "--drain-grace", "1",
             )  # fmt: skip
         self.services.start(
-            "gateway", plane,
+            "gateway", {**plane, "LIVEML_REGISTRY_TOKEN": tokens[rpb.ROLE_GATEWAY]},
             "gateway", "serve", "--registry", registry, "--port", str(ports["gateway"]),
             "--metrics-port", "-1",
         )  # fmt: skip
