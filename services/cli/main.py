@@ -73,17 +73,37 @@ def demo(
 @demo_app.command("online")
 def demo_online(
     out: Path = typer.Option(
-        Path(".liveml/demo-online"), "--out", help="Folder for the plot (PNG) and the summary."
+        Path(".liveml/demo-online"),
+        "--out",
+        envvar="LIVEML_DEMO_ONLINE_OUT",
+        help="Folder for the plot (PNG) and the summary.",
     ),
     keep: Path | None = typer.Option(
-        None, "--keep", help="Keep the processes' database, artifacts and logs in this folder."
+        None,
+        "--keep",
+        envvar="LIVEML_DEMO_ONLINE_DIR",
+        help="Keep the processes' database, artifacts and logs in this folder.",
     ),
     phase_examples: int = typer.Option(
-        6000, "--phase-examples", min=500, help="Examples of each concept, at least."
+        6000,
+        "--phase-examples",
+        min=500,
+        envvar="LIVEML_DEMO_ONLINE_PHASE_EXAMPLES",
+        help="Examples of each concept, at least.",
     ),
-    rate: int = typer.Option(600, "--rate", min=10, help="Examples ingested per second."),
+    rate: int = typer.Option(
+        600,
+        "--rate",
+        min=10,
+        envvar="LIVEML_DEMO_ONLINE_RATE",
+        help="Examples ingested per second.",
+    ),
     phase_seconds: float = typer.Option(
-        120.0, "--phase-seconds", min=5, help="A phase not recovered by then fails the demo."
+        120.0,
+        "--phase-seconds",
+        min=5,
+        envvar="LIVEML_DEMO_ONLINE_PHASE_SECONDS",
+        help="A phase not recovered by then fails the demo.",
     ),
 ) -> None:
     """An online model tracks a concept that drifts twice while a static one decays:
