@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP) $(BUF)
 proto: $(STAMP)
 	$(PY) -m services.common.protogen
 
-bench: bench-worker bench-gateway bench-trainer bench-events
+bench: bench-worker bench-gateway bench-trainer bench-events bench-online
 
 # Needs h2load (Debian package nghttp2-client, installed here if missing) and builds
 # KServe's venv in bench/.kserve-venv on first use.
@@ -56,6 +56,11 @@ bench-trainer: $(STAMP)
 bench-events: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/events.py
+
+# Online learner: examples/s on one core, freshness, 0 failures while publishing every
+# second (BENCH_ONLINE_FLAGS="--duration 30" for a trial; the recorded run is 300 s).
+bench-online: $(STAMP)
+	$(PY) bench/online.py $(BENCH_ONLINE_FLAGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,8 @@ Files already there are kept, so running it again changes nothing:
 
     artifact_key            base64 AES-256 key: artifacts are encrypted at rest
     artifact_old_keys       retired keys, "id:base64,id:base64" (empty until a rotation)
+    audit_key               base64 HMAC-SHA256 key of the registry's audit trail
+    audit_old_keys          retired audit keys, "id:base64,id:base64" (empty until a rotation)
     postgres_password       PostgreSQL password of the `liveml` user
     grafana_admin_password  Grafana's `admin` password
     checkpoint_key          base64 key that seals online learners' checkpoints
@@ -56,6 +58,8 @@ def make_secrets(
         # No trailing newline: not every reader of a secret file strips one.
         "artifact_key": base64.b64encode(os.urandom(32)).decode(),
         "artifact_old_keys": "",
+        "audit_key": base64.b64encode(os.urandom(32)).decode(),
+        "audit_old_keys": "",
         "postgres_password": secrets.token_urlsafe(24),
         "grafana_admin_password": secrets.token_urlsafe(18),
         "checkpoint_key": base64.b64encode(os.urandom(32)).decode(),

@@ -27,8 +27,10 @@ T = TypeVar("T")
 REGISTRY_ENV = {
     "LIVEML_CONTROLLER_SECONDS": "0.25",
     "LIVEML_MONITOR_SECONDS": "0.5",
-    # Live accuracy over the last 10 s: a shift in the concept shows within seconds.
-    "LIVEML_MONITOR_WINDOW_SECONDS": "10",
+    # Live accuracy over the last 20 s: AccuracyDrop fires ~14 s after a shift in the
+    # concept, once its labels are two thirds of the window's and the trainer's window
+    # (the newest 300 examples) is all of the new concept.
+    "LIVEML_MONITOR_WINDOW_SECONDS": "20",
     # AccuracyDrop: 0.3 below the version's holdout accuracy, over 50 or more labels.
     "LIVEML_ACCURACY_ALERT_DROP": "0.3",
     "LIVEML_ACCURACY_ALERT_FEEDBACK": "50",
@@ -129,31 +131,35 @@ async def start(services: Services) -> Cluster:
     stub = rpb_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
     md = (("authorization", f"Bearer {(w / 'admin.token').read_text().strip()}"),)
 
-    async def token(name: str, role: int) -> str:
+    async def token(name: str, role: int, worker_id: str = "") -> str:
         made = await stub.CreateToken(
-            rpb.CreateTokenRequest(display_name=name, role=role),  # type: ignore[arg-type]
+            rpb.CreateTokenRequest(
+                display_name=name,
+                role=role,  # type: ignore[arg-type]
+                worker_id=worker_id,
+            ),
             metadata=md,
         )
         return str(made.secret)
 
-    plane = {
-        "LIVEML_REGISTRY_TOKEN": await token("demo data plane", rpb.ROLE_WORKER),
-        "LIVEML_REPORT_SECONDS": "0.5",
-    }
+    # Each worker its own token, bound to its id; the gateway its own role.
+    plane = {"LIVEML_REPORT_SECONDS": "0.5"}
+    gateway = {**plane, "LIVEML_REGISTRY_TOKEN": await token("demo gateway", rpb.ROLE_GATEWAY)}
     trainer = {"LIVEML_REGISTRY_TOKEN": await token("demo trainer", rpb.ROLE_TRAINER)}
     ingest = await token("demo data upload", rpb.ROLE_INGEST)
     ports = {n: free_port() for n in ("worker-1", "worker-2", "gateway", "trainer")}
     for name in ("worker-1", "worker-2"):
+        bound = await token(f"demo {name}", rpb.ROLE_WORKER, name)
         services.start(
             name,
-            plane,
+            {**plane, "LIVEML_REGISTRY_TOKEN": bound},
             "worker", "serve", "--registry", registry, "--port", str(ports[name]),
             "--metrics-port", "-1", "--worker-id", name, "--cache-dir", str(w / name),
-            "--heartbeat-seconds", "0.5", "--drain-grace", "1",
+            "--heartbeat-seconds", "1", "--drain-grace", "1",
         )  # fmt: skip
     services.start(
         "gateway",
-        plane,
+        gateway,
         "gateway", "serve", "--registry", registry, "--port", str(ports["gateway"]),
         "--metrics-port", "-1", "--log-predictions", "1.0",
     )  # fmt: skip

@@ -62,11 +62,11 @@ def summary(
             gate += "; FAILED " + ", ".join(f.name for f in failed)
         trained.add_row(
             str(run.number),
-            f"{trigger(run)}: {run.reasons[0][:60] if run.reasons else ''}",
+            "; ".join(run.reasons)[:90],
             state(run),
             gate,
             f"v{run.version}" if run.version else "-",
-            run.canary_decision[:80] or "-",
+            ": ".join(run.canary_decision.split(": ")[:2]) or "-",
         )
     console.print(trained)
     numbers = Table(title="per version, as the controller saw it (last 10 minutes)")

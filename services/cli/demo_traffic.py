@@ -9,6 +9,7 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,13 +47,27 @@ class Concept:
         return x.astype(np.float32), y
 
 
-def concepts() -> tuple[Concept, Concept]:
-    """Two concepts at right angles: a model of one is right half the time on the other."""
+def _turned(a: npt.NDArray[np.float64], other: npt.NDArray[np.float64], degrees: float) -> Any:
+    """`a` turned by `degrees` towards `other` (same length)."""
+    ortho = other - (other @ a) / (a @ a) * a
+    ortho *= np.linalg.norm(a) / np.linalg.norm(ortho)
+    angle = np.radians(degrees)
+    return np.cos(angle) * a + np.sin(angle) * ortho
+
+
+def concepts() -> tuple[Concept, Concept, Concept]:
+    """The concept of the history file (A0), the live one (A, 30 degrees on: the world
+    moved since the history was recorded, so a model of A0 is right ~83% of the time on
+    A), and the one it shifts to (B, at right angles to A: a model of A is right half
+    the time on it)."""
     rng = np.random.default_rng(11)
     a = rng.normal(size=WIDTH)
-    b = rng.normal(size=WIDTH)
-    b -= (b @ a) / (a @ a) * a
-    return Concept("A", a), Concept("B", b * np.linalg.norm(a) / np.linalg.norm(b))
+    other = rng.normal(size=WIDTH)
+    return (
+        Concept("A0", _turned(a, other, -30)),
+        Concept("A", a),
+        Concept("B", _turned(a, other, 90)),
+    )
 
 
 def write_csv(path: Path, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> Path:
@@ -81,7 +96,7 @@ class Traffic:
 
     address: str
     concept: Concept
-    clients: int = 4
+    clients: int = 24  # each waits for its answer and its feedback's: many, each slow
     rate: float = 80.0
     labels: bool = True
     phase: str = ""

@@ -48,8 +48,13 @@ def version() -> None:
     )
 
 
-@app.command()
+demo_app = typer.Typer(invoke_without_command=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback()
 def demo(
+    ctx: typer.Context,
     keep: Path | None = typer.Option(
         None,
         "--keep",
@@ -58,9 +63,35 @@ def demo(
     ),
 ) -> None:
     """Run the live-update demo on the embedded default (SQLite, local artifacts)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from services.cli.demo import main as run_demo
 
     raise typer.Exit(run_demo(keep))
+
+
+@demo_app.command("online")
+def demo_online(
+    out: Path = typer.Option(
+        Path(".liveml/demo-online"), "--out", help="Folder for the plot (PNG) and the summary."
+    ),
+    keep: Path | None = typer.Option(
+        None, "--keep", help="Keep the processes' database, artifacts and logs in this folder."
+    ),
+    phase_examples: int = typer.Option(
+        6000, "--phase-examples", min=500, help="Examples of each concept, at least."
+    ),
+    rate: int = typer.Option(600, "--rate", min=10, help="Examples ingested per second."),
+    phase_seconds: float = typer.Option(
+        120.0, "--phase-seconds", min=5, help="A phase not recovered by then fails the demo."
+    ),
+) -> None:
+    """An online model tracks a concept that drifts twice while a static one decays:
+    a plot of both accuracies and a summary (exit 0 only if what it claims held)."""
+    from services.cli.demo_online import Size
+    from services.cli.demo_online import main as run_online
+
+    raise typer.Exit(run_online(out, keep, Size(phase_examples, rate, phase_seconds)))
 
 
 @tls_app.command("init")

@@ -49,7 +49,7 @@ rollout_app = typer.Typer(
     help="Rollouts: which versions serve a model's traffic.", no_args_is_help=True
 )
 token_app = typer.Typer(help="Access tokens for people, workers and clients.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+audit_app = typer.Typer(help="The HMAC-chained audit trail.", no_args_is_help=True)
 
 stdout = Console()
 
@@ -930,6 +930,15 @@ def token_create(
             "--secret-only", help="Print only the secret on stdout (e.g. into a token file)."
         ),
     ] = False,
+    worker_id: Annotated[
+        str,
+        typer.Option(
+            "--worker-id",
+            metavar="ID",
+            help="Role worker: the one worker id the token may act as (default: the id "
+            "of its first RegisterWorker).",
+        ),
+    ] = "",
 ) -> None:
     """Create an access token and print its secret (the only time it is shown)."""
     if secret_only and json_output:
@@ -938,6 +947,7 @@ def token_create(
         display_name=name,
         role=f"ROLE_{role.name}",
         ttl=_ttl(ttl) if ttl is not None else None,
+        worker_id=worker_id,
     )
     with connect(conn) as registry:
         resp: rpb.CreateTokenResponse = registry.CreateToken(request)
@@ -953,6 +963,7 @@ def token_create(
                 ("name", token.name),
                 ("display name", token.display_name),
                 ("role", _short(rpb.Role, token.role)),
+                *([("worker", f"workers/{token.worker_id}")] if token.worker_id else []),
                 ("expires", _time(token.expire_time)),
             ],
             title="token created",
@@ -1044,7 +1055,7 @@ def audit_list(
 @audit_app.command("verify")
 @connected
 def audit_verify(conn: Connection, json_output: JsonFlag = False) -> None:
-    """Check the audit trail's hash chain; exit 1 if it is broken."""
+    """Check the audit trail's HMAC chain and checkpoint; exit 1 naming the first bad event."""
     with connect(conn) as registry:
         resp: rpb.VerifyAuditResponse = registry.VerifyAudit(rpb.VerifyAuditRequest())
     if json_output:
@@ -1058,4 +1069,9 @@ def audit_verify(conn: Connection, json_output: JsonFlag = False) -> None:
         )
         raise typer.Exit(1)
     if not json_output:
-        stdout.print(Text(f"audit trail intact: {resp.events_checked} events"))
+        stdout.print(
+            Text(
+                f"audit trail intact: {resp.events_checked} events (HMAC key "
+                f"{resp.key_id}, signed checkpoint at #{resp.checkpoint_sequence})"
+            )
+        )

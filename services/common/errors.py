@@ -64,6 +64,10 @@ class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class DataLoss(ServiceError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

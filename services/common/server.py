@@ -1,6 +1,7 @@
 """The one server bootstrap every liveml service uses.
 
-It builds a grpc.aio server with raised message limits, the standard health
+It builds a grpc.aio server with raised message limits, requests decoded so that a
+malformed one is INVALID_ARGUMENT (`decoding`), the standard health
 service (for Kubernetes probes), server reflection (for grpcurl / `buf curl`),
 tracing and auth interceptors, TLS or mutual TLS from the settings, and a
 Prometheus endpoint; and it shuts down gracefully on SIGTERM: health turns
@@ -16,14 +17,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import telemetry
+from services.common import decoding, telemetry
 from services.common.auth import Authenticator, AuthInterceptor, Role
 from services.common.config import ServerSettings
 from services.common.tls import server_credentials
@@ -103,16 +104,19 @@ async def start_server(
         interceptors=chain or None, options=grpc_options(settings.max_message_bytes)
     )
 
-    services = list(register(server))
+    # Every service decodes through `decoding`: a request that is not valid protobuf is
+    # INVALID_ARGUMENT naming the message expected, not grpc's UNKNOWN.
+    guarded = cast(aio.Server, decoding.Guarded(server))
+    services = list(register(guarded))
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, guarded)
     reflection.enable_server_reflection(
         [
             *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
-        server,
+        guarded,
     )
 
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)

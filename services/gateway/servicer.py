@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ import grpc
 from grpc import aio
 from opentelemetry import propagate
 
-from services.common import parameters, telemetry, v2
+from services.common import decoding, parameters, telemetry, v2
 from services.common.errors import InvalidArgument, ServiceError, Unavailable, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -38,6 +39,8 @@ from services.gateway.routing import RoutingTable
 from services.gateway.shadow import Shadow
 from services.gateway.upstream import UpstreamDown, UpstreamPool
 
+log = logging.getLogger(__name__)
+
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 SERVICE = "inference.GRPCInferenceService"
 # A worker's answer that says "not here" (draining, loading, or a version it no longer
@@ -45,6 +48,7 @@ SERVICE = "inference.GRPCInferenceService"
 ELSEWHERE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.NOT_FOUND.value[0]}
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 STREAM_WINDOW = 128
+INFER_REQUEST = pb.ModelInferRequest.DESCRIPTOR.full_name
 # Longest a request waits for a newer routing table when its version was just retired.
 TABLE_WAIT = 2.0
 # Longest a request waits for the first routing table of a gateway that just started.
@@ -156,13 +160,20 @@ class Router:
         try:
             routing = wire.routing(data)
         except wire.WireError as exc:
-            raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+            raise InvalidArgument(decoding.Malformed(INFER_REQUEST, str(exc)).message) from None
         await self._first_table(deadline)
         table = self.table()
         route = table.route(routing.model_name)
         sticky = routing.parameters.get(route.sticky_key) if route.sticky_key else None
+        where = f"parameter {route.sticky_key!r}"
         if sticky is None and metadata:
             sticky = next((v for k, v in metadata if k == self.route_key_header), None)
+            where = f"metadata {self.route_key_header!r}"
+        if sticky and not sticky.strip():
+            # Every blank key would hash to the same side: refused rather than pinned there.
+            raise InvalidArgument(
+                f"sticky key ({where}) is blank: send a value that identifies the client, or none"
+            )
         traceparent = ""
         if telemetry.tracing_enabled():
             # The worker stream is shared, so the trace context travels in the request.
@@ -276,12 +287,11 @@ class InferenceFront:
             try:
                 reply, _ = await self.router.infer(data, metadata, None)
             except ServiceError as exc:
-                request_id = ""
-                with contextlib.suppress(wire.WireError):
-                    request_id = wire.routing(data).id
-                return pb.ModelStreamInferResponse(
-                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=request_id)
-                ).SerializeToString()
+                return _stream_failure(data, exc.message, exc.code)
+            except Exception as exc:  # one request's failure never ends the client's stream
+                log.exception("stream request failed")
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                return _stream_failure(data, message, grpc.StatusCode.INTERNAL)
             final = wire.length_delimited(1, b"triton_final_response") + wire.length_delimited(
                 2, b"\x08\x01"
             )
@@ -291,6 +301,18 @@ class InferenceFront:
 
         async for response in self.streams.serve(requests, answer):
             yield response
+
+
+def _stream_failure(data: bytes, message: str, code: grpc.StatusCode) -> bytes:
+    """One request's error on a stream, with its status code (as a worker sends it)."""
+    request_id = ""
+    with contextlib.suppress(wire.WireError):
+        request_id = wire.routing(data).id
+    failed = pb.ModelInferResponse(id=request_id)
+    failed.parameters[parameters.STATUS].int64_param = code.value[0]
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=failed
+    ).SerializeToString()
 
 
 class ControlFront:

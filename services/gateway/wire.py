@@ -47,6 +47,8 @@ def fields(data: bytes | memoryview) -> list[tuple[int, int, int | memoryview]]:
     while pos < end:
         key, pos = _varint(view, pos)
         number, kind = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
         if kind == 0:
             value, pos = _varint(view, pos)
             out.append((number, kind, value))
@@ -56,12 +58,12 @@ def fields(data: bytes | memoryview) -> list[tuple[int, int, int | memoryview]]:
                 raise WireError("truncated field")
             out.append((number, kind, view[pos : pos + length]))
             pos += length
-        elif kind == 1:
-            out.append((number, kind, int.from_bytes(view[pos : pos + 8], "little")))
-            pos += 8
-        elif kind == 5:
-            out.append((number, kind, int.from_bytes(view[pos : pos + 4], "little")))
-            pos += 4
+        elif kind in (1, 5):
+            size = 8 if kind == 1 else 4
+            if pos + size > end:
+                raise WireError("truncated field")
+            out.append((number, kind, int.from_bytes(view[pos : pos + size], "little")))
+            pos += size
         else:
             raise WireError(f"unsupported wire type {kind}")
     return out
@@ -89,22 +91,30 @@ def _parameter_text(data: memoryview) -> str:
     return ""
 
 
+def _text(value: memoryview, what: str) -> str:
+    """A string field, which protobuf requires to be UTF-8 (the worker would refuse it)."""
+    try:
+        return bytes(value).decode()
+    except UnicodeDecodeError:
+        raise WireError(f"{what} is not valid UTF-8") from None
+
+
 def routing(data: bytes) -> Routing:
     found = Routing()
     for number, _, value in fields(data):
         if not isinstance(value, memoryview):
             continue
         if number == MODEL_NAME:
-            found.model_name = bytes(value).decode()
+            found.model_name = _text(value, "model_name")
         elif number == MODEL_VERSION:
-            found.model_version = bytes(value).decode()
+            found.model_version = _text(value, "model_version")
         elif number == ID:
-            found.id = bytes(value).decode()
+            found.id = _text(value, "id")
         elif number == PARAMETERS:
             key, param = "", None
             for entry_number, _, entry_value in fields(value):
                 if entry_number == 1 and isinstance(entry_value, memoryview):
-                    key = bytes(entry_value).decode()
+                    key = _text(entry_value, "a parameter's name")
                 elif entry_number == 2 and isinstance(entry_value, memoryview):
                     param = entry_value
             if param is not None:

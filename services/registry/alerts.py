@@ -159,7 +159,7 @@ class Alerts:
         if model:
             query = query.where(AlertRow.model == model)
         if page_token:
-            query = query.where(AlertRow.id < int(names.decode_page(page_token)))
+            query = query.where(AlertRow.id < names.decode_page_number(page_token))
         async with self.store.read() as session:
             rows, token = await page(
                 session, query.order_by(AlertRow.id.desc()), size, lambda r: r.id

@@ -37,12 +37,14 @@ class Tail:
 
 
 def tail(stable: Latency | None, candidate: Latency | None) -> Tail | None:
-    """The comparison of the two latency histograms, or None with too few samples."""
+    """The comparison of the two latency histograms (None without them); with too few
+    samples, a comparison of nothing, which `judge` reports as "no data": the raw p99
+    of a dozen requests is their slowest one, a single hiccup of a busy machine."""
     if stable is None or candidate is None:
         return None
     n = min(sum(stable[1]), sum(candidate[1]))
     if n < MIN_LATENCY_SAMPLES:
-        return None
+        return Tail(0.99, 0.0, 0.0, n)
     q = min(0.99, 1 - TAIL_SAMPLES / n)
     return Tail(q, quantile(*stable, q), quantile(*candidate, q), n)
 

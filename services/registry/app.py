@@ -21,8 +21,10 @@ from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
 from services.registry import event_stream, metrics, security, training_runs, workers
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
+from services.registry.audit_chain import AuditChain
+from services.registry.audit_legacy import rechain_legacy
 from services.registry.controller import Controller
-from services.registry.secrets import resolved_secrets, supplied_admin_token
+from services.registry.secrets import Secrets, SecretsError, resolved_secrets, supplied_admin_token
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, wait_for_database
@@ -99,6 +101,19 @@ async def bootstrap_admin(settings: RegistrySettings, store: Store) -> None:
         log.info("bootstrap admin token %s taken from %s", token.name, settings.admin_token_file)
 
 
+def audit_chain(settings: RegistrySettings, secrets: Secrets) -> AuditChain:
+    """The audit keys: --audit-key if given, else the registry's own key file."""
+    directory = settings.artifact_dir / "audit"
+    if secrets.audit_keys is not None:
+        return AuditChain(secrets.audit_keys, directory)
+    try:
+        return AuditChain.local(
+            settings.artifact_dir, settings.audit_key_id, secrets.audit_old_keys
+        )
+    except ValueError as exc:  # names the file, never the key
+        raise SecretsError(str(exc)) from None
+
+
 async def _every(seconds: float, what: str, job: Callable[[], Awaitable[None]]) -> None:
     while True:
         await asyncio.sleep(seconds)
@@ -111,9 +126,11 @@ async def _every(seconds: float, what: str, job: Callable[[], Awaitable[None]]) 
 async def start(settings: RegistrySettings) -> Registry:
     """Start a registry; SecretsError if a secret setting is unusable (the message says why)."""
     secrets = resolved_secrets(settings)
+    chain = audit_chain(settings, secrets)
     await wait_for_database(secrets.database_url)
-    store = Store(secrets.database_url)
+    store = Store(secrets.database_url, audit=chain)
     await store.migrate()
+    await rechain_legacy(store, chain)
     if settings.auth:
         await bootstrap_admin(settings, store)
     artifacts = ArtifactStore(

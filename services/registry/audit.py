@@ -1,4 +1,19 @@
-"""Reading and verifying the hash-chained audit trail (writing is `Tx.audit`)."""
+"""Reading and verifying the HMAC-chained audit trail (writing is `Tx.audit`).
+
+What is checked, and why it catches a database writer without the audit key
+(services/registry/audit_chain.py has the keys and the checkpoint):
+
+- sequences run 1, 2, 3... with no gap: a deleted middle event is named;
+- every event carries a key id that is configured and a MAC over its content, its
+  sequence and the previous event's MAC: an edited, inserted, swapped or re-chained event
+  (a plain sha256 is all an attacker without the key can compute) fails at the first one
+  touched;
+- the signed checkpoint outside the database holds the head's sequence and MAC: a cut
+  tail (even with the head in the database lowered to match) or a trail rewritten up to
+  the checkpoint is named;
+- the database's `meta.audit_head` must equal the last event: raised or lowered, it is
+  named too.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
+from services.registry.audit_chain import AuditChain, Checkpoint
 from services.registry.db import AuditRow, Meta
-from services.registry.store import GENESIS_HASH, audit_hash, page
+from services.registry.store import GENESIS_HASH, page
 
 
 def event_proto(row: AuditRow) -> rpb.AuditEvent:
@@ -24,6 +40,7 @@ def event_proto(row: AuditRow) -> rpb.AuditEvent:
         details=row.details,
         previous_hash=row.previous_hash,
         hash=row.hash,
+        key_id=row.key_id,
     )
     event.time.FromMicroseconds(row.time_us)
     return event
@@ -36,7 +53,7 @@ async def list_events(
     if target:
         query = query.where(AuditRow.target == target)
     if page_token:
-        query = query.where(AuditRow.sequence < int(names.decode_page(page_token)))
+        query = query.where(AuditRow.sequence < names.decode_page_number(page_token))
     rows, token = await page(session, query.order_by(AuditRow.sequence.desc()), size, _sequence)
     return [event_proto(r) for r in rows], token
 
@@ -51,15 +68,15 @@ class Verdict:
     checked: int
     first_bad: int = 0
     problem: str = ""
+    checkpoint: int = 0
 
 
-async def verify(session: AsyncSession, batch: int = 1000) -> Verdict:
-    """Walk the chain: each row's hash must match its content and link to the previous row.
-
-    An edited row fails its own hash; a deleted row leaves a gap in the sequence and
-    a broken link in the row after it.
-    """
-    expected_sequence, previous, checked, last_seen = 1, GENESIS_HASH, 0, 0
+async def verify(session: AsyncSession, chain: AuditChain, batch: int = 1000) -> Verdict:
+    """Walk the chain from event #1; the first event found wrong is named, with why."""
+    # Read before the database: the checkpoint is written after commit, so every event
+    # it vouches for is already visible to the reads that follow.
+    checkpoint = chain.read_checkpoint()
+    expected, previous, last_seen = 1, GENESIS_HASH, 0
     while True:
         rows = (
             (
@@ -75,36 +92,98 @@ async def verify(session: AsyncSession, batch: int = 1000) -> Verdict:
         )
         if not rows:
             head = (await session.execute(select(Meta.audit_head))).scalar_one()
-            if head > checked:
-                return Verdict(
-                    False,
-                    checked,
-                    checked + 1,
-                    f"events #{checked + 1} to #{head} are missing: the trail ends early",
-                )
-            return Verdict(True, checked)
+            newer = select(AuditRow.sequence).where(AuditRow.sequence > last_seen)
+            more = (await session.execute(newer)).first()
+            if more is not None:  # committed while this walk read (PostgreSQL)
+                continue
+            return _ending(last_seen, int(head), checkpoint)
         for row in rows:
-            if row.sequence != expected_sequence:
+            problem = _row_problem(row, expected, previous, chain, checkpoint)
+            if problem:
+                bad = expected if row.sequence != expected else row.sequence
+                return Verdict(False, expected - 1, bad, problem, checkpoint.sequence)
+            if checkpoint.ok and row.sequence == checkpoint.sequence and row.hash != checkpoint.mac:
                 return Verdict(
                     False,
-                    checked,
-                    expected_sequence,
-                    f"event #{expected_sequence} is missing (next present is #{row.sequence})",
-                )
-            if row.previous_hash != previous:
-                return Verdict(
-                    False,
-                    checked,
+                    expected - 1,
                     row.sequence,
-                    f"event #{row.sequence} does not link to event #{row.sequence - 1}",
+                    f"event #{row.sequence} is not the one the signed checkpoint vouches for: "
+                    "the trail was cut back and written again from here or before",
+                    checkpoint.sequence,
                 )
-            if audit_hash(row) != row.hash:
-                return Verdict(
-                    False,
-                    checked,
-                    row.sequence,
-                    f"event #{row.sequence} ({row.action} on {row.target}) was altered: "
-                    "its content no longer matches its hash",
-                )
-            previous, expected_sequence, checked = row.hash, row.sequence + 1, checked + 1
+            previous, expected = row.hash, row.sequence + 1
         last_seen = rows[-1].sequence
+
+
+def _row_problem(
+    row: AuditRow, expected: int, previous: str, chain: AuditChain, checkpoint: Checkpoint
+) -> str:
+    seq = row.sequence
+    if seq != expected:
+        return f"event #{expected} is missing (next present is #{seq})"
+    if not row.key_id:
+        return (
+            f"event #{seq} ({row.action} on {row.target}) carries no MAC, only an unkeyed "
+            "hash: it was inserted or rewritten without the audit key"
+        )
+    if row.key_id not in chain.keys.keys:
+        return (
+            f"event #{seq} was MACed with audit key {row.key_id!r}, which is not configured "
+            "(--audit-key-id / --audit-old-keys)"
+        )
+    if row.previous_hash != previous:
+        return f"event #{seq} does not link to event #{seq - 1}: events were swapped or replaced"
+    if not chain.check(row):
+        suspect = ""
+        if checkpoint.problem and checkpoint.key_id == row.key_id:
+            suspect = (
+                f"; the signed checkpoint does not verify with key {row.key_id!r} either, so "
+                "that key is probably not the one the trail was written with"
+            )
+        return (
+            f"event #{seq} ({row.action} on {row.target}) was altered: its content no longer "
+            f"matches its MAC under audit key {row.key_id!r}{suspect}"
+        )
+    return ""
+
+
+def _ending(last: int, head: int, checkpoint: Checkpoint) -> Verdict:
+    """The checks of the trail's end: the database's head and the signed checkpoint."""
+    at = checkpoint.sequence
+    if checkpoint.problem:
+        return Verdict(False, last, at or last, checkpoint.problem, at)
+    if checkpoint.missing and last:
+        return Verdict(
+            False,
+            last,
+            last,
+            "the signed checkpoint is missing (ARTIFACT_DIR/audit/checkpoint.json): the "
+            f"trail's end (#{last}) cannot be vouched for",
+        )
+    if at > last:
+        return Verdict(
+            False,
+            last,
+            last + 1,
+            f"events #{last + 1} to #{at} are missing: the trail ends at #{last}, its signed "
+            f"checkpoint is at #{at} (the tail was deleted)",
+            at,
+        )
+    if head > last:
+        return Verdict(
+            False,
+            last,
+            last + 1,
+            f"events #{last + 1} to #{head} are missing: the trail ends early at #{last} "
+            f"(the database's audit head says #{head}, the signed checkpoint #{at})",
+            at,
+        )
+    if head < last:
+        return Verdict(
+            False,
+            last,
+            head + 1,
+            f"event #{head + 1} is past the database's audit head (#{head}): the head was lowered",
+            at,
+        )
+    return Verdict(True, last, checkpoint=at)

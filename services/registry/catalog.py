@@ -211,7 +211,7 @@ async def list_versions(
     model = await model_row(session, names.model(parent))
     query = select(VersionRow).where(VersionRow.model_id == model.id)
     if page_token:
-        query = query.where(VersionRow.number < int(names.decode_page(page_token)))
+        query = query.where(VersionRow.number < names.decode_page_number(page_token))
     rows, token = await page(
         session, query.order_by(VersionRow.number.desc()), size, lambda r: int(r.number)
     )

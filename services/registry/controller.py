@@ -83,6 +83,10 @@ class Controller:
         self.ready_alert_seconds = ready_alert_seconds
         # (model, candidate, step start) -> when the candidate was first seen READY then
         self._ready_since: dict[tuple[str, int, int], float] = {}
+        # Since when a canary's candidate has been READY nowhere (by model and candidate),
+        # across steps: the ready timeout counts from there, not from the canary's start.
+        self._not_ready_since: dict[tuple[str, int], float] = {}
+        self._leading_since = time.time()
         self._last_monitor = 0.0
         self._ticked = False
         self._last_prune = 0.0
@@ -115,6 +119,8 @@ class Controller:
                 self.lease.holder,
                 "leading" if leader else "standing by",
             )
+            if leader:
+                self._leading_since = time.time()
         now = time.time()
         current = await self._rollouts()
         steps = {
@@ -122,6 +128,8 @@ class Controller:
             for model, r in current.items()
         }
         self._ready_since = {k: v for k, v in self._ready_since.items() if k in steps}
+        candidates = {(model, r.status.candidate_version) for model, r in current.items()}
+        self._not_ready_since = {k: v for k, v in self._not_ready_since.items() if k in candidates}
         if leader:
             for model, rollout in current.items():
                 if rollout.status.phase == Phase.PHASE_PROGRESSING:
@@ -162,9 +170,13 @@ class Controller:
             ready = await windows.ready_workers(session, model)
         key = (model, candidate, status.step_start_time.ToMicroseconds())
         if not ready.get(candidate):
-            if key in self._ready_since:
-                return  # READY before, not this moment (a worker restarting): judge later
-            waited = now - status.start_time.ToMicroseconds() / 1e6
+            # Never seen READY: since the canary began (or since this registry leads,
+            # whichever is later: a new leader does not know); READY before (a worker
+            # restarting, or all of them gone): since it stopped being READY.
+            never = not any(k[:2] == (model, candidate) for k in self._ready_since)
+            started = max(status.start_time.ToMicroseconds() / 1e6, self._leading_since)
+            since = self._not_ready_since.setdefault((model, candidate), started if never else now)
+            waited = now - since
             if waited > limits.ready_timeout:
                 await self._rollback(
                     model,
@@ -175,6 +187,7 @@ class Controller:
                     {"ready_workers": 0, "waited_seconds": round(waited, 3)},
                 )
             return
+        self._not_ready_since.pop((model, candidate), None)
         # The step's interval counts from when the candidate could first take its share.
         ready_since = self._ready_since.setdefault(key, now)
         step_start = max(status.step_start_time.ToMicroseconds() / 1e6, ready_since)

@@ -94,6 +94,10 @@ class TokenRow(Base):
     create_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
     expire_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Role worker: the one worker id the token acts as (None: binds at first register).
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Bound at creation (never moves), rather than on first use (moves once it left).
+    worker_id_fixed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class AuditRow(Base):
@@ -107,7 +111,10 @@ class AuditRow(Base):
     after_digest: Mapped[str] = mapped_column(String(64), nullable=False)
     details: Mapped[str] = mapped_column(Text, nullable=False)
     previous_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # HMAC-SHA256 under the audit key `key_id` (services/registry/audit_chain.py); events
+    # from before migration 0008 have "" and a plain sha256 until they are re-chained.
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False, default="")
 
 
 class ChangeRow(Base):

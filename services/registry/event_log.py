@@ -7,6 +7,13 @@ one committed later, and a key (UNIQUE) is stored once for ever. Readers are wok
 appends in this process and poll for those of other registry replicas. Retention
 removes the oldest events, by age and by size, always a prefix of the stream, and
 moves `first_sequence` on so a reader asking for removed events is told so.
+
+Appends that arrive while one is being written wait and are then written together, in
+one transaction (group commit): each SubmitFeedback or IngestExamples is one small
+append, and one transaction each would cap them at what the database commits per
+second (a few dozen on SQLite with its fsync), however many callers wait. Each caller
+still gets its own sequences and duplicate flags, and its answer only once its events
+are committed.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from services.registry.store import Store, now_us
 log = logging.getLogger(__name__)
 
 _KEYS_PER_QUERY = 500  # bound parameters per IN (...) lookup
+_GROUP_EVENTS = 5000  # events written together at most (a batch bigger goes alone)
 _RETAIN_CHUNK = 20_000  # events deleted per retention transaction
 # An idle follower sends its position this often, so a filtered reader's lag stays known.
 PROGRESS_SECONDS = 5.0
@@ -62,6 +70,8 @@ class SqlEventLog:
         self.retention_bytes = retention_bytes
         self.poll_seconds = poll_seconds
         self._appended = asyncio.Event()
+        self._waiting: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def _wake(self) -> None:
         self._appended.set()
@@ -70,6 +80,49 @@ class SqlEventLog:
     async def append(self, events: Sequence[Encoded]) -> Appended:
         if not events:
             return Appended()
+        done: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, done))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_waiting())
+        return await asyncio.shield(done)  # a caller gone does not undo the others' write
+
+    async def _write_waiting(self) -> None:
+        """Write what waits, group by group, until nothing does."""
+        try:
+            while self._waiting:
+                group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+                size = 0
+                while self._waiting and (
+                    not group or size + len(self._waiting[0][0]) <= _GROUP_EVENTS
+                ):
+                    group.append(self._waiting.pop(0))
+                    size += len(group[-1][0])
+                try:
+                    appended = await self._write([e for events, _ in group for e in events])
+                except Exception as exc:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except BaseException:  # cancelled (shutdown): so are the callers waiting
+                    for _, done in [*group, *self._waiting]:
+                        done.cancel()
+                    self._waiting.clear()  # told CANCELLED: never written after all
+                    raise
+                at = 0
+                for events, done in group:
+                    n = len(events)
+                    if not done.done():
+                        done.set_result(
+                            Appended(
+                                appended.sequences[at : at + n], appended.duplicates[at : at + n]
+                            )
+                        )
+                    at += n
+        finally:
+            self._writer = None
+
+    async def _write(self, events: Sequence[Encoded]) -> Appended:
         stored_us = now_us()
         async with self.store.write_unversioned() as session:
             meta = (
@@ -256,4 +309,5 @@ class SqlEventLog:
         )
 
     async def close(self) -> None:
-        return None
+        if self._writer is not None:  # let the appends being written finish
+            await asyncio.wait([self._writer], timeout=10)

@@ -1,11 +1,19 @@
-"""Resource names of the registry API (`models/iris/versions/3`) and page tokens."""
+"""What every registry RPC reads from a caller, checked in one place: resource names
+(`models/iris/versions/3`), page tokens and sizes, durations and counts. Each refusal
+is INVALID_ARGUMENT naming the field and what was expected."""
 
 from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 from services.common.errors import InvalidArgument
+
+# Numbers are stored as 64-bit integers (SQLite and PostgreSQL alike).
+INT64_MAX = 2**63 - 1
+# The longest duration any request field may carry (10 years, well inside int64 µs).
+MAX_SECONDS = 10 * 366 * 86400.0
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -31,12 +39,11 @@ def version(name: str) -> tuple[str, int | str]:
     """`models/{m}/versions/{n}` -> (m, n); `models/{m}/aliases/{a}` -> (m, a)."""
     parts = name.split("/")
     if len(parts) == 4 and parts[0] == "models" and parts[2] == "versions":
-        try:
-            number = int(parts[3])
-        except ValueError:
-            number = -1
-        if number < 1:
-            raise InvalidArgument(f"version number must be a positive integer, got {parts[3]!r}")
+        number = positive_number(parts[3])
+        if number is None:
+            raise InvalidArgument(
+                f"version number must be a positive integer (at most {INT64_MAX}), got {parts[3]!r}"
+            )
         return parts[1], number
     if len(parts) == 4 and parts[0] == "models" and parts[2] == "aliases" and parts[3]:
         return parts[1], parts[3]
@@ -71,11 +78,59 @@ def encode_page(key: str | int) -> str:
     return base64.urlsafe_b64encode(str(key).encode()).decode()
 
 
+def positive_number(text: str) -> int | None:
+    """`text` as a number 1..INT64_MAX (plain decimal digits), else None."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    number = int(text)
+    return number if 1 <= number <= INT64_MAX else None
+
+
 def decode_page(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except ValueError:
-        raise InvalidArgument("page_token is not one this server issued") from None
+        raise InvalidArgument(
+            "page_token is not one this server issued: pass the next_page_token of "
+            "the previous page, or none for the first"
+        ) from None
+
+
+def decode_page_number(token: str) -> int:
+    """A page token that carries a row number (the last one of the previous page)."""
+    number = positive_number(decode_page(token))
+    if number is None:
+        raise InvalidArgument(
+            "page_token is not one this server issued: pass the next_page_token of "
+            "the previous page, or none for the first"
+        )
+    return number
+
+
+def seconds(duration: Any, field: str, *, most: float = MAX_SECONDS) -> float:
+    """A google.protobuf.Duration field as seconds, 0 (unset) to `most`."""
+    value: float = duration.ToNanoseconds() / 1e9
+    if not 0 <= value <= most:
+        raise InvalidArgument(f"{field} must be within [0, {most:.0f}] s, got {value:g} s")
+    return value
+
+
+# The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
+_FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
+
+
+def timestamp(value: Any, field: str) -> None:
+    """A google.protobuf.Timestamp a caller sent: within the range the type allows."""
+    if not _FIRST_SECOND <= value.seconds <= _LAST_SECOND or not 0 <= value.nanos < 10**9:
+        raise InvalidArgument(
+            f"{field} must be a valid timestamp (years 1-9999, nanos 0-999999999)"
+        )
+
+
+def count(value: int | float, field: str) -> None:
+    """A count a caller reports: never negative."""
+    if value < 0:
+        raise InvalidArgument(f"{field} must not be negative, got {value:g}")
 
 
 def page_size(requested: int, default: int = 50, limit: int = 1000) -> int:

@@ -44,6 +44,11 @@ async def get(session: AsyncSession, name: str) -> rpb.Rollout:
 
 
 async def _validate(session: AsyncSession, model: ModelRow, rollout: rpb.Rollout) -> None:
+    if rollout.sticky_key != rollout.sticky_key.strip():
+        raise InvalidArgument(
+            "sticky_key must name a request parameter or metadata key, with no surrounding "
+            f"whitespace (or be empty for none), got {rollout.sticky_key!r}"
+        )
     targets = list(rollout.targets)
     seen: set[int] = set()
     for target in targets:
@@ -252,7 +257,7 @@ async def history(
     model = await model_row(session, names.rollout(name))
     query = select(RolloutHistoryRow).where(RolloutHistoryRow.model_id == model.id)
     if page_token:
-        query = query.where(RolloutHistoryRow.id < int(names.decode_page(page_token)))
+        query = query.where(RolloutHistoryRow.id < names.decode_page_number(page_token))
     rows, token = await page(
         session, query.order_by(RolloutHistoryRow.id.desc()), size, lambda r: int(r.id)
     )

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import URL, make_url
 
 from services.registry import security
-from services.registry.artifacts import KeyRing
+from services.registry.artifacts import KeyRing, parse_keys
 from services.registry.settings import RegistrySettings
 
 
@@ -27,6 +27,10 @@ class SecretsError(ValueError):
 class Secrets:
     database_url: URL  # with the password of --database-password-file, if set
     artifact_keys: KeyRing | None  # None: artifacts are stored unencrypted
+    # None: no --audit-key, the registry uses (or makes) its own key file; the old keys
+    # are then in `audit_old_keys`.
+    audit_keys: KeyRing | None = None
+    audit_old_keys: dict[str, bytes] | None = None
 
 
 def _flag(name: str) -> str:
@@ -87,7 +91,26 @@ def resolved_secrets(settings: RegistrySettings) -> Secrets:
         keys = KeyRing.parse(key, settings.artifact_key_id, old_keys)
     except ValueError as exc:  # names the key id, never the key
         raise SecretsError(str(exc)) from None
-    return Secrets(_database_url(settings), keys)
+    audit_keys, audit_old = _audit_keys(settings)
+    return Secrets(_database_url(settings), keys, audit_keys, audit_old)
+
+
+def _audit_keys(settings: RegistrySettings) -> tuple[KeyRing | None, dict[str, bytes]]:
+    key = _value_or_file(settings, "audit_key")
+    old_text = _value_or_file(settings, "audit_old_keys", empty_ok=True)
+    try:
+        old = parse_keys(old_text, "audit")
+        ring = KeyRing.parse(key, settings.audit_key_id, None, "audit")
+    except ValueError as exc:  # names the key id, never the key
+        raise SecretsError(str(exc)) from None
+    if settings.audit_key_id in old:
+        raise SecretsError(
+            f"audit key id {settings.audit_key_id!r} is both {_flag('audit_key_id')} and one of "
+            f"{_flag('audit_old_keys')}: give a new key a new id"
+        )
+    if ring is None:
+        return None, old
+    return KeyRing(ring.current_id, {**old, **ring.keys}), old
 
 
 def supplied_admin_token(path: Path) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -33,6 +34,9 @@ PROTO_TO_ROLE: dict[int, Role] = {v: k for k, v in ROLE_TO_PROTO.items()}
 
 _READ = {Role.VIEWER, Role.PUBLISHER, Role.DEPLOYER}
 _DATA_PLANE = {Role.WORKER}
+# A gateway reads the routing picture and reports what clients saw; it never needs a
+# model's bytes, nor acts as a worker.
+_GATEWAY_READS = ("GetModel", "ListModels", "GetVersion", "ListVersions", "GetRollout")
 # Admins may call everything; every RPC not listed here is admin-only.
 POLICY: dict[str, set[Role]] = {
     **{
@@ -72,10 +76,9 @@ POLICY: dict[str, set[Role]] = {
             "ControlRollout",
         )
     },
-    **{
-        SERVICE + m: set(_DATA_PLANE)
-        for m in ("RegisterWorker", "Heartbeat", "DeleteWorker", "ReportWindows")
-    },
+    **{SERVICE + m: set(_DATA_PLANE) for m in ("RegisterWorker", "Heartbeat", "DeleteWorker")},
+    # Each caller only its own windows (worker_identity.check_windows).
+    SERVICE + "ReportWindows": {Role.WORKER, Role.GATEWAY},
     **{
         TRAINING + m: _READ | {Role.TRAINER}
         for m in ("GetTrainingPolicy", "ListTrainingPolicies", "GetTrainingRun", "ListTrainingRuns")
@@ -115,12 +118,23 @@ for _method in (
 ):
     POLICY[SERVICE + _method] = POLICY[SERVICE + _method] | {Role.TRAINER}
 POLICY[SERVICE + "CreateVersion"] = POLICY[SERVICE + "CreateVersion"] | {Role.TRAINER}
+for _method in (*_GATEWAY_READS, "ListWorkers", "Watch"):
+    POLICY[SERVICE + _method] = POLICY[SERVICE + _method] | {Role.GATEWAY}
 
 
 # Operator-made tokens (a supplied bootstrap admin token) must look like generated ones:
 # an id that fits the tokens table, and a secret long enough to be unguessable.
 MIN_SUPPLIED_SECRET = 32
 _WELL_FORMED = re.compile(rf"lml_[A-Za-z0-9-]{{1,32}}_[A-Za-z0-9_-]{{{MIN_SUPPLIED_SECRET},}}")
+
+
+@dataclass(frozen=True)
+class TokenPrincipal(Principal):
+    """A caller authenticated by a registry token: which token, and (role worker) the
+    worker id it is bound to ("" until its first RegisterWorker)."""
+
+    token_id: str = ""
+    worker_id: str = ""
 
 
 def new_secret(token_id: str) -> str:
@@ -146,6 +160,7 @@ def token_proto(row: TokenRow) -> rpb.Token:
         role=row.role,  # type: ignore[arg-type]
         revoked=row.revoked,
         creator=row.creator,
+        worker_id=row.worker_id or "",
     )
     token.create_time.FromMicroseconds(row.create_us)
     if row.expire_us is not None:
@@ -154,7 +169,12 @@ def token_proto(row: TokenRow) -> rpb.Token:
 
 
 async def create_token(
-    tx: Tx, display_name: str, role: Role, ttl_seconds: float | None, secret: str | None = None
+    tx: Tx,
+    display_name: str,
+    role: Role,
+    ttl_seconds: float | None,
+    secret: str | None = None,
+    worker_id: str = "",
 ) -> tuple[TokenRow, str]:
     """A new token: a generated secret, or `secret` (well formed) stored under its own id."""
     if secret is None:
@@ -175,6 +195,8 @@ async def create_token(
         create_us=created,
         expire_us=None if ttl_seconds is None else created + int(ttl_seconds * 1e6),
         revoked=False,
+        worker_id=worker_id or None,
+        worker_id_fixed=bool(worker_id),
     )
     tx.session.add(row)
     await tx.session.flush()
@@ -222,7 +244,12 @@ class TokenAuthenticator:
             raise AuthError(
                 f"token tokens/{row.id} ({row.display_name}) expired at {_when(row.expire_us)}"
             )
-        return Principal(f"tokens/{row.id} ({row.display_name})", PROTO_TO_ROLE[row.role])
+        return TokenPrincipal(
+            f"tokens/{row.id} ({row.display_name})",
+            PROTO_TO_ROLE[row.role],
+            token_id=row.id,
+            worker_id=row.worker_id or "",
+        )
 
 
 def parse_cert_roles(spec: str) -> dict[str, Role]:

@@ -9,8 +9,15 @@ from typing import Any
 from sqlalchemy import select
 
 from services.common import onnxsig
-from services.common.auth import current_principal
-from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
+from services.common.auth import Role, current_principal
+from services.common.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    abort_on_error,
+)
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.registry import (
@@ -21,10 +28,11 @@ from services.registry import (
     security,
     training_runs,
     windows,
+    worker_identity,
     workers,
 )
 from services.registry.alerts import Alerts
-from services.registry.artifacts import CHUNK, ArtifactStore
+from services.registry.artifacts import CHUNK, ArtifactStore, BlobMismatch
 from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.event_rpcs import EventService
@@ -161,6 +169,18 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def UpdateVersion(self, request: rpb.UpdateVersionRequest, context: Ctx) -> Any:
+        principal = current_principal()
+        if (
+            "stage" in request.update_mask.paths
+            and request.version.stage == rpb.STAGE_PRODUCTION
+            and principal is not None
+            and principal.role not in (Role.ADMIN, Role.DEPLOYER)
+        ):
+            # Going to production is a deployer's decision, not the publisher's.
+            raise PermissionDenied(
+                f"{principal.name} (role {principal.role.value}) may not set a version's "
+                "stage to STAGE_PRODUCTION; it needs one of: admin, deployer"
+            )
         async with self.store.write(actor()) as tx:
             version = await catalog.update_version(tx, request.version, request.update_mask)
         return rpb.UpdateVersionResponse(version=version)
@@ -182,10 +202,21 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         async with self.store.read() as session:
             _, row = await catalog.version_row(session, request.name)
         version = catalog.version_proto(row)
-        yield rpb.DownloadArtifactResponse(artifact=version.artifact)
-        blocks = self.artifacts.read(version.artifact.sha256)
+        artifact = rpb.Artifact()
+        artifact.CopyFrom(version.artifact)
+        # How it is kept at rest now (an old blob is sealed again as it is read): a
+        # worker keeps no plaintext copy of a sealed artifact.
+        artifact.key_id = await asyncio.to_thread(self.artifacts.served_key_id, artifact.sha256)
+        yield rpb.DownloadArtifactResponse(artifact=artifact)
+        blocks = self.artifacts.read(artifact.sha256)
         while True:
-            block = await asyncio.to_thread(next, blocks, None)
+            try:
+                block = await asyncio.to_thread(next, blocks, None)
+            except BlobMismatch as exc:
+                raise DataLoss(
+                    f"the stored blob of {version.name} does not belong to it: {exc.message}; "
+                    "the download is refused (restore the blob or register the version again)"
+                ) from None
             if block is None:
                 return
             for start in range(0, len(block), CHUNK):
@@ -254,6 +285,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         for window in request.windows:
             windows.check(window)
         async with self.store.write_unversioned() as session:
+            await worker_identity.check_windows(session, request.windows)
             accepted = await windows.store(session, request.windows)
         for window in request.windows:
             if window.source == windows.WORKER and (window.inputs or window.outputs):
@@ -274,9 +306,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def GetVersionMetrics(self, request: rpb.GetVersionMetricsRequest, context: Ctx) -> Any:
         model = names.model(request.parent)
-        seconds = request.window.ToTimedelta().total_seconds() or 300.0
-        if seconds < 0:
-            raise InvalidArgument("window must not be negative")
+        seconds = names.seconds(request.window, "window") or 300.0
         async with self.store.read() as session:
             await catalog.model_row(session, model)
             measured = await windows.summarize(session, model, now_us() - int(seconds * 1e6))
@@ -309,7 +339,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[rpb.WatchResponse]:
         if request.since_revision < 0:
             raise InvalidArgument("since_revision must not be negative")
-        interval = request.progress_interval.ToTimedelta().total_seconds()
+        interval = names.seconds(request.progress_interval, "progress_interval", most=3600)
         async for response in self.feed.watch(
             request.since_revision, interval or self.settings.watch_progress_seconds
         ):
@@ -319,8 +349,10 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
-        lease = request.lease_duration.ToTimedelta().total_seconds()
+        lease = names.seconds(request.lease_duration, "lease_duration", most=86400)
+        requested = names.simple("workers", request.worker.name) if request.worker.name else ""
         async with self.store.write(actor()) as tx:
+            request.worker.name = f"workers/{await worker_identity.register_as(tx, requested)}"
             worker = await workers.register(
                 tx, request.worker, lease or self.settings.lease_seconds
             )
@@ -330,6 +362,9 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
+            await worker_identity.check_acts_as(
+                tx, names.simple("workers", request.name), "heartbeat"
+            )
             worker, changed, advanced = await workers.heartbeat(
                 tx, request.name, list(request.versions), request.observed_revision
             )
@@ -345,6 +380,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def DeleteWorker(self, request: rpb.DeleteWorkerRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
+            await worker_identity.check_acts_as(tx, names.simple("workers", request.name), "delete")
             await workers.remove(tx, request.name)
         return rpb.DeleteWorkerResponse()
 
@@ -360,11 +396,23 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
             )
         if not request.display_name:
             raise InvalidArgument("display_name is required: say who or what the token is for")
-        ttl = request.ttl.ToTimedelta().total_seconds() or self.settings.token_ttl
+        if request.worker_id:
+            if role is not Role.WORKER:
+                raise InvalidArgument(
+                    f"worker_id binds a token of role worker to one worker; this token's "
+                    f"role is {role.value}"
+                )
+            names.check_id("worker", request.worker_id)
+        ttl = names.seconds(request.ttl, "ttl") or self.settings.token_ttl
         async with self.store.write(actor()) as tx:
-            row, secret = await security.create_token(tx, request.display_name, role, ttl)
+            row, secret = await security.create_token(
+                tx, request.display_name, role, ttl, worker_id=request.worker_id
+            )
             token = security.token_proto(row)
-            await tx.audit("CreateToken", token.name, None, token, {"role": role.value})
+            details = {"role": role.value}
+            if request.worker_id:
+                details["worker_id"] = request.worker_id
+            await tx.audit("CreateToken", token.name, None, token, details)
         return rpb.CreateTokenResponse(token=token, secret=secret)
 
     @abort_on_error
@@ -399,10 +447,14 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def VerifyAudit(self, request: rpb.VerifyAuditRequest, context: Ctx) -> Any:
         async with self.store.read() as session:
-            verdict = await audit.verify(session)
+            chain = self.store.audit_chain
+            assert chain is not None  # app.start gives the store its audit keys
+            verdict = await audit.verify(session, chain)
         return rpb.VerifyAuditResponse(
             ok=verdict.ok,
             events_checked=verdict.checked,
             first_bad_sequence=verdict.first_bad,
             problem=verdict.problem,
+            checkpoint_sequence=verdict.checkpoint,
+            key_id=chain.keys.current_id,
         )

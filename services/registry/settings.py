@@ -40,6 +40,25 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
     artifact_old_keys_file: Path | None = Field(
         None, description="File holding --artifact-old-keys (empty: none; set one of the two)."
     )
+    audit_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Base64 HMAC-SHA256 key (32 bytes) of the audit trail; default: one generated "
+            "on first start into ARTIFACT_DIR/audit/key (mode 0600)."
+        ),
+    )
+    audit_key_file: Path | None = Field(
+        None, description="File holding --audit-key (set one of the two)."
+    )
+    audit_key_id: str = Field(
+        "k1", min_length=1, max_length=32, description="Id recorded with audit events MACed now."
+    )
+    audit_old_keys: SecretStr | None = Field(
+        None, description="Retired audit keys still needed to verify old events: id:base64,..."
+    )
+    audit_old_keys_file: Path | None = Field(
+        None, description="File holding --audit-old-keys (empty: none; set one of the two)."
+    )
     auth: bool = Field(True, description="Require a token or client certificate on every call.")
     admin_token_file: Path = Field(
         Path(".liveml/admin.token"),

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry.audit_chain import AuditChain
 from services.registry.db import AuditRow, ChangeRow, Meta
 from services.registry.names import encode_page
 
@@ -69,6 +70,7 @@ def digest(message: Message | None) -> str:
 
 
 def audit_hash(row: AuditRow) -> str:
+    """The unkeyed sha256 of events written before the keyed chain (migration 0008)."""
     body = json.dumps(
         [
             row.sequence,
@@ -94,9 +96,12 @@ class Tx:
     session: AsyncSession
     revision: int
     actor: str
+    chain: AuditChain | None = None
     events: list[rpb.WatchEvent] = field(default_factory=list)
     # Run once the transaction has committed (e.g. waking alert watchers, webhooks).
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Whether the audit checkpoint still matches the database (checked once per write).
+    _checkpoint_ok: bool | None = None
 
     def put(self, resource: Message, name: str) -> None:
         self._emit(rpb.WatchEvent.TYPE_PUT, resource, name)
@@ -140,12 +145,16 @@ class Tx:
         after: Message | None,
         details: dict[str, Any] | None = None,
     ) -> AuditRow:
-        """Append a hash-chained audit event (the meta row lock orders the chain)."""
+        """Append an HMAC-chained audit event (the meta row lock orders the chain)."""
+        if self.chain is None:
+            raise RuntimeError("this store has no audit key (Store(..., audit=AuditChain))")
         last = (
             await self.session.execute(
                 select(AuditRow.sequence, AuditRow.hash).order_by(AuditRow.sequence.desc()).limit(1)
             )
         ).first()
+        if self._checkpoint_ok is None:
+            self._checkpoint_ok = await self._checkpoint_matches(last)
         row = AuditRow(
             sequence=(last[0] + 1) if last else 1,
             time_us=now_us(),
@@ -157,16 +166,45 @@ class Tx:
             details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
             previous_hash=last[1] if last else GENESIS_HASH,
         )
-        row.hash = audit_hash(row)
+        self.chain.seal(row)
         self.session.add(row)
         await self.session.execute(update(Meta).where(Meta.id == 1).values(audit_head=row.sequence))
+        if self._checkpoint_ok:
+            chain, sequence, mac = self.chain, row.sequence, row.hash
+            self.after_commit.append(lambda: chain.advance(sequence, mac))
         return row
+
+    async def _checkpoint_matches(self, last: Any) -> bool:
+        """Whether the trail still holds the event the checkpoint vouches for; if not, the
+        checkpoint stays where it is, so verification keeps reporting the damage."""
+        assert self.chain is not None
+        checkpoint = self.chain.read_checkpoint()
+        if checkpoint.missing:
+            return True
+        mac = None
+        if checkpoint.ok and last is not None and checkpoint.sequence == last[0]:
+            mac = last[1]
+        elif checkpoint.ok and last is not None and checkpoint.sequence < last[0]:
+            # The checkpoint lags (a crash between a commit and its write).
+            vouched = select(AuditRow.hash).where(AuditRow.sequence == checkpoint.sequence)
+            mac = (await self.session.execute(vouched)).scalar_one_or_none()
+        if mac == checkpoint.mac:
+            return True
+        log.error(
+            "the audit trail no longer matches its checkpoint (#%d): the checkpoint is not "
+            "advanced; `liveml audit verify` says what is wrong",
+            checkpoint.sequence,
+        )
+        return False
 
 
 class Store:
     """The database of one registry process."""
 
-    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str | URL, *, echo: bool = False, audit: AuditChain | None = None
+    ) -> None:
+        self.audit_chain = audit
         # A URL object keeps a password out of anything that prints it (it shows ***).
         self.url = make_url(url)
         self.dialect = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
@@ -211,7 +249,7 @@ class Store:
                     .returning(Meta.revision)
                 )
             ).scalar_one()
-            tx = Tx(session, revision, actor)
+            tx = Tx(session, revision, actor, self.audit_chain)
             yield tx
             if tx.events and self.dialect == "postgresql":
                 # Delivered to listeners only on commit, in commit order.

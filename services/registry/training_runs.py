@@ -47,11 +47,8 @@ def run_name(model_id: str, number: int) -> str:
 def parse_run_name(name: str) -> tuple[str, int]:
     parts = name.split("/")
     if len(parts) == 4 and parts[0] == "models" and parts[2] == "trainingRuns" and parts[1]:
-        try:
-            number = int(parts[3])
-        except ValueError:
-            number = 0
-        if 0 < number < 2**63:
+        number = names.positive_number(parts[3])
+        if number is not None:
             return parts[1], number
     raise InvalidArgument(f"expected a run name like 'models/iris/trainingRuns/3', got {name!r}")
 
@@ -86,10 +83,7 @@ async def listing(
     model = await catalog.model_row(session, names.model(parent))
     query = select(TrainingRunRow).where(TrainingRunRow.model_id == model.id)
     if token:
-        try:
-            before = int(names.decode_page(token))
-        except ValueError:
-            raise InvalidArgument("page_token is not one this server issued") from None
+        before = names.decode_page_number(token)
         query = query.where(TrainingRunRow.number < before)
     rows, next_token = await page(
         session, query.order_by(TrainingRunRow.number.desc()), size, lambda r: int(r.number)

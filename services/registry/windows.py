@@ -12,6 +12,7 @@ misbehaving client can neither fail nor pass a canary.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,15 +51,59 @@ def server_error(code: str) -> bool:
 
 
 def check(window: rpb.Window) -> None:
+    """A reported window is refused whole when any of its numbers could not have been
+    counted (negative, more correct than labelled, ...): summed in, it would skew every
+    metric and canary decision of its version."""
     if not window.model or window.version <= 0:
         raise InvalidArgument("each window needs a model and a positive version")
     if window.source not in (GATEWAY, WORKER):
         raise InvalidArgument("window source must be WINDOW_SOURCE_GATEWAY or _WORKER")
+    names.timestamp(window.start_time, "window.start_time")
+    names.timestamp(window.end_time, "window.end_time")
     if window.latency.counts and len(window.latency.counts) != len(window.latency.bounds) + 1:
         raise InvalidArgument("latency histogram needs one more count than bounds")
+    names.count(window.requests, "window.requests")
+    for code, errors in window.errors.items():
+        names.count(errors, f"window.errors[{code!r}]")
+    if sum(window.errors.values()) > window.requests:
+        raise InvalidArgument(
+            f"window.errors add up to {sum(window.errors.values())}, more than "
+            f"window.requests ({window.requests})"
+        )
+    _edges(window.latency.bounds, "window.latency.bounds")
+    for c in window.latency.counts:
+        names.count(c, "window.latency.counts")
+    _outcomes(window.feedback_correct, window.feedback_total, "window.feedback")
+    for g in window.groups:
+        names.count(g.predictions, f"window.groups[{g.group!r}].predictions")
+        if not 0 <= g.positive <= g.predictions:
+            raise InvalidArgument(
+                f"window.groups[{g.group!r}].positive must be within [0, predictions "
+                f"({g.predictions})], got {g.positive}"
+            )
+        _outcomes(g.feedback_correct, g.feedback_total, f"window.groups[{g.group!r}].feedback")
     for f in (*window.inputs, *window.outputs):
         if len(f.counts) != len(f.bin_edges) - 1:
             raise InvalidArgument(f"feature {f.name!r}: needs one count per bin (edges - 1)")
+        _edges(f.bin_edges, f"feature {f.name!r}: bin_edges")
+        for c in f.counts:
+            names.count(c, f"feature {f.name!r}: counts")
+
+
+def _outcomes(correct: int, total: int, field: str) -> None:
+    names.count(total, f"{field}_total")
+    if not 0 <= correct <= total:
+        raise InvalidArgument(
+            f"{field}_correct must be within [0, {field}_total ({total})], got {correct}"
+        )
+
+
+def _edges(edges: Iterable[float], field: str) -> None:
+    values = list(edges)
+    if not all(math.isfinite(v) for v in values) or any(
+        b <= a for a, b in itertools.pairwise(values)
+    ):
+        raise InvalidArgument(f"{field} must be finite and strictly ascending")
 
 
 def identity(window: rpb.Window, data: bytes) -> str | None:

@@ -5,7 +5,8 @@ holds equal to the desired set: every version named by the rollouts (targets,
 mirrors, pinned, and the fallback that answers while a target is not READY
 anywhere) of the models it serves; with --role primary only the targets, pinned
 and fallback versions, with --role mirror only the mirrors. A version to load is
-downloaded into a local cache by digest (reused when present), verified, opened,
+downloaded (into a local cache by digest, reused when present, unless the registry
+keeps it sealed: then in memory only; see fetch.py), verified, opened,
 checked against the registered signature and warmed up; it reports READY (or
 FAILED with the reason) at once. A failed load is retried with backoff and never
 touches what is serving. A version no longer desired is retired only once every
@@ -18,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
-import secrets
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from services.common.errors import InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import RegistryWatcher
 from services.common.windows import FeatureCounts, Reporter
+from services.worker.fetch import fetch, prepare_cache
 from services.worker.repository import Batching, Held, Repository, State
 from services.worker.runtime import Runtime
 from services.worker.settings import WorkerSettings
@@ -68,7 +67,9 @@ class RegistryLoader:
         self.settings = settings
         self.repository = repository
         self.default = default
-        self.name = f"workers/{settings.worker_id or secrets.token_hex(6)}"
+        # Without --worker-id the registry picks the id: the one the worker token is
+        # bound to (so a restart keeps it), else a new one the token then binds to.
+        self.name = f"workers/{settings.worker_id}" if settings.worker_id else ""
         self.address = settings.advertise or f"{settings.host}:{port}"
         # The framed listener is reached at the same host as the gRPC port.
         self.forward_address = (
@@ -109,7 +110,7 @@ class RegistryLoader:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        prepare_cache(self.settings.cache_dir)
         self._tasks = [
             asyncio.create_task(self.watcher.run(), name="registry-watch"),
             asyncio.create_task(self._heartbeat(), name="registry-heartbeat"),
@@ -148,11 +149,16 @@ class RegistryLoader:
         )
         lease = Duration()
         lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
-        await self.stub.RegisterWorker(
+        reply = await self.stub.RegisterWorker(
             rpb.RegisterWorkerRequest(worker=worker, lease_duration=lease),
             metadata=self.metadata,
             timeout=10,
         )
+        self.name = reply.worker.name
+        if self.repository.book is not None:
+            self.repository.book.reporter = self.name
+        for window in self.reporter.pending if self.reporter is not None else ():
+            window.reporter = window.reporter or self.name  # measured before the id was known
         self._registered.set()
         log.info("registered as %s (%s) with %s", self.name, self.address, self.settings.registry)
 
@@ -246,7 +252,8 @@ class RegistryLoader:
         for key in sorted(desired):
             held = self.repository.held.get(key[0], {}).get(key[1])
             if held is not None and held.state is State.DRAINING:
-                self.repository.revive(held)
+                if not self.repository.revive(held):
+                    next_retry = min(next_retry, 0.1)  # unloading: load it again after
                 continue
             if key in self._loading or (held is not None and held.state is not State.FAILED):
                 continue
@@ -349,32 +356,8 @@ class RegistryLoader:
             self.repository.fail(*key, message)
         self._wake.set()
 
-    async def _fetch(self, version: rpb.Version) -> Path:
-        """The artifact from the local cache, or downloaded into it and verified by digest."""
-        digest = version.artifact.sha256
-        path = self.settings.cache_dir / f"{digest}.onnx"
-        if path.exists():
-            return path
-        partial = path.with_suffix(f".{secrets.token_hex(4)}.part")
-        hasher = hashlib.sha256()
-        try:
-            with partial.open("wb") as out:
-                call = self.stub.DownloadArtifact(
-                    rpb.DownloadArtifactRequest(name=version.name), metadata=self.metadata
-                )
-                async for message in call:
-                    if message.WhichOneof("part") == "chunk":
-                        hasher.update(message.chunk)
-                        out.write(message.chunk)
-            if hasher.hexdigest() != digest:
-                raise InvalidArgument(
-                    f"artifact digest mismatch: registry said {digest}, "
-                    f"downloaded bytes hash to {hasher.hexdigest()}"
-                )
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+    async def _fetch(self, version: rpb.Version) -> Path | bytes:
+        return await fetch(self.stub, self.metadata, version, self.settings.cache_dir)
 
 
 def _track(tasks: dict[Key, asyncio.Task[None]], key: Key, task: asyncio.Task[None]) -> None:

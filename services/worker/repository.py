@@ -64,6 +64,7 @@ class Held:
     inflight: int = 0
     inline: bool = False
     closing: bool = False  # DRAINING past its grace: no new request is taken
+    unloading: bool = False  # past the point of no return: it cannot be revived
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     stats: VersionStats = field(init=False)
 
@@ -262,7 +263,7 @@ class Repository:
         self,
         model: str,
         version: int,
-        path: Path,
+        path: Path | bytes,  # a file, or the model's bytes (a sealed artifact: no file)
         batching: Batching,
         check: Callable[[Runtime], None] | None = None,
     ) -> Held:
@@ -308,12 +309,15 @@ class Repository:
         log.info("%s v%d READY in %.2f s", model, version, time.perf_counter() - started)
         return held
 
-    def revive(self, held: Held) -> None:
-        """A draining version wanted again: READY at once, nothing to reload."""
-        if held.state is State.DRAINING and held.runtime is not None:
+    def revive(self, held: Held) -> bool:
+        """A draining version wanted again: READY at once, nothing to reload. False once
+        its unload has begun (it is then loaded again after)."""
+        if held.state is State.DRAINING and held.runtime is not None and not held.unloading:
             held.closing = False
             self._set(held, State.READY)
             log.info("%s v%d wanted again: revived from DRAINING", held.model, held.version)
+            return True
+        return False
 
     def fail(self, model: str, version: int, error: str) -> Held:
         """Record a version that could not even be opened (e.g. its download failed)."""
@@ -341,6 +345,9 @@ class Repository:
         await held.idle.wait()
         if held.state is not State.DRAINING:  # revived meanwhile
             return
+        # From here on the unload awaits: a revive now would report READY a version whose
+        # runtime is about to go, and its requests would fail.
+        held.unloading = True
         if held.batcher is not None:
             await held.batcher.close()
         runtime, held.runtime, held.batcher = held.runtime, None, None

@@ -32,14 +32,16 @@ class Threads:
 class Runtime:
     """An open onnxruntime session and the signature it serves."""
 
-    def __init__(self, path: Path, threads: Threads = Threads()) -> None:
+    def __init__(self, path: Path | bytes, threads: Threads = Threads()) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads.intra_op
         options.inter_op_num_threads = threads.inter_op
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                path if isinstance(path, bytes) else str(path),
+                sess_options=options,
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime's exception types are not public
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version as dist_version
@@ -10,14 +11,16 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
-from services.common import parameters, telemetry, v2
-from services.common.errors import NotFound, ServiceError, abort_on_error
+from services.common import decoding, parameters, telemetry, v2
+from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
 from services.common.streams import OrderedStreams
 from services.worker import tensors
 from services.worker.repository import Held, Repository, State
+
+log = logging.getLogger(__name__)
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 
@@ -101,12 +104,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> Any:
         return await self.infer(request, within=context.time_remaining())
 
+    @decoding.per_message
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
+        self, requests: AsyncIterator[pb.ModelInferRequest | decoding.Malformed], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Answers in request order; a failed request gets error_message, the stream goes on."""
+        """Answers in request order; a failed request gets error_message, the stream goes on
+        (a message that is not a ModelInferRequest too)."""
 
-        async for response in self.streams.serve(requests, self.stream_answer):
+        async def answer(
+            request: pb.ModelInferRequest | decoding.Malformed,
+        ) -> pb.ModelStreamInferResponse:
+            if isinstance(request, decoding.Malformed):
+                return stream_failure("", InvalidArgument(request.message))
+            try:
+                return await self.stream_answer(request)
+            except Exception as exc:  # one request's failure never ends the client's stream
+                log.exception("stream request failed")
+                failure = ServiceError(f"internal error: {type(exc).__name__}: {exc}")
+                return stream_failure(request.id, failure)
+
+        async for response in self.streams.serve(requests, answer):
             yield response
 
     async def stream_answer(
@@ -119,10 +136,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self.infer(request, shadow)
         except ServiceError as exc:
-            failed = pb.ModelInferResponse(id=request.id)
-            # The status code, so a gateway can tell a retryable failure from bad input.
-            failed.parameters[parameters.STATUS].int64_param = exc.code.value[0]
-            return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+            return stream_failure(request.id, exc)
         response.parameters["triton_final_response"].bool_param = True
         return pb.ModelStreamInferResponse(infer_response=response)
 
@@ -224,6 +238,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _unimplemented(self, request: Any, context: Ctx) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, v2.NOT_OFFERED)
+
+
+def stream_failure(request_id: str, exc: ServiceError) -> pb.ModelStreamInferResponse:
+    failed = pb.ModelInferResponse(id=request_id)
+    # The status code, so a gateway can tell a retryable failure from bad input.
+    failed.parameters[parameters.STATUS].int64_param = exc.code.value[0]
+    return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
 
 
 # One answer for every Triton method liveml does not offer (the list the gateway uses too).

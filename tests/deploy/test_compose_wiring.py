@@ -416,8 +416,10 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
         20,
         "spans from the gateway, a worker and the registry",
     )
-    # The one-shot minted the data-plane token once, into the volume the others read.
-    assert "data-plane token created" in stack.output("tokens")
+    # The one-shot minted each data-plane token once, into the volume of its service:
+    # each worker's bound to its id, the gateway's of role gateway.
+    for name in ("worker-1", "worker-2", "gateway"):
+        assert f"{name} token created" in stack.output("tokens")
     # The database password came from its secret file and was never printed.
     password = (stack.secrets / "postgres_password").read_text().strip()
     assert password not in stack.output("registry")

@@ -25,7 +25,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from tests.helpers import models
 from tests.helpers.cluster import Cluster, cluster, infer_request
 from tests.helpers.procs import registry_process
-from tests.helpers.registry import auth, database
+from tests.helpers.registry import database
 from tests.helpers.traffic import Traffic
 from tests.helpers.wait import async_wait_until
 from tests.integration.test_cli import liveml
@@ -451,11 +451,7 @@ async def test_one_controller_among_registries_and_failover(tmp_path: Path) -> N
         admin = (tmp_path / "admin.token").read_text().strip()
         async with aio.insecure_channel(f"127.0.0.1:{port_b}") as channel:
             stub = rpb_grpc.RegistryServiceStub(channel)
-            made = await stub.CreateToken(
-                rpb.CreateTokenRequest(display_name="workers", role=rpb.ROLE_WORKER),
-                metadata=auth(admin),
-            )
-            c = Cluster(tmp_path, b, port_b, admin, channel, stub, worker_token=made.secret)
+            c = Cluster(tmp_path, b, port_b, admin, channel, stub)
             try:
                 await c.create_model("clf")
                 await c.push("clf", models.classifier(tmp_path / "v1.onnx"))

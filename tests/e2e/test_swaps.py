@@ -269,4 +269,7 @@ async def test_a_killed_worker_is_ejected_and_its_return_takes_traffic(tmp_path:
         took = time.monotonic() - ready_at
         await load.stop()
     assert load.failures == []
-    assert took < 1.0, f"the restarted worker took traffic {took:.2f} s after READY"
+    # It used to wait ~10 s (connections to departed workers were kept, and a refused one
+    # fell back to the slow path for 30 s); the probe readmits it within a fraction of a
+    # second. The bound leaves room for a busy machine, not for that 10 s wait.
+    assert took < 3.0, f"the restarted worker took traffic {took:.2f} s after READY"

@@ -192,7 +192,7 @@ async def test_parity_and_latency_regressions_are_caught(tmp_path: Path) -> None
             "clf",
             data,
             "sklearn.neural_network.MLPClassifier",
-            params={"hidden_layer_sizes": [512, 512], "max_iter": 300, "random_state": 0},
+            params={"hidden_layer_sizes": [512, 512], "max_iter": 20, "random_state": 0},
         )
         wide.gate.non_inferiority_margin = 0.03
         slow = await t.through(wide)
@@ -422,7 +422,7 @@ async def test_an_accuracy_alert_on_the_serving_version_retrains(tmp_path: Path)
             window.end_time.FromNanoseconds(int(now * 1e9))
             await gateway.ReportWindows(
                 rpb.ReportWindowsRequest(windows=[window]),
-                metadata=(("authorization", f"Bearer {c.worker_token}"),),
+                metadata=(("authorization", f"Bearer {c.mint('test', rpb.ROLE_GATEWAY)}"),),
             )
 
         async def alert_run() -> Run | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from grpc import aio
 
@@ -35,7 +36,9 @@ class Cluster:
     workers: dict[str, tuple[Proc, int]] = field(default_factory=dict)
     gateways: list[Proc] = field(default_factory=list)
     trainers: dict[str, Proc] = field(default_factory=dict)
-    worker_token: str = ""
+    # Each worker its own token, bound to its id; the gateways one of role gateway.
+    worker_tokens: dict[str, str] = field(default_factory=dict)
+    gateway_token: str = ""
     trainer_token: str = ""
 
     @property
@@ -62,11 +65,30 @@ class Cluster:
         )
         return (await self.stub.UpdateRollout(request, metadata=self.md)).rollout  # type: ignore[no-any-return]
 
+    def mint(self, display_name: str, role: int, worker_id: str = "") -> str:
+        """A new token's secret (a blocking call: start_worker and start_gateway are sync)."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.registry_port}") as channel:
+            made = rpb_grpc.RegistryServiceStub(channel).CreateToken(
+                rpb.CreateTokenRequest(
+                    display_name=display_name,
+                    role=role,  # type: ignore[arg-type]
+                    worker_id=worker_id,
+                ),
+                metadata=self.md,
+            )
+        return str(made.secret)
+
+    def worker_token(self, name: str) -> str:
+        """Worker `name`'s token, bound to that worker id (made on first use)."""
+        if name not in self.worker_tokens:
+            self.worker_tokens[name] = self.mint(f"worker {name}", rpb.ROLE_WORKER, name)
+        return self.worker_tokens[name]
+
     def start_worker(self, name: str, *flags: str) -> int:
         port = free_port()
         proc = python_module(
             "services.cli.main",
-            {"LIVEML_REGISTRY_TOKEN": self.worker_token},
+            {"LIVEML_REGISTRY_TOKEN": self.worker_token(name)},
             "worker",
             "serve",
             "--registry",
@@ -134,10 +156,12 @@ class Cluster:
         wait_port(self.registry_port, self.registry)
 
     def start_gateway(self, *flags: str) -> int:
+        if not self.gateway_token:
+            self.gateway_token = self.mint("gateways", rpb.ROLE_GATEWAY)
         port = free_port()
         proc = python_module(
             "services.cli.main",
-            {"LIVEML_REGISTRY_TOKEN": self.worker_token},
+            {"LIVEML_REGISTRY_TOKEN": self.gateway_token},
             "gateway",
             "serve",
             "--registry",
@@ -184,10 +208,7 @@ async def cluster(root: Path, **registry_env: str) -> AsyncIterator[Cluster]:
     admin = (root / "admin.token").read_text().strip()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     stub = rpb_grpc.RegistryServiceStub(channel)
-    made = await stub.CreateToken(
-        rpb.CreateTokenRequest(display_name="workers", role=rpb.ROLE_WORKER), metadata=auth(admin)
-    )
-    c = Cluster(root, proc, port, admin, channel, stub, worker_token=made.secret)
+    c = Cluster(root, proc, port, admin, channel, stub)
     try:
         yield c
     finally:

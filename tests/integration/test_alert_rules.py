@@ -33,6 +33,7 @@ _HISTOGRAMS = {
     "liveml_worker_request_seconds",
     "liveml_worker_batch_size",
     "liveml_events_append_seconds",
+    "liveml_trainer_stage_seconds",
 }
 # Metrics of the whole event stream, not of one model: dashboard panels show them unfiltered.
 STREAM_WIDE = {
@@ -42,6 +43,9 @@ STREAM_WIDE = {
     "liveml_gateway_prediction_buffer",
     "liveml_joiner_lag_events",
     "liveml_joiner_position",
+    # the trainer's: of the trainer process, not of one model
+    "liveml_trainer_stage_seconds_bucket",
+    "liveml_trainer_last_poll_timestamp_seconds",
 }
 METRICS = {
     # gateway
@@ -82,6 +86,21 @@ METRICS = {
     "liveml_joiner_unmatched_total",
     "liveml_joiner_lag_events",
     "liveml_joiner_position",
+    # trainer (batch runs)
+    "liveml_trainer_trigger_requests_total",
+    "liveml_trainer_runs_total",
+    "liveml_trainer_gate_failures_total",
+    "liveml_trainer_policies",
+    "liveml_trainer_last_poll_timestamp_seconds",
+    # trainer (online learners)
+    "liveml_learner_lag_events",
+    "liveml_learner_applied_sequence",
+    "liveml_learner_examples_learned_total",
+    "liveml_learner_prequential_accuracy",
+    "liveml_learner_prequential_rmse",
+    "liveml_learner_drift_state",
+    "liveml_learner_publishes_total",
+    "liveml_learner_quarantined_total",
 } | {f"{name}{suffix}" for name in _HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 
 METRIC_NAME = re.compile(r"\bliveml_[a-z0-9_]+\b")

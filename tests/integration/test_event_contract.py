@@ -206,3 +206,26 @@ async def test_events_of_every_kind_round_trip(kind: str, tmp_path: Path) -> Non
         assert [e.key for e in only] == ["f1"]
         counts = (await b.stream.stats("m.v2" if kind == "nats" else "")).counts
         assert counts == {epb.EVENT_KIND_PREDICTION: 1, epb.EVENT_KIND_FEEDBACK: 1}
+
+
+async def test_concurrent_appends_each_get_their_own_answer(kind: str, tmp_path: Path) -> None:
+    """Many small appends at once (the SQL log writes them together): each caller gets
+    the sequences of its own events, a key sent by two callers is stored once, and the
+    stream holds every event once in the order of its sequences."""
+    async with backend(kind, tmp_path) as b:
+        calls = [
+            [example(100 * c + j, key=f"c{c}-{j}") for j in range(1 + c % 3)] for c in range(120)
+        ]
+        calls.append([example(9001, key="c0-0")])  # the first caller's key again
+        answers = await asyncio.gather(*(b.stream.append(events) for events in calls))
+        for events, answer in zip(calls[:-1], answers[:-1], strict=True):
+            assert len(answer.sequences) == len(events) and not any(answer.duplicates)
+        assert answers[-1].duplicates == [True]
+        assert answers[-1].sequences == answers[0].sequences[:1]
+        read = await read_all(b.stream)
+        by_sequence = {e.sequence: e.key for e in read}
+        for c, answer in enumerate(answers[:-1]):
+            keys = [by_sequence[s] for s in answer.sequences]
+            assert keys == [f"c{c}-{j}" for j in range(len(calls[c]))]
+        assert len(read) == sum(len(events) for events in calls[:-1])
+        assert [e.sequence for e in read] == sorted(by_sequence)

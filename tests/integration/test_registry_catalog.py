@@ -234,7 +234,7 @@ async def test_artifacts_are_encrypted_at_rest(db_url: str, tmp_path: Path) -> N
                     rpb.DownloadArtifactRequest(name=version.name)
                 )
             ]
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS
         assert "failed its integrity check" in str(err.value.details())
 
 

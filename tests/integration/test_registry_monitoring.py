@@ -56,7 +56,10 @@ async def iris(registry: RunningRegistry, tmp_path: Path) -> RunningRegistry:
 
 
 async def worker_client(registry: RunningRegistry) -> Client:
-    return registry.client(await registry.token(rpb.ROLE_WORKER, "w"))
+    """What reports windows here: windows of `gateways/t` (both sources) and a worker
+    that registers as `w1` — a token of role gateway can report only gateway windows,
+    one of role worker only its own worker's (tests/integration/test_worker_identity.py)."""
+    return registry.client()
 
 
 async def test_windows_are_summed_per_version(iris: RunningRegistry) -> None:

@@ -25,6 +25,7 @@ from services.common.auth import Role
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.registry import app, security
+from services.registry.audit_chain import AuditChain
 from services.registry.secrets import SecretsError, resolved_secrets
 from services.registry.store import Store
 from tests.helpers.models import linear
@@ -337,7 +338,8 @@ async def test_registries_bootstrapping_together_make_one_admin(
     if supplied:
         files = [tmp_path / "admin.token"] * 4  # one volume shared by the replicas
         files[0].write_text(secret + "\n")
-    stores = [Store(db_url) for _ in files]
+    chain = AuditChain.local(tmp_path / "artifacts", "k1")
+    stores = [Store(db_url, audit=chain) for _ in files]
     try:
         await stores[0].migrate()
         await asyncio.gather(

@@ -145,3 +145,47 @@ def test_a_learner_behind_the_live_version_is_held() -> None:
     few = judge(learner, live=0.999, feedback=5)
     (check,) = [c for c in few.checks if c.name == "prequential"]
     assert check.passed and "no live accuracy to compare with" in check.text
+
+
+@pytest.mark.parametrize(
+    "estimator, classes",
+    [
+        ("sklearn.linear_model.SGDClassifier", (0, 1)),
+        ("sklearn.linear_model.SGDClassifier", (0, 1, 2)),
+        ("sklearn.linear_model.Perceptron", (0, 1, 2)),
+    ],
+)
+def test_the_short_predict_of_linear_classifiers_is_sklearns(
+    estimator: str, classes: tuple[int, ...]
+) -> None:
+    settings = OnlineSettings(width=20, classes=classes, estimator=estimator)
+    learner = OnlineLearner(settings)
+    x, _ = phase(3000, seed=8)
+    y = np.digitize(x @ W, [-0.5, 0.5]) if len(classes) == 3 else (x @ W > 0).astype(int)
+    feed(learner, x[:2000], y[:2000])
+    model = learner.model
+    ours = model.predict(x[2000:])
+    theirs = model.estimator.predict(model.standardizer.transform(x[2000:]))
+    assert ours is not None and ours.dtype == theirs.dtype
+    assert np.array_equal(ours, theirs)
+    assert len(set(ours.tolist())) == len(classes)  # not one class everywhere
+
+
+def test_the_reservoir_keeps_a_uniform_sample_of_each_class() -> None:
+    from services.trainer.online.state import Reservoir
+
+    reservoir = Reservoir(per_class=500, seed=3)
+    rows = np.arange(20_000, dtype=np.float64).reshape(-1, 1)
+    labels = (np.arange(20_000) % 4 == 0).astype(int)  # one class a quarter of the other
+    for i in range(0, 20_000, 256):
+        reservoir.add(rows[i : i + 256], labels[i : i + 256], stratify=True)
+    assert reservoir.seen == {0: 15_000, 1: 5_000}
+    assert {k: len(v) for k, v in reservoir.rows.items()} == {0: 500, 1: 500}
+    for key in (0, 1):
+        kept = np.array([r[0] for r in reservoir.rows[key]])
+        assert len(set(kept.tolist())) == 500  # no row twice
+        assert all((int(v) % 4 == 0) == bool(key) for v in kept)  # each in its class
+        # Uniform over the whole stream: the mean position is near the middle.
+        assert abs(kept.mean() - 10_000) < 1_000
+    x, y = reservoir.sample(10)
+    assert x.shape == (10, 1) and sorted(y.tolist()) == [0] * 5 + [1] * 5

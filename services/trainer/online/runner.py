@@ -22,29 +22,26 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from grpc import StatusCode, aio
 
-from services.common import drift
 from services.common.events import EventStream
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
-from services.trainer import gate, pipeline
-from services.trainer.online import publish, seal
+from services.trainer import pipeline
+from services.trainer.online import metrics, seal
 from services.trainer.online.learner import OnlineLearner, OnlineSettings, StepReport
+from services.trainer.online.publishing import Publishing, Stopped
+
+__all__ = ["DEFAULT_BATCH", "Learner", "Stopped", "settings_of"]
 from services.trainer.online.state import DriftState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 256
-DEFAULT_PUBLISH_EVERY = 5000
 DEFAULT_CHECKPOINT_SECONDS = 1.0
 DEFAULT_RESERVOIR = 500
 DEFAULT_WINDOW = 1000
 DEFAULT_REPLAY = 0.2
 POLICY_SECONDS = 5.0  # how often the learner rereads its policy
-
-
-class Stopped(Exception):
-    """The learner must stop: its lease was lost, or its policy left online mode."""
 
 
 def _duration(seconds: float) -> Duration:
@@ -83,7 +80,7 @@ class Example:
     label: Any
 
 
-class Learner:
+class Learner(Publishing):
     """One model's online learner in this trainer."""
 
     def __init__(
@@ -106,12 +103,15 @@ class Learner:
         self.token = 0
         self.learner: OnlineLearner | None = None
         self.last_sequence_seen = 0  # the stream's newest, for the lag
+        self.read_through = 0  # read (and learned) all of this model's examples up to here
         self.last_commit = 0.0
         self.last_publish = time.monotonic()
         self.dirty = False
         self.rate = 0.0
         self.drift_reported: set[int] = set()
+        self.retrain_after = 0  # a drift at this sequence asks for a retrain at the next publish
         self.hold = ""  # why the last publish was held, if it was
+        self.signature: rpb.Signature | None = None  # the model's, read again with the policy
 
     # --- the registry ---------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class Learner:
             last_sequence=learner.last_sequence,
             applied=learner.applied,
             sequence_sum=learner.sequence_sum,
-            lag=max(0, self.last_sequence_seen - learner.last_sequence),
+            lag=self.lag,
             drift_state=learner.drift_state.value,
             drift_sequences=[s for s, _ in learner.drifts],
             quarantined=learner.quarantined,
@@ -160,6 +160,13 @@ class Learner:
             status.publishing_stopped = True
             status.stopped_reason = self.hold
         return status
+
+    @property
+    def lag(self) -> int:
+        """Sequences of the stream not yet applied (other models' events count until read)."""
+        assert self.learner is not None
+        applied = max(self.learner.last_sequence, self.read_through)
+        return max(0, self.last_sequence_seen - applied)
 
     async def commit(self) -> None:
         assert self.learner is not None
@@ -209,6 +216,7 @@ class Learner:
         """One chunk of the stream, in order: quarantine, score, learn (off the loop)."""
         assert self.learner is not None
         learner = self.learner
+        before = dict(learner.quarantined)
         batch = self._examples(chunk)
         width = learner.settings.width
         seqs = np.array([e.sequence for e in batch], dtype=np.int64)
@@ -219,6 +227,9 @@ class Learner:
         took = time.perf_counter() - started
         self.rate = len(chunk) / took if took > 0 else self.rate
         self.dirty = True
+        added = {k: v - before.get(k, 0) for k, v in learner.quarantined.items()}
+        metrics.learned(self.model, report.applied, added)
+        metrics.observe(self.model, learner, self.lag)
         return report
 
     async def after_drift(self, report: StepReport) -> None:
@@ -229,128 +240,10 @@ class Learner:
         if sequence in self.drift_reported:
             return
         self.drift_reported.add(sequence)
-        try:
-            await self.reg.call(
-                self.reg.training.RequestTrainingRun,
-                tpb.RequestTrainingRunRequest(
-                    parent=self.parent,
-                    trigger=tpb.TRAINING_TRIGGER_ALERT,
-                    reason=f"the online learner saw concept drift at sequence {sequence}",
-                ),
-            )
-        except aio.AioRpcError as exc:
-            if exc.code() != StatusCode.FAILED_PRECONDITION:  # within the cooldown: fine
-                raise
-
-    # --- publishing -----------------------------------------------------------------------
-
-    def due(self) -> bool:
-        assert self.learner is not None
-        online = self.policy.online
-        every = online.publish_every or DEFAULT_PUBLISH_EVERY
-        interval = online.publish_interval.ToNanoseconds() / 1e9
-        if not self.learner.since_publish:
-            return False
-        if self.learner.since_publish >= every:
-            return True
-        return bool(interval) and time.monotonic() - self.last_publish >= interval
-
-    async def _live(self) -> tuple[int, float | None, int]:
-        serving = await pipeline.production_of(self.reg, self.model)
-        if not serving:
-            return 0, None, 0
-        reply = await self.reg.call(
-            self.reg.registry.GetVersionMetrics, rpb.GetVersionMetricsRequest(parent=self.parent)
-        )
-        for m in reply.metrics:
-            if m.version == serving:
-                return serving, (m.accuracy if m.feedback_total else None), int(m.feedback_total)
-        return serving, None, 0
-
-    async def publish(self) -> None:
-        learner = self.learner
-        assert learner is not None
-        self.last_publish = time.monotonic()
-        serving, live, feedback = await self._live()
-        verdict = publish.judge(
-            learner,
-            self.policy.online,
-            live,
-            feedback,
-            learner.published_weights,
-            learner.published_reservoir,
-        )
-        if not verdict.passed:
-            self.hold = verdict.summary()
-            log.info("learner of %s held a publish: %s", self.model, self.hold)
-            await self.commit()
-            return
-        self.hold = ""
-        described = await self.reg.call(
-            self.reg.registry.GetModel, rpb.GetModelRequest(name=self.parent)
-        )
-        onnx_bytes = await asyncio.to_thread(
-            publish.export,
-            learner.model,
-            learner.settings.width,
-            described.model.signature,
-            self.policy.task,
-        )
-        await self.commit()  # the version names a checkpoint that exists
-        statistics = await asyncio.to_thread(self._reference, onnx_bytes)
-        metrics = {}
-        if learner.prequential_accuracy is not None:
-            metrics["prequential_accuracy"] = learner.prequential_accuracy
-        reservoir = learner.reservoir_accuracy()
-        if reservoir is not None:
-            metrics["reservoir_accuracy"] = reservoir
-        version = rpb.Version(
-            description=f"published by the online learner after sequence {learner.last_sequence}",
-            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
-            params={
-                "estimator": learner.settings.estimator,
-                "first_sequence": str(learner.publish_from),
-                "last_sequence": str(learner.last_sequence),
-                "applied": str(learner.applied),
-                "fencing_token": str(self.token),
-            },
-            metrics=metrics,
-            reference_statistics=statistics,
-            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
-            tags={"trigger": "online"},
-        )
-        created = await pipeline._upload(self.reg, self.model, onnx_bytes, version)
-        try:
-            reply = await self.reg.call(
-                self.reg.training.PublishOnlineVersion,
-                tpb.PublishOnlineVersionRequest(
-                    parent=self.parent,
-                    learner=self.name,
-                    fencing_token=self.token,
-                    version=created.number,
-                    checks=verdict.checks,
-                ),
-            )
-        except aio.AioRpcError as exc:
-            if exc.code() == StatusCode.ABORTED:
-                raise Stopped(exc.details()) from None
-            raise
-        learner.published(created.number)
-        self.dirty = True
-        log.info("learner of %s published v%d: %s", self.model, created.number, reply.decision)
-        await self.commit()
-
-    def _reference(self, onnx_bytes: bytes) -> rpb.ReferenceStatistics:
-        assert self.learner is not None
-        x, _ = self.learner.reservoir.all()
-        if not len(x):
-            return rpb.ReferenceStatistics()
-        model = gate.Model(onnx_bytes, self.policy.task)
-        names = [o.name for o in model.session.get_outputs()]
-        sample = x.astype(np.float32)
-        return drift.reference_statistics(
-            {model.input: sample}, dict(zip(names, model.run(sample), strict=True))
-        )
+        # Asked for once a version after it passes the gate: a stream that only looks
+        # like a new concept (labels collapsed to one class, a flip storm) stops
+        # publishing, and must not be learned by a batch retrain either.
+        self.retrain_after = sequence
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -376,6 +269,8 @@ class Learner:
         every = every or DEFAULT_CHECKPOINT_SECONDS
         pending: list[epb.Event] = []
         policy_read = time.monotonic()
+        metrics.started(self.model)
+        metrics.observe(self.model, self.learner, self.lag)
         try:
             while True:
                 batch = None
@@ -384,16 +279,25 @@ class Learner:
                         batch = await queue.get()
                 if reader.done() and reader.exception() is not None:
                     raise reader.exception()  # type: ignore[misc]
-                if batch is not None:
+                while batch is not None:
                     self.last_sequence_seen = max(self.last_sequence_seen, batch.last_sequence)
+                    metrics.observe(self.model, self.learner, self.lag)
                     pending += batch.events
                     caught_up = batch.read_through >= batch.last_sequence
                     while len(pending) >= size or (caught_up and pending):
                         chunk, pending = pending[:size], pending[size:]
                         report = await self.learn(chunk)
                         await self.after_drift(report)
-                        if self.due():
+                        # By count only here: a publish takes a while, and what was read
+                        # meanwhile is learned before the next one is due by time.
+                        if self.due(by_time=False):
                             await self.publish()
+                    if caught_up and not pending:
+                        self.read_through = batch.read_through
+                        metrics.observe(self.model, self.learner, self.lag)
+                    if time.monotonic() - self.last_commit >= every:
+                        break  # commit (and renew the lease) before reading on
+                    batch = None if queue.empty() else queue.get_nowait()
                 now = time.monotonic()
                 if self.due() and not pending:
                     await self.publish()
@@ -403,6 +307,7 @@ class Learner:
                     policy_read = now
                     await self._reread_policy()
         finally:
+            metrics.stopped(self.model)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -420,3 +325,4 @@ class Learner:
         if reply.policy.mode != tpb.TRAINING_MODE_ONLINE:
             raise Stopped("the training policy left online mode")
         self.policy = reply.policy
+        self.signature = None

@@ -78,20 +78,29 @@ class Reservoir:
         self.rng = np.random.default_rng(self.seed)
 
     def add(self, x: Array, y: npt.NDArray[Any], stratify: bool) -> None:
-        for row, label in zip(x, y, strict=True):
-            key = label.item() if stratify else 0
-            seen = self.seen.get(key, 0) + 1
-            self.seen[key] = seen
+        keys = np.asarray(y) if stratify else np.zeros(len(y), dtype=np.int64)
+        for value in np.unique(keys):  # sorted: the generator is drawn in a fixed order
+            where = np.flatnonzero(keys == value)
+            key = value.item()
+            seen = self.seen.get(key, 0)
             rows = self.rows.setdefault(key, [])
             labels = self.labels.setdefault(key, [])
-            if len(rows) < self.per_class:
-                rows.append(row.copy())
-                labels.append(label)
-                continue
-            slot = int(self.rng.integers(seen))  # Algorithm R: keep each with p = k / seen
-            if slot < self.per_class:
-                rows[slot] = row.copy()
-                labels[slot] = label
+            fill = where[: max(0, self.per_class - len(rows))]
+            for i in fill:
+                rows.append(x[i].copy())
+                labels.append(y[i])
+            rest = where[len(fill) :]
+            if len(rest):
+                # Algorithm R: the n-th seen is kept with p = k / n, in a slot drawn
+                # uniformly; drawn for the whole batch at once (one call, not one per row).
+                arrivals = seen + len(fill) + np.arange(1, len(rest) + 1)
+                slots = self.rng.integers(arrivals)
+                for i, slot in zip(
+                    rest[slots < self.per_class], slots[slots < self.per_class], strict=True
+                ):
+                    rows[slot] = x[i].copy()
+                    labels[slot] = y[i]
+            self.seen[key] = seen + len(where)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -101,12 +110,11 @@ class Reservoir:
         keys = sorted(k for k, rows in self.rows.items() if rows)
         if not keys or n <= 0:
             return np.empty((0, 0)), np.empty(0)
-        xs, ys = [], []
-        for i in range(n):
-            key = keys[i % len(keys)]
-            j = int(self.rng.integers(len(self.rows[key])))
-            xs.append(self.rows[key][j])
-            ys.append(self.labels[key][j])
+        which = np.arange(n) % len(keys)  # round-robin over classes
+        sizes = np.array([len(self.rows[k]) for k in keys])[which]
+        picks = self.rng.integers(sizes)  # one draw for the whole sample
+        xs = [self.rows[keys[w]][j] for w, j in zip(which.tolist(), picks.tolist(), strict=True)]
+        ys = [self.labels[keys[w]][j] for w, j in zip(which.tolist(), picks.tolist(), strict=True)]
         return np.array(xs), np.array(ys)
 
     def all(self) -> tuple[Array, npt.NDArray[Any]]:

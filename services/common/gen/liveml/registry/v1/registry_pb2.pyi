@@ -432,7 +432,7 @@ class Worker(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[WorkerVersionState, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., forward_address: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., observed_revision: _Optional[int] = ...) -> None: ...
 
 class Token(_message.Message):
-    __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator")
+    __slots__ = ("name", "display_name", "role", "create_time", "expire_time", "revoked", "creator", "worker_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class Token(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     role: Role
@@ -447,10 +448,11 @@ class Token(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     revoked: bool
     creator: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., creator: _Optional[str] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., creator: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("sequence", "time", "actor", "action", "target", "before_digest", "after_digest", "details", "previous_hash", "hash")
+    __slots__ = ("sequence", "time", "actor", "action", "target", "before_digest", "after_digest", "details", "previous_hash", "hash", "key_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -461,6 +463,7 @@ class AuditEvent(_message.Message):
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     actor: str
@@ -471,7 +474,8 @@ class AuditEvent(_message.Message):
     details: str
     previous_hash: str
     hash: str
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., before_digest: _Optional[str] = ..., after_digest: _Optional[str] = ..., details: _Optional[str] = ..., previous_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+    key_id: str
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., before_digest: _Optional[str] = ..., after_digest: _Optional[str] = ..., details: _Optional[str] = ..., previous_hash: _Optional[str] = ..., hash: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
     __slots__ = ("model_id", "model")
@@ -859,14 +863,16 @@ class DeleteWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("display_name", "role", "ttl")
+    __slots__ = ("display_name", "role", "ttl", "worker_id")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     role: Role
     ttl: _duration_pb2.Duration
-    def __init__(self, display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "secret")
@@ -921,16 +927,20 @@ class VerifyAuditRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("ok", "events_checked", "first_bad_sequence", "problem")
+    __slots__ = ("ok", "events_checked", "first_bad_sequence", "problem", "checkpoint_sequence", "key_id")
     OK_FIELD_NUMBER: _ClassVar[int]
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     events_checked: int
     first_bad_sequence: int
     problem: str
-    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+    checkpoint_sequence: int
+    key_id: str
+    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., checkpoint_sequence: _Optional[int] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ControlRolloutRequest(_message.Message):
     __slots__ = ("name", "action", "reason")
