@@ -4,9 +4,10 @@
 the registry's ImportExamples: the whole file, or nothing and an error naming the
 line. The file is checked against the model's signature before a row is sent; the
 registry checks every row again (its check is the one that counts) and stores the
-import in one transaction only once the last row arrived, so an error on either side,
-or an interrupted push, stores nothing. Pushing the same file again stores nothing new:
-an example without a key is known by the file's digest and its line.
+import, in one transaction, only after every row the header announced has arrived, so
+an error on either side, or an interrupted push, stores nothing. Pushing the same file
+again stores nothing new: an example without a key is known by the file's digest and
+its line.
 
 `data tail MODEL` prints the model's events as they come (or up to now with
 `--no-follow`); `data stats MODEL` shows counts by kind, the joiner's progress, the
@@ -173,6 +174,7 @@ def push(
                 features=[f.name for f in specs],
                 source=file.name,
                 digest=digest,
+                examples=checked.rows,  # the registry stores nothing if fewer arrive
             )
             failed: list[FileError] = []
             requests = _requests(

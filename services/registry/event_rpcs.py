@@ -102,6 +102,10 @@ class EventService:
         model = names.model(header.model)
         if len(header.digest) != 64:
             raise InvalidArgument("header.digest must be the file's sha256 (64 hex digits)")
+        if header.examples < 1:
+            raise InvalidArgument(
+                "header.examples must be the number of examples the stream carries (1 or more)"
+            )
         async with self.store.read() as session:
             signature = catalog.model_proto(await catalog.model_row(session, model)).signature
         specs = examples.features(model, signature)
@@ -138,6 +142,11 @@ class EventService:
             if message.WhichOneof("part") != "rows":
                 raise InvalidArgument("only the first ImportExamples message may carry a header")
             rows = message.rows
+            if len(encoded) + len(rows.examples) > header.examples:
+                raise InvalidArgument(
+                    f"more examples than the header announced ({header.examples}): nothing "
+                    "was stored"
+                )
             if len(rows.lines) != len(rows.examples):
                 raise InvalidArgument("rows need one line number per example")
             if rows.groups and len(rows.groups) != len(rows.examples):
@@ -171,8 +180,12 @@ class EventService:
                 if example.HasField("event_time"):
                     event.example.event_time.CopyFrom(example.event_time)
                 encoded.append(events.encode(event))
-        if not encoded:
-            raise InvalidArgument("no examples: the file has no rows")
+        if len(encoded) != header.examples:
+            # A client stopped mid-file can look like the end of its stream here.
+            raise InvalidArgument(
+                f"the stream ended after {len(encoded)} of the {header.examples} examples its "
+                "header announced: nothing was stored"
+            )
         appended = await append_counted(self.events, encoded)
         new = [s for s, d in zip(appended.sequences, appended.duplicates, strict=True) if not d]
         return rpb.ImportExamplesResponse(

@@ -271,6 +271,7 @@ def test_the_registry_check_is_the_one_that_counts(registry: Registry, tmp_path:
         features=["x[0]", "x[1]", "x[2]", "mask[0]", "mask[1]", "mask[2]"],
         source="f.csv",
         digest=digest,
+        examples=2,
     )
     good = rpb.ImportExamplesRequest.Rows(lines=[2])
     good.examples.add(features=[1, 2, 3, 1, 0, 1]).label.class_index = 1
@@ -419,6 +420,7 @@ def test_a_file_failing_while_it_is_sent_stores_nothing(registry: Registry) -> N
         features=["x[0]", "x[1]", "x[2]", "x[3]"],
         source="rows.csv",
         digest=hashlib.sha256(b"rows").hexdigest(),
+        examples=20,
     )
     failed: list[FileError] = []
     sent: list[int] = []

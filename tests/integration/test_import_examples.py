@@ -30,9 +30,21 @@ Rows = rpb.ImportExamplesRequest.Rows
 
 
 def header(model: str = "models/lin", features: list[str] = FEATURES, **kw: Any) -> Any:
+    """A header; `examples` is filled in by `announced` unless given."""
     return rpb.ImportExamplesRequest(
         header=Header(model=model, features=features, source="f.csv", digest=DIGEST, **kw)
     )
+
+
+def announced(messages: list[Any]) -> list[Any]:
+    """The messages, with a header that has no `examples` announcing all the rows sent."""
+    if messages and messages[0].WhichOneof("part") == "header" and not messages[0].header.examples:
+        total = sum(len(m.rows.examples) for m in messages if m.WhichOneof("part") == "rows")
+        first = rpb.ImportExamplesRequest()
+        first.CopyFrom(messages[0])
+        first.header.examples = total
+        messages = [first, *messages[1:]]
+    return messages
 
 
 def rows(*features: list[float], start: int = 2, label: bool = True, **kw: Any) -> Any:
@@ -139,7 +151,26 @@ MISUSE: dict[str, tuple[list[Any], grpc.StatusCode, str]] = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "rows need one group per example, or none",
     ),
-    "no rows": ([header()], grpc.StatusCode.INVALID_ARGUMENT, "no examples: the file has no rows"),
+    "no examples announced": (
+        [header(examples=-1), rows(ONE)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "header.examples must be the number of examples the stream carries (1 or more)",
+    ),
+    "no rows": (
+        [header(examples=1)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the stream ended after 1 of the 2 examples its header announced: nothing was stored",
+    ),
+    "fewer rows than announced": (
+        [header(examples=5), rows(ONE, ONE)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the stream ended after 3 of the 6 examples its header announced: nothing was stored",
+    ),
+    "more rows than announced": (
+        [header(examples=1), rows(ONE, ONE)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "more examples than the header announced (2): nothing was stored",
+    ),
     "a row of another width": (
         [header(), rows(ONE, [1.0, 2.0])],
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -174,17 +205,22 @@ MISUSE: dict[str, tuple[list[Any], grpc.StatusCode, str]] = {
 @pytest.mark.parametrize("case", list(MISUSE))
 async def test_misuse_is_refused_and_stores_nothing(client: Client, case: str) -> None:
     messages, code, message = MISUSE[case]
-    # A good row first: a refusal later in the stream must not keep it.
-    if len(messages) >= 2 and messages[0].WhichOneof("part") == "header":
-        messages = [messages[0], rows(ONE, start=100), *messages[1:]]
-    error = await refused(client, messages)
+    # A good row first: a refusal later in the stream must not keep it (a header given
+    # its own count counts it too).
+    if messages and messages[0].WhichOneof("part") == "header":
+        first = rpb.ImportExamplesRequest()
+        first.CopyFrom(messages[0])
+        if first.header.examples > 0:
+            first.header.examples += 1
+        messages = [first, rows(ONE, start=100), *messages[1:]]
+    error = await refused(client, announced(messages))
     assert (error.code(), error.details()) == (code, message)
     for name in ("lin", "texts", "empty"):
         assert await stored(client, name) == 0
 
 
 async def test_roles(registry: RunningRegistry, client: Client) -> None:
-    messages = [header(), rows(ONE, ONE)]
+    messages = announced([header(), rows(ONE, ONE)])
     viewer = registry.client(await registry.token(rpb.ROLE_VIEWER))
     error = await refused(viewer, messages)
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -206,7 +242,9 @@ async def test_over_the_size_limit_stores_nothing(tmp_path: Path) -> None:
     async with running_registry(settings) as registry:
         c = registry.client()
         await model(c, "lin", linear(tmp_path / "lin.onnx"))
-        error = await refused(c, [header(), *(rows(ONE, start=2 + i) for i in range(200))])
+        error = await refused(
+            c, announced([header(), *(rows(ONE, start=2 + i) for i in range(200))])
+        )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.details() == (
             "the import is over the registry's limit of 2048 bytes (--import-max-bytes); "

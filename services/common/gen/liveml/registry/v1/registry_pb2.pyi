@@ -1249,16 +1249,18 @@ class ReadEventsResponse(_message.Message):
 class ImportExamplesRequest(_message.Message):
     __slots__ = ("header", "rows")
     class Header(_message.Message):
-        __slots__ = ("model", "features", "source", "digest")
+        __slots__ = ("model", "features", "source", "digest", "examples")
         MODEL_FIELD_NUMBER: _ClassVar[int]
         FEATURES_FIELD_NUMBER: _ClassVar[int]
         SOURCE_FIELD_NUMBER: _ClassVar[int]
         DIGEST_FIELD_NUMBER: _ClassVar[int]
+        EXAMPLES_FIELD_NUMBER: _ClassVar[int]
         model: str
         features: _containers.RepeatedScalarFieldContainer[str]
         source: str
         digest: str
-        def __init__(self, model: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+        examples: int
+        def __init__(self, model: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., digest: _Optional[str] = ..., examples: _Optional[int] = ...) -> None: ...
     class Rows(_message.Message):
         __slots__ = ("examples", "lines", "groups")
         EXAMPLES_FIELD_NUMBER: _ClassVar[int]
