@@ -37,14 +37,13 @@ class Tail:
 
 
 def tail(stable: Latency | None, candidate: Latency | None) -> Tail | None:
-    """The comparison of the two latency histograms (None without them); with too few
-    samples, a comparison of nothing, which `judge` reports as "no data": the raw p99
-    of a dozen requests is their slowest one, a single hiccup of a busy machine."""
+    """The comparison of the two latency histograms, or None with too few samples (then
+    `judge` reads the windows' p99s, if each side has MIN_LATENCY_SAMPLES requests)."""
     if stable is None or candidate is None:
         return None
     n = min(sum(stable[1]), sum(candidate[1]))
     if n < MIN_LATENCY_SAMPLES:
-        return Tail(0.99, 0.0, 0.0, n)
+        return None
     q = min(0.99, 1 - TAIL_SAMPLES / n)
     return Tail(q, quantile(*stable, q), quantile(*candidate, q), n)
 
@@ -148,7 +147,13 @@ def judge(
             f"(delta {delta:+.3f}, max {limits.max_error_rate_delta:g})",
         )
     ]
-    if latency is None and stable.p99_seconds > 0 and candidate.p99_seconds > 0:
+    if (
+        latency is None
+        and stable.p99_seconds > 0
+        and candidate.p99_seconds > 0
+        # The p99 of a dozen requests is their slowest one, one hiccup of a busy box.
+        and min(judged(stable), judged(candidate)) >= MIN_LATENCY_SAMPLES
+    ):
         latency = Tail(0.99, stable.p99_seconds, candidate.p99_seconds, 0)
     if latency is not None and latency.stable > 0 and latency.candidate > 0:
         ratio = latency.candidate / latency.stable

@@ -39,14 +39,17 @@ def test_a_really_slower_candidate_is_still_caught() -> None:
 
 
 def test_too_few_samples_is_no_data() -> None:
-    few = tail(histogram(ms1=500), histogram(ms100=19))
-    assert few is not None and few.samples == 19
+    assert tail(histogram(ms1=500), histogram(ms100=19)) is None
     limits = Limits.of(rpb.AnalysisPolicy(steps=[50, 100]))
     # Raw p99s that would fail (100 ms against 1 ms) are not read: too few to judge.
     s = metrics(1, requests=500, p99_seconds=0.001)
     c = metrics(2, requests=19, p99_seconds=0.1)
-    (latency,) = [x for x in judge(limits, s, c, few) if x.name == "max_p99_latency_ratio"]
+    (latency,) = [x for x in judge(limits, s, c) if x.name == "max_p99_latency_ratio"]
     assert latency.ok is None and "fewer than 20 answered requests each" in latency.text
+    # With enough requests they are.
+    c = metrics(2, requests=40, p99_seconds=0.1)
+    (latency,) = [x for x in judge(limits, s, c) if x.name == "max_p99_latency_ratio"]
+    assert latency.ok is False
     assert tail(None, histogram(ms1=500)) is None
 
 
