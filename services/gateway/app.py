@@ -28,7 +28,7 @@ from services.common.windows import Reporter, WindowBook
 from services.gateway import metrics, shadow
 from services.gateway.data import DataPlaneEvents
 from services.gateway.feedback import FeedbackBook
-from services.gateway.links import Connector, reachable
+from services.gateway.links import Connector
 from services.gateway.predictions import PredictionLog, sampling_rate
 from services.gateway.routing import RoutingTable
 from services.gateway.servicer import (
@@ -118,7 +118,7 @@ async def start(settings: GatewaySettings) -> Gateway:
             control_channels[address] = connector.channel(address)
         return control_channels[address]
 
-    pool = UpstreamPool(connector.links, settings.forward_hold_ms / 1000, reachable)
+    pool = UpstreamPool(connector.links, settings.forward_hold_ms / 1000, connector.healthy)
     closing: set[asyncio.Task[None]] = set()
 
     def drop_control_channel(address: str) -> None:
@@ -155,6 +155,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         book,
         settings.group_key,
         predictions,
+        settings.stall_seconds,
     )
     front, control = InferenceFront(router), ControlFront(router, control_channel)
 

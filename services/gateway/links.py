@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import frames, tls
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 FORWARD_METHOD = "/liveml.worker.v1.WorkerService/Forward"
 CONNECT_SECONDS = 3.0  # a framed connect that takes longer counts as unreachable
-PROBE_SECONDS = 1.0  # a plain TCP connect to see whether a port listens
+PROBE_SECONDS = 1.0  # a TCP connect or a health check that takes longer fails
 FALLBACK_SECONDS = 30.0
 
 
@@ -234,6 +235,24 @@ class Connector:
                 address, tls.channel_credentials(ca, cert, key), self._options
             )
         return aio.insecure_channel(address, self._options)
+
+    async def healthy(self, address: str) -> str | None:
+        """None when the worker's health service says SERVING, else why not. A paused
+        process still accepts TCP connections (the kernel does), so a connect is not
+        enough to readmit a worker the pool ejected for not answering."""
+        channel = self.channel(address)
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=PROBE_SECONDS
+            )
+        except aio.AioRpcError as exc:
+            return f"health check: {exc.code().name}: {exc.details()}"
+        finally:
+            await channel.close()
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return f"health check: {status}"
+        return None
 
     def links(self, address: str) -> Links:
         return Links(

@@ -37,7 +37,7 @@ from services.gateway.outputs import first_output, is_positive, prediction
 from services.gateway.predictions import PredictionLog
 from services.gateway.routing import RoutingTable
 from services.gateway.shadow import Shadow
-from services.gateway.upstream import UpstreamDown, UpstreamPool
+from services.gateway.upstream import UpstreamDown, UpstreamPool, UpstreamStalled
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ class Router:
         book: WindowBook,
         group_key: str = "group",
         predictions: PredictionLog | None = None,
+        stall: float = 1.0,
     ) -> None:
         self.table = table
+        self.stall = stall
         self.pool = pool
         self.feedback = feedback
         self.route_key_header = route_key_header
@@ -121,8 +123,17 @@ class Router:
                     f"model '{model}' version {version}: no worker could answer ({last})"
                 )
             tried.add(upstream.address)
+            # Waiting out a frozen worker pays only when another one could answer.
+            others = any(w not in tried for w in workers)
             try:
-                reply = wire.stream_reply(await upstream.send(data, remaining))
+                reply = wire.stream_reply(
+                    await upstream.send(data, remaining, stall=self.stall if others else None)
+                )
+            except UpstreamStalled as exc:
+                last = str(exc)
+                self.pool.eject(upstream.address, last)
+                metrics.RETRIES.labels(model).inc()
+                continue
             except UpstreamDown as exc:
                 last = str(exc)
                 if upstream.address not in retried:

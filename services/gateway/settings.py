@@ -30,6 +30,13 @@ class GatewaySettings(ServerSettings, RegistryClientSettings, EventStreamSetting
     default_timeout: float = Field(
         30.0, gt=0, description="Deadline for a request whose caller set none, seconds."
     )
+    stall_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="A worker that answers nothing for this long while requests wait on it "
+        "(a paused or frozen process) is ejected and those requests go to another worker "
+        "of the version, if there is one.",
+    )
     forward_hold_ms: float = Field(
         4.0,
         ge=0,

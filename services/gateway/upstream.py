@@ -21,7 +21,11 @@ The pool follows membership and health, like Envoy's outlier detection: a worker
 whose transport fails is ejected at once (its connections closed, so a restarted
 worker is met with fresh ones, not a gRPC channel in reconnect backoff) and
 probed in the background with a short backoff; it takes requests again as soon as
-it accepts connections. Workers that left the routing picture are closed.
+it answers a health check. A worker that stops answering while its connection stays
+open (a paused process, a stalled disk) is ejected too: a request that waited
+`stall` seconds on a stream that answered nothing in that time is sent elsewhere, so
+a frozen worker delays requests by `stall` instead of failing them at their deadline.
+Workers that left the routing picture are closed.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ SILENT_SECONDS = 1.0
 
 class UpstreamDown(Exception):
     """The worker's stream failed before this request was answered."""
+
+
+class UpstreamStalled(UpstreamDown):
+    """The worker answered nothing, to anyone, while this request waited `stall`."""
 
 
 class _Stream:
@@ -135,6 +143,7 @@ class _Stream:
         reason, cause = "stream closed", None
         try:
             async for raw in self.link.replies():
+                self.last_reply = time.monotonic()
                 for reply in wpb.ForwardResponse.FromString(raw).replies:
                     future = self.waiting.pop(reply.sequence, None)
                     self.sent_at.pop(reply.sequence, None)
@@ -167,6 +176,10 @@ class _Stream:
                 del self.waiting[sequence]
                 self.sent_at.pop(sequence, None)
                 return
+
+    def silent(self, now: float, seconds: float) -> bool:
+        """Nothing came back for `seconds`, and something has waited that long."""
+        return now - self.last_reply >= seconds and self.oldest_wait(now) >= seconds
 
     def oldest_wait(self, now: float) -> float:
         """Seconds the longest-waiting request has waited (0 when none waits)."""
@@ -230,8 +243,17 @@ class Upstream:
             s.oldest_wait(now) <= SILENT_SECONDS for s in self._streams.values() if not s.broken
         )
 
-    async def send(self, data: bytes, within: float | None, shadow: bool = False) -> bytes:
-        """One request's reply (a serialized ModelStreamInferResponse)."""
+    async def send(
+        self,
+        data: bytes,
+        within: float | None,
+        shadow: bool = False,
+        stall: float | None = None,
+    ) -> bytes:
+        """One request's reply (a serialized ModelStreamInferResponse). With `stall`,
+        raise UpstreamStalled once the request has waited that long on a stream that
+        answered nothing meanwhile (a slow answer on a stream that answers others is
+        waited for, until `within`)."""
         if self.closed:
             raise UpstreamDown(f"worker {self.address}: its connections were closed")
         stream = self._stream(shadow)
@@ -239,6 +261,15 @@ class Upstream:
         self.outstanding += 1
         try:
             async with asyncio.timeout(within):
+                while stall is not None:
+                    await asyncio.wait((future,), timeout=stall)
+                    if future.done():
+                        break
+                    if stream.silent(time.monotonic(), stall):
+                        stream.forget(future)
+                        raise UpstreamStalled(
+                            f"worker {self.address}: no answer to anyone for {stall:g} s"
+                        )
                 return await future
         except TimeoutError:
             stream.forget(future)

@@ -10,6 +10,7 @@ import re
 import signal
 import time
 import urllib.request
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -273,3 +274,48 @@ async def test_a_killed_worker_is_ejected_and_its_return_takes_traffic(tmp_path:
     # fell back to the slow path for 30 s); the probe readmits it within a fraction of a
     # second. The bound leaves room for a busy machine, not for that 10 s wait.
     assert took < 3.0, f"the restarted worker took traffic {took:.2f} s after READY"
+
+
+async def test_a_paused_worker_is_ejected_and_fails_no_request(tmp_path: Path) -> None:
+    """SIGSTOP leaves a worker's sockets open (the kernel still accepts connections) and
+    its lease alive for a while: requests on it are sent to the other worker after the
+    gateway's stall time, not left to wait for the lease to run out (or to fail at their
+    deadline); after SIGCONT it serves again."""
+    async with cluster(tmp_path) as c:
+        await c.create_model("lin")
+        await c.push("lin", models.linear(tmp_path / "v1.onnx", seed=1))
+        await c.route("lin", (1, 100))
+        c.start_worker("w0", "--heartbeat-seconds", "10")  # a 30 s lease
+        c.start_worker("w1")
+        for name in ("w0", "w1"):
+            await c.wait_state(name, "lin", 1, "READY")
+        metrics = free_port()
+        address = f"127.0.0.1:{c.start_gateway('--metrics-port', str(metrics))}"
+        load = Load(address, "lin", clients=16)
+        load.start()
+        victim, port = c.workers["w0"]
+        await async_wait_until(lambda: served_by(port), 30, "traffic on both workers")
+        os.kill(victim.popen.pid, signal.SIGSTOP)
+        try:
+            paused_at = {i: load.answered.get(i, 0) for i in range(load.clients)}
+            # A client whose request waits on the paused worker answers nothing more
+            # until that request is moved: every client must go on answering.
+            await async_wait_until(
+                lambda: all(load.answered.get(i, 0) > n + 50 for i, n in paused_at.items()),
+                60,
+                "every client answered while w0 is paused",
+            )
+            assert await c.worker_states("w0"), "w0's lease ran out: nothing moved them sooner"
+            assert gateway_counter(metrics, "liveml_gateway_ejections") >= 1
+        finally:
+            os.kill(victim.popen.pid, signal.SIGCONT)
+        before = await served_by(port)
+        await async_wait_until(
+            lambda: _more(served_by(port), before), 30, "traffic on w0 after SIGCONT"
+        )
+        await load.stop()
+    assert load.failures == []
+
+
+async def _more(count: Awaitable[int], than: int) -> bool:
+    return await count > than

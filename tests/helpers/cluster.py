@@ -241,6 +241,7 @@ class Load:
     clients: int = 16
     answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    answered: dict[int, int] = field(default_factory=dict)  # answers by client index
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -261,6 +262,7 @@ class Load:
                         self.answers.append(
                             (time.monotonic(), response.infer_response.model_version)
                         )
+                        self.answered[index] = self.answered.get(index, 0) + 1
                     n += 1
                 await call.done_writing()
             except aio.AioRpcError as exc:
