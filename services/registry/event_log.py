@@ -98,12 +98,11 @@ class SqlEventLog:
                     group.append(self._waiting.pop(0))
                     size += len(group[-1][0])
                 try:
-                    appended = await self._write([e for events, _ in group for e in events])
-                except Exception as exc:
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
+                    try:
+                        appended = await self._write([e for events, _ in group for e in events])
+                    except Exception as exc:
+                        await self._write_alone(group, exc)
+                        continue
                 except BaseException:  # cancelled (shutdown): so are the callers waiting
                     for _, done in [*group, *self._waiting]:
                         done.cancel()
@@ -121,6 +120,25 @@ class SqlEventLog:
                     at += n
         finally:
             self._writer = None
+
+    async def _write_alone(
+        self, group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]], exc: Exception
+    ) -> None:
+        """The group's write failed: one caller's batch must not fail the others', so
+        each is written alone (a group of one has its answer already)."""
+        for events, done in group:
+            if len(group) == 1:
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            try:
+                alone = await self._write(events)
+            except Exception as own:
+                if not done.done():
+                    done.set_exception(own)
+                continue
+            if not done.done():
+                done.set_result(alone)
 
     async def _write(self, events: Sequence[Encoded]) -> Appended:
         stored_us = now_us()
