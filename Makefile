@@ -23,8 +23,12 @@ $(BUF): package.json
 run: $(STAMP)
 	$(BIN)/liveml demo
 
+# Two test processes (pytest-xdist): most tests wait on servers and deadlines, not on
+# a core, so two share the machine's two cores without slowing each other much.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(BUF)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
