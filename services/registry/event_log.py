@@ -223,6 +223,7 @@ class SqlEventLog:
         if kinds:
             query = query.where(EventRow.kind.in_(list(kinds)))
         reported = time.monotonic()
+        told = after  # the reader knows it has everything through here
         while True:
             woken = self._appended
             # The bounds are read on both sides of the rows: `last` before (everything up
@@ -242,10 +243,12 @@ class SqlEventLog:
             through = rows[-1][0] if rows else after
             if len(rows) < max_batch:
                 through = max(through, last)
-            if rows or (through > after and time.monotonic() - reported >= PROGRESS_SECONDS):
+            # Events it does not want (other kinds or models) move `after` on without a
+            # batch; a progress mark tells the reader, so its position can follow.
+            if rows or (through > told and time.monotonic() - reported >= PROGRESS_SECONDS):
                 parsed = [epb.Event.FromString(wire.with_sequence(p, s)) for s, p in rows]
                 yield Batch(parsed, through, first, max(last, through))
-                reported = time.monotonic()
+                reported, told = time.monotonic(), through
             after = through
             if len(rows) == max_batch:
                 continue
