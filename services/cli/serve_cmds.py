@@ -24,7 +24,7 @@ def registry_serve(settings: RegistrySettings) -> None:
 
     try:
         raise typer.Exit(registry.serve(settings))
-    except SecretsError as exc:
+    except (SecretsError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
@@ -54,7 +54,10 @@ def gateway_serve(settings: GatewaySettings) -> None:
     """Run a gateway that routes V2 requests by the registry's rollouts."""
     from services.gateway import app as gateway
 
-    raise typer.Exit(gateway.serve(settings))
+    try:
+        raise typer.Exit(gateway.serve(settings))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 trainer_app = typer.Typer(
@@ -68,4 +71,7 @@ def trainer_serve(settings: TrainerSettings) -> None:
     """Run a trainer: evaluate triggers, claim runs, fit, gate, register."""
     from services.trainer import app as trainer
 
-    raise typer.Exit(trainer.serve(settings))
+    try:
+        raise typer.Exit(trainer.serve(settings))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -34,6 +34,18 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(
         0, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
     )
+    metrics_host: str | None = Field(
+        None, description="Address the /metrics endpoint listens on (default: --host)."
+    )
+    metrics_tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve /metrics over TLS (https)."
+    )
+    metrics_tls_key: Path | None = Field(None, description="PEM private key of --metrics-tls-cert.")
+    metrics_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token every /metrics scrape must send "
+        "(Prometheus: authorization.credentials_file); none = open.",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
     tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
     tls_client_ca: Path | None = Field(

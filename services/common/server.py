@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import config, decoding, telemetry
+from services.common import config, decoding, metrics_server, telemetry
 from services.common.auth import Authenticator, AuthInterceptor, Role
 from services.common.config import ServerSettings
 from services.common.tls import server_credentials
@@ -120,6 +120,14 @@ async def start_server(
     )
 
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    # Checked before anything listens: a bad setting must not leave a port half served.
+    if (settings.metrics_tls_cert is None) != (settings.metrics_tls_key is None):
+        raise ValueError("--metrics-tls-cert and --metrics-tls-key go together")
+    metrics_token = (
+        metrics_server.read_token(settings.metrics_token_file)
+        if settings.metrics_token_file
+        else None
+    )
     where = address(settings.host, settings.port)
     try:
         if credentials is None:
@@ -131,7 +139,13 @@ async def start_server(
     if port == 0:
         raise OSError(f"{name}: cannot listen on {where}")
     await server.start()
-    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
+    metrics_port = metrics_server.start(
+        settings.metrics_host or settings.host,
+        settings.metrics_port,
+        tls_cert=settings.metrics_tls_cert,
+        tls_key=settings.metrics_tls_key,
+        token=metrics_token,
+    )
     running = RunningServer(name, server, port, metrics_port, health, services)
     await running.set_serving(True)
     log.info(

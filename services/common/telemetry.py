@@ -1,4 +1,4 @@
-"""Telemetry of a liveml process: OpenTelemetry traces and the Prometheus endpoint.
+"""Telemetry of a liveml process: OpenTelemetry traces (the metrics endpoint is `metrics_server`).
 
 Traces go to an OTLP collector when one is configured; a test can pass its own
 span exporter instead. gRPC calls are traced by OpenTelemetry's grpc
@@ -18,7 +18,6 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,3 @@ def record_span(name: str, start: float, end: float, **attributes: Any) -> None:
 def tracing_interceptor() -> Any:
     """Server interceptor that opens a span per RPC, child of the caller's trace."""
     return aio_server_interceptor()  # type: ignore[no-untyped-call]
-
-
-def start_metrics_server(
-    host: str, port: int, registry: CollectorRegistry = REGISTRY
-) -> int | None:
-    """Serve /metrics on `port` (0 = a free one, -1 = off); return the bound port."""
-    if port < 0:
-        return None
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    bound: int = server.server_address[1]
-    return bound
