@@ -9,16 +9,26 @@ principal of the current call is available to servicers through `current_princip
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import enum
 import hashlib
 import hmac
+import inspect
+import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 from grpc import aio
+
+log = logging.getLogger(__name__)
+
+# How often an open stream's credential is checked again: a revoked or expired token
+# ends the streams it opened within this (plus the feed's delay).
+RECHECK_SECONDS = 0.25
 
 
 class Role(enum.StrEnum):
@@ -158,7 +168,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         allowed = self._allowed(method)
 
-        async def check(context: aio.ServicerContext[Any, Any]) -> None:
+        async def check(context: aio.ServicerContext[Any, Any]) -> Principal:
             try:
                 principal = await self._authenticator.authenticate(
                     bearer_token(context.invocation_metadata()), peer_identity(context)
@@ -173,13 +183,66 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                     f"it needs one of: {wanted}",
                 )
             _principal.set(principal)
+            return principal
 
-        return _wrap(handler, check)
+        return _wrap(handler, check, self._guard)
+
+    def _guard(
+        self, principal: Principal, context: aio.ServicerContext[Any, Any]
+    ) -> _StreamGuard | None:
+        """For a server stream: a watch that ends it once its credential stands no more."""
+        recheck = getattr(self._authenticator, "still_valid", None)
+        if recheck is None:
+            return None
+        return _StreamGuard(recheck, principal, context)
+
+
+class _StreamGuard:
+    """Re-checks an open stream's credential; ends the stream UNAUTHENTICATED when it
+    is revoked or expires (a token is otherwise checked once per call)."""
+
+    def __init__(
+        self,
+        recheck: Callable[[Principal], Any],
+        principal: Principal,
+        context: aio.ServicerContext[Any, Any],
+    ) -> None:
+        self.ended = False
+        self._task = asyncio.current_task()
+        self._watch = asyncio.ensure_future(self._run(recheck, principal, context))
+
+    async def _run(
+        self,
+        recheck: Callable[[Principal], Any],
+        principal: Principal,
+        context: aio.ServicerContext[Any, Any],
+    ) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            try:
+                why = recheck(principal)
+                if inspect.isawaitable(why):
+                    why = await why
+            except Exception as exc:  # a database hiccup must not end a healthy stream
+                log.debug("re-checking %s failed: %s", principal.name, exc)
+                continue
+            if why is not None:
+                break
+        self.ended = True
+        log.info("ending a stream of %s: %s", principal.name, why)
+        with contextlib.suppress(Exception):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}; stream ended")
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watch.cancel()
 
 
 def _wrap(
     handler: grpc.RpcMethodHandler,
-    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[None]],
+    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[Principal]],
+    guard: Callable[[Principal, aio.ServicerContext[Any, Any]], _StreamGuard | None],
 ) -> grpc.RpcMethodHandler:
     """The same handler with `check` run first in the call's own context."""
     if handler.unary_unary:
@@ -196,9 +259,16 @@ def _wrap(
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
-            async for item in inner_us(request, context):
-                yield item
+            watch = guard(await check(context), context)
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+            except asyncio.CancelledError:
+                if watch is None or not watch.ended:
+                    raise
+            finally:
+                if watch is not None:
+                    watch.close()
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
@@ -216,9 +286,16 @@ def _wrap(
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        await check(context)
-        async for item in inner_ss(requests, context):
-            yield item
+        watch = guard(await check(context), context)
+        try:
+            async for item in inner_ss(requests, context):
+                yield item
+        except asyncio.CancelledError:
+            if watch is None or not watch.ended:
+                raise
+        finally:
+            if watch is not None:
+                watch.close()
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer

@@ -22,6 +22,8 @@ from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
 from services.common import frames, parameters
+from services.common.auth import AuthError, Role, bearer_token
+from services.common.data_auth import FeedAuthenticator
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -143,8 +145,14 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
 class FrameListener:
     """The framed forward listener: each connection is one Forward stream."""
 
-    def __init__(self, forward: ForwardServicer, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        forward: ForwardServicer,
+        max_message_bytes: int,
+        authenticator: FeedAuthenticator | None = None,
+    ) -> None:
         self.forward = forward
+        self.authenticator = authenticator
         self.max_message_bytes = max_message_bytes
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -172,6 +180,13 @@ class FrameListener:
 
         async def requests() -> AsyncIterator[wpb.ForwardRequest]:
             await frames.expect_preamble(reader)
+            if self.authenticator is not None:
+                data = await frames.read(reader, self.max_message_bytes)
+                first = wpb.ForwardRequest.FromString(data or b"")
+                refused = self._refused(first.authorization, writer)
+                if refused is not None:
+                    log.warning("forward connection from %s refused: %s", peer, refused)
+                    return
             while (data := await frames.read(reader, self.max_message_bytes)) is not None:
                 yield wpb.ForwardRequest.FromString(data)
 
@@ -186,6 +201,30 @@ class FrameListener:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
+
+    def _refused(self, authorization: str, writer: asyncio.StreamWriter) -> str | None:
+        """Why the framed link's first message does not let its sender forward, or None."""
+        assert self.authenticator is not None
+        token = bearer_token([("authorization", authorization)])
+        try:
+            principal = self.authenticator.check(token, _certificate_name(writer))
+        except AuthError as exc:
+            return str(exc)
+        if principal.role not in (Role.GATEWAY, Role.ADMIN):
+            return (
+                f"{principal.name} (role {principal.role.value}) may not forward; it needs gateway"
+            )
+        return None
+
+
+def _certificate_name(writer: asyncio.StreamWriter) -> str | None:
+    """Common name of the peer's verified client certificate (mutual TLS), if any."""
+    cert = writer.get_extra_info("peercert")
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:
