@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
 from services.common import frames, parameters
-from services.common.auth import AuthError, Role, bearer_token
+from services.common.auth import RECHECK_SECONDS, AuthError, Principal, Role, bearer_token
 from services.common.data_auth import FeedAuthenticator
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
@@ -183,10 +183,12 @@ class FrameListener:
             if self.authenticator is not None:
                 data = await frames.read(reader, self.max_message_bytes)
                 first = wpb.ForwardRequest.FromString(data or b"")
-                refused = self._refused(first.authorization, writer)
-                if refused is not None:
+                principal, refused = self._admit(first.authorization, writer)
+                if principal is None:
                     log.warning("forward connection from %s refused: %s", peer, refused)
                     return
+                guard = asyncio.create_task(self._guard(principal, writer))
+                task.add_done_callback(lambda _: guard.cancel())
             while (data := await frames.read(reader, self.max_message_bytes)) is not None:
                 yield wpb.ForwardRequest.FromString(data)
 
@@ -202,19 +204,30 @@ class FrameListener:
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
 
-    def _refused(self, authorization: str, writer: asyncio.StreamWriter) -> str | None:
-        """Why the framed link's first message does not let its sender forward, or None."""
+    def _admit(
+        self, authorization: str, writer: asyncio.StreamWriter
+    ) -> tuple[Principal | None, str]:
+        """Who sent the framed link's first message, or None and why it may not forward."""
         assert self.authenticator is not None
         token = bearer_token([("authorization", authorization)])
         try:
             principal = self.authenticator.check(token, _certificate_name(writer))
         except AuthError as exc:
-            return str(exc)
+            return None, str(exc)
         if principal.role not in (Role.GATEWAY, Role.ADMIN):
-            return (
-                f"{principal.name} (role {principal.role.value}) may not forward; it needs gateway"
-            )
-        return None
+            role = principal.role.value
+            return None, f"{principal.name} (role {role}) may not forward; it needs one of: gateway"
+        return principal, ""
+
+    async def _guard(self, principal: Principal, writer: asyncio.StreamWriter) -> None:
+        """Close the connection once its credential is revoked or expires (as the
+        interceptor ends gRPC streams)."""
+        assert self.authenticator is not None
+        while (why := self.authenticator.still_valid(principal)) is None:  # noqa: ASYNC110
+            # A poll, not a wait for an event: the feed does not tell who holds what.
+            await asyncio.sleep(RECHECK_SECONDS)
+        log.info("closing a forward connection of %s: %s", principal.name, why)
+        writer.close()
 
 
 def _certificate_name(writer: asyncio.StreamWriter) -> str | None:
