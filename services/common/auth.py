@@ -151,6 +151,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         self._authenticator = authenticator
         self._policy = policy
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _allowed(self, method: str) -> Collection[Role] | None:
         if method in self._policy:
@@ -164,15 +165,25 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            # Built once per method: the check reads everything else from the call.
+            return cached[1]
         if handler is None or _service_of(method) in OPEN_SERVICES:
             return handler
+        wrapped = self._wrap_method(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_method(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = self._allowed(method)
 
         async def check(context: aio.ServicerContext[Any, Any]) -> Principal:
             try:
-                principal = await self._authenticator.authenticate(
-                    bearer_token(context.invocation_metadata()), peer_identity(context)
-                )
+                token = bearer_token(context.invocation_metadata())
+                # The certificate only when there is no token: auth_context() costs.
+                identity = None if token is not None else peer_identity(context)
+                principal = await self._authenticator.authenticate(token, identity)
             except AuthError as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             if principal.role is not Role.ADMIN and (not allowed or principal.role not in allowed):
