@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from grpc import aio
@@ -14,6 +15,8 @@ from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from tests.helpers.cluster import infer_request
 from tests.helpers.models import RULE
+
+FEEDBACK_IN_FLIGHT = 32  # per client: labels sent but not yet answered
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Traffic:
             infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
             feedback = gpb_grpc.GatewayServiceStub(channel).SubmitFeedback
             n = 0
+            room = asyncio.Semaphore(FEEDBACK_IN_FLIGHT)
+            pending: set[asyncio.Task[None]] = set()
             while not self._stop.is_set():
                 group = "ab"[n % 2]
                 x = rng.normal(self.mean, 1.0, size=(1, 4)).astype(np.float32)
@@ -56,14 +61,34 @@ class Traffic:
                 self.answers.append((time.monotonic(), reply.model_version))
                 if self.feedback:
                     truth = int(float((x @ RULE)[0]) > 0)
-                    await feedback(
-                        gpb.SubmitFeedbackRequest(
-                            model_name=self.model,
-                            request_id=request.id,
-                            ground_truth=gpb.Label(class_index=truth),
-                        ),
-                        timeout=10,
+                    # Labels travel beside the requests, as a real client's would: a
+                    # durable SubmitFeedback costs more than an inference, and waiting
+                    # for each would cut the traffic a canary step sees by half or more.
+                    await room.acquire()
+                    sent = asyncio.create_task(
+                        self._feedback(feedback, request.id, truth, room), name="feedback"
                     )
+                    pending.add(sent)
+                    sent.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+
+    async def _feedback(
+        self, feedback: Any, request_id: str, truth: int, room: asyncio.Semaphore
+    ) -> None:
+        try:
+            await feedback(
+                gpb.SubmitFeedbackRequest(
+                    model_name=self.model,
+                    request_id=request_id,
+                    ground_truth=gpb.Label(class_index=truth),
+                ),
+                timeout=10,
+            )
+        except aio.AioRpcError as exc:
+            self.failures.append((time.monotonic(), f"feedback {exc.code().name}: {exc.details()}"))
+        finally:
+            room.release()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]

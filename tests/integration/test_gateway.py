@@ -72,6 +72,9 @@ async def stream_versions(port: int, requests: list[pb.ModelInferRequest]) -> li
     return versions
 
 
+PER_KEY = 5
+
+
 async def test_canary_split_and_sticky_keys(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         port = await two_versions(tmp_path, c)
@@ -82,9 +85,11 @@ async def test_canary_split_and_sticky_keys(tmp_path: Path) -> None:
         share = Counter(plain)["2"] / len(plain)
         assert 0.085 <= share <= 0.115, f"canary share {share:.3f}"
 
+        # Five requests a key: a key the random split served would change sides with
+        # probability 0.41 each, so 2000 keys that never do are sticky beyond doubt.
         keyed = []
         for key in range(2000):
-            for n in range(20):
+            for n in range(PER_KEY):
                 request = infer_request("lin", x, f"k{key}-{n}")
                 request.parameters["user"].string_param = f"user-{key}"
                 keyed.append(request)
@@ -94,7 +99,7 @@ async def test_canary_split_and_sticky_keys(tmp_path: Path) -> None:
         versions = await stream_versions(port, keyed)
         per_key: dict[int, set[str]] = {}
         for i, version in enumerate(versions):
-            per_key.setdefault(i // 20, set()).add(version)
+            per_key.setdefault(i // PER_KEY, set()).add(version)
         assert all(len(v) == 1 for v in per_key.values()), "a key changed sides"
         canary_keys = sum(1 for v in per_key.values() if v == {"2"}) / len(per_key)
         assert 0.08 <= canary_keys <= 0.12, f"share of keys on the canary {canary_keys:.3f}"
