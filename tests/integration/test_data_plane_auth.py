@@ -304,3 +304,43 @@ async def test_allow_anonymous_serves_anyone_and_warns(
             )
             line = next(line for line in proc.output if "--allow-anonymous" in line)
             assert "WARNING" in line and "ANY caller" in line
+
+
+async def test_an_expired_token_is_refused_and_ends_its_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry is enforced by the data plane itself (no feed event marks it)."""
+    monkeypatch.setenv("LIVEML_ALLOW_ANONYMOUS", "false")
+    async with cluster(tmp_path) as c:
+        _, gateway_port = await serve_lin(c, tmp_path)
+        request = rpb.CreateTokenRequest(display_name="short-lived app", role=rpb.ROLE_CLIENT)
+        request.ttl.FromSeconds(3)
+        made = await c.stub.CreateToken(request, metadata=c.md)
+        expires = made.token.expire_time.ToMicroseconds() / 1e6
+        async with aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:
+            md = auth(made.secret)
+
+            async def known() -> bool:
+                try:
+                    await gateway_infer(channel, md)
+                except aio.AioRpcError:
+                    return False
+                return True
+
+            await async_wait_until(known, 10, "the gateway to know the new token")
+            stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(metadata=md)
+            await stream.write(infer_request("lin", X, "open"))
+            assert not (await stream.read()).error_message
+            with pytest.raises(aio.AioRpcError) as err:
+                async with asyncio.timeout(15):
+                    while await stream.read() is not aio.EOF:
+                        pass
+            ended = time.time() - expires
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "has expired" in str(err.value.details())
+            refused = await expect_refused(gateway_infer, channel, md)
+            assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert f"token {made.token.name} (short-lived app) has expired" in str(
+                refused.details()
+            )
+        assert ended < 2.0, ended
