@@ -185,10 +185,10 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 identity = None if token is not None else peer_identity(context)
                 principal = await self._authenticator.authenticate(token, identity)
             except AuthError as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
             if principal.role is not Role.ADMIN and (not allowed or principal.role not in allowed):
                 wanted = ", ".join(sorted(r.value for r in allowed or ())) or "admin"
-                await context.abort(
+                raise _Refused(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{principal.name} (role {principal.role.value}) may not call {method}; "
                     f"it needs one of: {wanted}",
@@ -206,6 +206,23 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if recheck is None:
             return None
         return _StreamGuard(recheck, principal, context)
+
+
+class _Refused(Exception):
+    """A call refused before its handler ran: the status to end it with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+    async def abort(self, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(self.code, self.details)
+
+    def end(self, context: aio.ServicerContext[Any, Any]) -> None:
+        """End a streaming call with this status by returning (an abort raised inside a
+        stream handler can reach a client that is still sending as INTERNAL)."""
+        context.set_code(self.code)
+        context.set_details(self.details)
 
 
 class _StreamGuard:
@@ -260,7 +277,10 @@ def _wrap(
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            try:
+                await check(context)
+            except _Refused as refused:
+                await refused.abort(context)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -270,7 +290,12 @@ def _wrap(
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            watch = guard(await check(context), context)
+            try:
+                principal = await check(context)
+            except _Refused as refused:
+                refused.end(context)
+                return
+            watch = guard(principal, context)
             try:
                 async for item in inner_us(request, context):
                     yield item
@@ -288,7 +313,10 @@ def _wrap(
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            try:
+                await check(context)
+            except _Refused as refused:
+                await refused.abort(context)
             return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -297,7 +325,12 @@ def _wrap(
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        watch = guard(await check(context), context)
+        try:
+            principal = await check(context)
+        except _Refused as refused:
+            refused.end(context)
+            return
+        watch = guard(principal, context)
         try:
             async for item in inner_ss(requests, context):
                 yield item

@@ -47,17 +47,6 @@ X = np.ones((1, 4), dtype=np.float32)
 Call = Callable[[aio.Channel, Any], Awaitable[None]]
 
 
-async def _write(call: aio.StreamStreamCall, message: Any) -> None:
-    """Write the first message; a server that refused the call may end it first (the
-    write then fails on its own; the read after it raises the call's real status)."""
-    try:
-        await call.write(message)
-    except aio.AioRpcError:
-        pass
-    except asyncio.InvalidStateError:
-        pass
-
-
 async def _read(call: aio.StreamStreamCall) -> Any:
     """The first answer, or the call's final status as the server sent it."""
     try:
@@ -76,10 +65,12 @@ async def gateway_infer(channel: aio.Channel, md: Any) -> None:
 
 
 async def stream_infer(channel: aio.Channel, md: Any) -> None:
-    call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(metadata=md)
-    await _write(call, infer_request("lin", X, "s1"))
+    # Requests from an iterator (as tritonclient sends them): a refused call's status
+    # is then the server's, not a failed write's.
+    call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+        iter([infer_request("lin", X, "s1")]), metadata=md
+    )
     reply = await _read(call)
-    await call.done_writing()
     assert reply is not aio.EOF and not reply.error_message, reply
 
 
@@ -105,13 +96,30 @@ async def ingest(channel: aio.Channel, md: Any) -> None:
 
 
 async def forward(channel: aio.Channel, md: Any) -> None:
-    call = wpb_grpc.WorkerServiceStub(channel).Forward(metadata=md)
     request = wpb.ForwardRequest(first_sequence=1)
     request.requests.append(infer_request("lin", X, "f1").SerializeToString())
-    await _write(call, request)
+    call = wpb_grpc.WorkerServiceStub(channel).Forward(iter([request]), metadata=md)
     reply = await _read(call)
-    await call.done_writing()
     assert reply is not aio.EOF and reply.replies, reply
+
+
+def opened(method: str) -> Call:
+    """Open a stream and send nothing: a refused call's status then comes from the
+    server alone (a message in flight while the server refuses can end the client's
+    side with a local INTERNAL instead)."""
+
+    async def call(channel: aio.Channel, md: Any) -> None:
+        stream = channel.stream_stream(method)(iter([]), metadata=md)
+        async for _ in stream:
+            pass
+
+    return call
+
+
+REFUSAL_PROBE = {
+    "ModelStreamInfer": opened("/inference.GRPCInferenceService/ModelStreamInfer"),
+    "Forward": opened("/liveml.worker.v1.WorkerService/Forward"),
+}
 
 
 GATEWAY_RPCS: dict[str, tuple[Call, set[str]]] = {
@@ -164,17 +172,18 @@ async def test_every_data_plane_rpc_by_role(
         for port, rpcs in ((gateway_port, GATEWAY_RPCS), (worker_port, WORKER_RPCS)):
             async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 for rpc, (call, allowed) in rpcs.items():
-                    err = await expect_refused(call, channel, ())
+                    probe = REFUSAL_PROBE.get(rpc, call)
+                    err = await expect_refused(probe, channel, ())
                     assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (port, rpc)
                     assert "missing credentials" in str(err.details())
-                    err = await expect_refused(call, channel, auth("lml_nope_" + "x" * 43))
+                    err = await expect_refused(probe, channel, auth("lml_nope_" + "x" * 43))
                     assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (port, rpc)
                     assert "not valid" in str(err.details())
                     for role, secret in tokens.items():
                         if role in allowed:
                             await call(channel, auth(secret))
                             continue
-                        err = await expect_refused(call, channel, auth(secret))
+                        err = await expect_refused(probe, channel, auth(secret))
                         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (port, rpc, role)
                         needs = ", ".join(sorted(allowed - {"admin"})) or "admin"
                         assert f"(role {role}) may not call" in str(err.details())
