@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from services.common import handshake
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
 from services.common.tls import channel_credentials
@@ -197,6 +198,12 @@ def fail(message: str, hint: str | None = None) -> NoReturn:
 
 def _hint(code: grpc.StatusCode, conn: Connection) -> str | None:
     if code == grpc.StatusCode.UNAVAILABLE:
+        if conn.uses_tls:
+            # gRPC says only "Socket closed": shake hands ourselves to say which side
+            # refused which certificate.
+            why = handshake.explain(conn.address, conn.tls_ca, conn.tls_cert, conn.tls_key)
+            if why is not None:
+                return f"TLS to {conn.address}: {why}"
         # A TLS registry called in plaintext (or the reverse) also shows up as UNAVAILABLE.
         how = "over TLS" if conn.uses_tls else "in plaintext; a TLS registry needs --tls-ca"
         return f"is the registry running at {conn.address}? (connecting {how})"

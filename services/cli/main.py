@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import canary_cmds, data_cmds, registry_cmds, train_cmds
+from services.cli import canary_cmds, client, data_cmds, registry_cmds, train_cmds
 from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
@@ -114,19 +114,57 @@ def demo_online(
     raise typer.Exit(run_online(out, keep, Size(phase_examples, rate, phase_seconds)))
 
 
+# The host names liveml's own deployments give its services (Compose service names,
+# Kubernetes Services in the `liveml` namespace), so the stock certificates hold there.
+DEFAULT_SANS = (
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "registry",
+    "gateway",
+    "worker",
+    "worker-1",
+    "worker-2",
+    "trainer",
+    "registry.liveml.svc",
+    "gateway.liveml.svc",
+    "trainer.liveml.svc",
+    "*.worker.liveml.svc",
+    "registry.liveml.svc.cluster.local",
+    "gateway.liveml.svc.cluster.local",
+)
+
+
 @tls_app.command("init")
 def tls_init(
     directory: Path = typer.Argument(..., help="Folder to write the CA and certificates into."),
     names: list[str] = typer.Option(
-        ["registry", "worker", "gateway", "client"], "--name", help="Certificates to issue."
+        ["registry", "worker", "gateway", "trainer", "client"],
+        "--name",
+        help="Certificates to issue, one per identity (its common name).",
+    ),
+    sans: list[str] = typer.Option(
+        [],
+        "--san",
+        help="Host names or IP addresses every certificate is valid for (repeat it); "
+        "default: localhost and the service names of liveml's Compose and Kubernetes "
+        "deployments.",
     ),
 ) -> None:
-    """Create a CA and one certificate per name (valid for localhost, server and client)."""
+    """Create a CA and one certificate per name (server and client use, for mutual TLS).
+
+    Each certificate's common name is its identity, which `--cert-roles` maps to a role.
+    """
+    hosts = tuple(sans) or DEFAULT_SANS
+    for host in hosts:
+        if not host.strip() or any(c.isspace() for c in host):
+            client.fail(f"--san {host!r}: expected a host name or IP address")
     ca = pki.create_ca(directory)
     console.print(f"CA         {ca.cert}")
     for name in names:
-        issued = pki.issue(ca, name, directory)
+        issued = pki.issue(ca, name, directory, hosts=hosts)
         console.print(f"{name:<10} {issued.cert}  {issued.key}")
+    console.print(f"valid for  {', '.join(hosts)}")
 
 
 if __name__ == "__main__":

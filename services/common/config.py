@@ -68,6 +68,25 @@ class RegistryClientSettings(BaseSettings):
         None, description="Client certificate for mTLS to the registry."
     )
     registry_key: Path | None = Field(None, description="Key of --registry-cert.")
+    allow_plaintext_upstream: bool = Field(
+        False,
+        description="Serve TLS yet call the registry (or a gateway its workers) in "
+        "plaintext: refused at start unless this is set, and then logged as a warning.",
+    )
+
+
+def plaintext_upstreams(settings: BaseSettings) -> list[str]:
+    """What a server that serves TLS would call in plaintext (its settings name no CA
+    for it): the registry, and for a gateway its workers."""
+    if getattr(settings, "tls_cert", None) is None:
+        return []
+    found = []
+    registry = getattr(settings, "registry", None)
+    if registry and getattr(settings, "registry_ca", None) is None:
+        found.append(f"the registry at {registry} (no --registry-ca)")
+    if hasattr(settings, "worker_ca") and getattr(settings, "worker_ca", None) is None:
+        found.append("its workers (no --worker-ca)")
+    return found
 
 
 class DataPlaneAuthSettings(BaseSettings):

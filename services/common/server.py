@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import decoding, telemetry
+from services.common import config, decoding, telemetry
 from services.common.auth import Authenticator, AuthInterceptor, Role
 from services.common.config import ServerSettings
 from services.common.tls import server_credentials
@@ -175,6 +175,26 @@ def run(
 ) -> int:
     """Process entry point of a `liveml … serve` command: start, serve, exit 0."""
     configure_logging(settings.log_level)
+    plaintext = config.plaintext_upstreams(settings)
+    if plaintext:
+        # Encrypting the front door and not the calls behind it would leave a token and
+        # every request readable on the wire, with nothing to say so.
+        what = " and ".join(plaintext)
+        if not getattr(settings, "allow_plaintext_upstream", False):
+            log.error(
+                "%s serves TLS but would call %s in plaintext: give the CA to verify it "
+                "with, or start with --allow-plaintext-upstream (LIVEML_ALLOW_PLAINTEXT_UPSTREAM) "
+                "to accept that",
+                name,
+                what,
+            )
+            return 2
+        log.warning(
+            "%s serves TLS but calls %s IN PLAINTEXT (--allow-plaintext-upstream): "
+            "tokens and requests on those links can be read and changed on the wire",
+            name,
+            what,
+        )
     telemetry.setup_tracing(f"liveml-{name}", settings.otlp_endpoint)
 
     async def main() -> None:

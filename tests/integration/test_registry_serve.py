@@ -115,3 +115,67 @@ async def test_mutual_tls_certificate_is_an_identity(tmp_path: Path) -> None:
             assert "client certificate 'stranger' has no role here" in str(err.value.details())
     finally:
         assert proc.stop() == 0
+
+
+def test_a_refused_handshake_is_explained_by_the_cli(tmp_path: Path) -> None:
+    """gRPC says "UNAVAILABLE: Socket closed" for every TLS refusal; the CLI names which
+    side refused which certificate."""
+    from tests.integration.test_cli import liveml
+
+    ca = pki.create_ca(tmp_path / "pki")
+    other = pki.create_ca(tmp_path / "other")
+    server = pki.issue(ca, "registry", tmp_path / "pki")
+    client = pki.issue(ca, "client", tmp_path / "pki")
+    outsider = pki.issue(other, "client", tmp_path / "other")
+    proc, port = serve(
+        tmp_path,
+        "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+        "--tls-client-ca", str(ca.cert),
+    )  # fmt: skip
+    plain, plain_port = serve(tmp_path / "plain")
+    try:
+        at = {"LIVEML_REGISTRY": f"localhost:{port}", "LIVEML_TOKEN": "x"}
+        cases = [
+            (
+                {"LIVEML_TLS_CA": str(other.cert)},
+                "the server's certificate was refused: "
+                f"certificate signature failure (checked against CA {other.cert}, "
+                "for the name 'localhost')",
+            ),
+            (
+                {"LIVEML_TLS_CA": str(ca.cert)},
+                "the server requires a client certificate (mutual TLS): pass --tls-cert/--tls-key",
+            ),
+            (
+                {
+                    "LIVEML_TLS_CA": str(ca.cert),
+                    "LIVEML_TLS_CERT": str(outsider.cert),
+                    "LIVEML_TLS_KEY": str(outsider.key),
+                },
+                f"the server refused client certificate {outsider.cert}: it is not signed by "
+                "a CA the server trusts (or has expired)",
+            ),
+        ]
+        for env, hint in cases:
+            done = liveml({**at, **env}, "models", "list", ok=False)
+            assert done.returncode == 1
+            said = " ".join(done.stderr.split())
+            assert "error: UNAVAILABLE" in said, said
+            assert f"hint: TLS to localhost:{port}: " in said and hint in said, said
+        # The right files: the handshake is fine, and the token is what is wrong.
+        good = {
+            **at,
+            "LIVEML_TLS_CA": str(ca.cert),
+            "LIVEML_TLS_CERT": str(client.cert),
+            "LIVEML_TLS_KEY": str(client.key),
+        }
+        done = liveml(good, "models", "list", ok=False)
+        assert "error: UNAUTHENTICATED" in done.stderr
+        # TLS options against a plaintext registry.
+        at_plain = {"LIVEML_REGISTRY": f"localhost:{plain_port}", "LIVEML_TLS_CA": str(ca.cert)}
+        done = liveml({**at_plain, "LIVEML_TOKEN": "x"}, "models", "list", ok=False)
+        said = " ".join(done.stderr.split())
+        assert "the server does not speak TLS here (plaintext?)" in said, said
+    finally:
+        assert proc.stop() == 0
+        assert plain.stop() == 0
