@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,18 @@ lint: $(STAMP) $(BUF)
 proto: $(STAMP)
 	$(PY) -m services.common.protogen
 
-bench: bench-worker bench-gateway bench-trainer bench-events bench-online
+bench: bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth
 
 # Needs h2load (Debian package nghttp2-client, installed here if missing) and builds
 # KServe's venv in bench/.kserve-venv on first use.
 bench-worker: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/worker.py
+
+# Data-plane authentication's cost: worker unary@32 with auth on / off in one run.
+bench-auth: $(STAMP)
+	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
+	$(PY) bench/auth.py
 
 bench-gateway: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)

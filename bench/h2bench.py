@@ -84,7 +84,13 @@ class Result:
 
 
 def h2load(
-    port: int, method: str, body: bytes, in_flight: int, seconds: float, messages: int = 1
+    port: int,
+    method: str,
+    body: bytes,
+    in_flight: int,
+    seconds: float,
+    messages: int = 1,
+    headers: tuple[str, ...] = (),
 ) -> Result:
     """Drive `method` with `in_flight` concurrent streams for `seconds`; `messages` per stream."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -107,6 +113,7 @@ def h2load(
             "content-type: application/grpc",
             "-H",
             "te: trailers",
+            *(arg for header in headers for arg in ("-H", header)),
             "-d",
             str(data),
             "--log-file",

@@ -32,3 +32,10 @@ def require(available: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is not available, and CI must run every test", pytrace=False)
     pytest.skip(f"{what} is not available")
+
+
+# The data plane authenticates callers by default. Tests of routing, swaps, batching
+# and learning run it open (their clients send no token); the tests of data-plane
+# authentication (tests/integration/test_data_plane_auth.py) turn it back on for
+# their processes with LIVEML_ALLOW_ANONYMOUS=false.
+os.environ.setdefault("LIVEML_ALLOW_ANONYMOUS", "true")

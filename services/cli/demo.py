@@ -210,7 +210,7 @@ class Demo:
 
         # 1. A batch upload and stream ingestion: the volume trigger trains v1.
         pushed = await self.push("history.csv", *old.rows(NEW_EXAMPLES - 300, self.rng))
-        ingested = await data.ingest(c.gateway, old, 300, seed=1)
+        ingested = await data.ingest(c.gateway, old, 300, seed=1, metadata=c.ingest_md)
         first = await self.next_run("the first run", canary=False)
         if first.state != Run.STATE_SUCCEEDED or first.trigger != tpb.TRAINING_TRIGGER_DATA_VOLUME:
             raise DemoFailure(f"the first run: {describe(first)} {first.error}")
@@ -220,7 +220,7 @@ class Demo:
 
         # 2. Live traffic with feedback, and a stream of examples through the gateway: the
         # next volume trigger, a canary, promotion.
-        traffic = data.Traffic(c.gateway, a, phase="A")
+        traffic = data.Traffic(c.gateway, a, phase="A", metadata=c.client_md)
         traffic.start()
         streaming = asyncio.create_task(self._stream_examples(a))
         try:
@@ -302,7 +302,7 @@ class Demo:
     async def _stream_examples(self, concept: data.Concept) -> None:
         """Labelled examples through the gateway, 200 every half second, until cancelled."""
         for seed in range(1000, 10**6):
-            await data.ingest(self.c.gateway, concept, 200, seed=seed)
+            await data.ingest(self.c.gateway, concept, 200, seed=seed, metadata=self.c.ingest_md)
             await asyncio.sleep(0.5)
 
     async def next_run_again(self, run: Run) -> Run:

@@ -69,7 +69,8 @@ class Services:
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", *args],
-            env={**os.environ, **env},
+            # The demo runs the data plane as deployed: callers authenticated.
+            env={**os.environ, "LIVEML_ALLOW_ANONYMOUS": "false", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -110,6 +111,16 @@ class Cluster:
     training: tpb_grpc.TrainingServiceStub
     md: tuple[tuple[str, str], ...]
     ingest_token: str
+    # The demo's application: inference and feedback through the gateway (role client).
+    client_token: str = ""
+
+    @property
+    def client_md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.client_token}"),)
+
+    @property
+    def ingest_md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.ingest_token}"),)
 
 
 async def start(services: Services) -> Cluster:
@@ -147,6 +158,7 @@ async def start(services: Services) -> Cluster:
     gateway = {**plane, "LIVEML_REGISTRY_TOKEN": await token("demo gateway", rpb.ROLE_GATEWAY)}
     trainer = {"LIVEML_REGISTRY_TOKEN": await token("demo trainer", rpb.ROLE_TRAINER)}
     ingest = await token("demo data upload", rpb.ROLE_INGEST)
+    client = await token("demo application", rpb.ROLE_CLIENT)
     ports = {n: free_port() for n in ("worker-1", "worker-2", "gateway", "trainer")}
     for name in ("worker-1", "worker-2"):
         bound = await token(f"demo {name}", rpb.ROLE_WORKER, name)
@@ -180,4 +192,5 @@ async def start(services: Services) -> Cluster:
         tpb_grpc.TrainingServiceStub(channel),  # type: ignore[no-untyped-call]
         md,
         ingest,
+        client,
     )

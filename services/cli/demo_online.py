@@ -115,7 +115,10 @@ def _labels(reply: pb.ModelInferResponse) -> np.ndarray:
     raise DemoFailure(f"the answer of {reply.model_name} has no 'label' output")
 
 
-async def probe(gateway: str, model: str, concepts: Concepts, record: Record) -> None:
+Md = tuple[tuple[str, str], ...]
+
+
+async def probe(gateway: str, model: str, concepts: Concepts, record: Record, md: Md) -> None:
     """Rows of the current concept to `model` through the gateway, scored, 10 times a second."""
     record.scores[model] = []
     async with aio.insecure_channel(gateway) as channel:
@@ -124,7 +127,7 @@ async def probe(gateway: str, model: str, concepts: Concepts, record: Record) ->
             x, y = concepts.draw(50, noisy=False)  # scored on the rule itself
             record.requests += 1
             try:
-                reply = await infer(_request(model, x), timeout=10)
+                reply = await infer(_request(model, x), timeout=10, metadata=md)
             except aio.AioRpcError as exc:
                 record.failures.append(f"{model}: {exc.code().name}: {exc.details()}")
             else:
@@ -133,7 +136,7 @@ async def probe(gateway: str, model: str, concepts: Concepts, record: Record) ->
             await asyncio.sleep(0.1)  # the probes' pace, not a synchronisation
 
 
-async def ingest(gateway: str, concepts: Concepts, record: Record, rate: int) -> None:
+async def ingest(gateway: str, concepts: Concepts, record: Record, rate: int, md: Md) -> None:
     """Labelled examples of the current concept through the gateway, `rate` a second."""
     per_call = max(1, rate // 10)
     async with aio.insecure_channel(gateway) as channel:
@@ -147,7 +150,9 @@ async def ingest(gateway: str, concepts: Concepts, record: Record, rate: int) ->
             ]
             try:
                 await stub.IngestExamples(
-                    gpb.IngestExamplesRequest(model_name=ONLINE, examples=examples), timeout=30
+                    gpb.IngestExamplesRequest(model_name=ONLINE, examples=examples),
+                    timeout=30,
+                    metadata=md,
                 )
             except aio.AioRpcError as exc:
                 # Until the model's first version serves, the gateway does not know it
@@ -195,14 +200,16 @@ async def seed(
     record.ingested += len(events)
 
 
-async def served(gateway: str, model: str, within: float) -> None:
+async def served(gateway: str, model: str, within: float, md: Md) -> None:
     """Wait until the gateway answers for `model` (before the probes count anything)."""
     async with aio.insecure_channel(gateway) as channel:
         infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer  # type: ignore[no-untyped-call]
 
         async def answers() -> bool:
             try:
-                await infer(_request(model, np.zeros((1, FEATURES), np.float32)), timeout=5)
+                await infer(
+                    _request(model, np.zeros((1, FEATURES), np.float32)), timeout=5, metadata=md
+                )
             except aio.AioRpcError:
                 return False
             return True
@@ -305,6 +312,7 @@ class OnlineDemo:
             (rpb.ROLE_GATEWAY, "demo gateway"),
             (rpb.ROLE_TRAINER, "demo"),
             (rpb.ROLE_INGEST, "demo seed"),
+            (rpb.ROLE_CLIENT, "demo application"),
         )
         for role, display in roles:
             made = await stub.CreateToken(
@@ -362,12 +370,17 @@ class OnlineDemo:
         # first examples go to the event stream directly, the learner's first version
         # follows within a second or two.
         await seed(stub, tokens[rpb.ROLE_INGEST], concepts, record)
-        tasks = [asyncio.create_task(ingest(gateway, concepts, record, self.size.rate))]
+        # The application infers with a client token, sends examples with an ingest one.
+        client_md = (("authorization", f"Bearer {tokens[rpb.ROLE_CLIENT]}"),)
+        ingest_md = (("authorization", f"Bearer {tokens[rpb.ROLE_INGEST]}"),)
+        tasks = [asyncio.create_task(ingest(gateway, concepts, record, self.size.rate, ingest_md))]
         try:
             for model in (STATIC, ONLINE):  # the online one once its first version serves
-                await served(gateway, model, self.size.phase_seconds)
+                await served(gateway, model, self.size.phase_seconds, client_md)
                 record.served = record.served or model == ONLINE
-                tasks.append(asyncio.create_task(probe(gateway, model, concepts, record)))
+                tasks.append(
+                    asyncio.create_task(probe(gateway, model, concepts, record, client_md))
+                )
             for k in range(3):
                 await self._phase(k, concepts, tasks)
         finally:

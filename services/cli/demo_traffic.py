@@ -100,6 +100,7 @@ class Traffic:
     rate: float = 80.0
     labels: bool = True
     phase: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()  # the client token
     answers: dict[str, int] = field(default_factory=dict)  # by version
     tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)  # (phase, version)
     failures: list[str] = field(default_factory=list)
@@ -124,7 +125,7 @@ class Traffic:
                 request.raw_input_contents.append(raw)
                 n += 1
                 try:
-                    reply = await infer(request, timeout=10)
+                    reply = await infer(request, timeout=10, metadata=self.metadata)
                 except aio.AioRpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
                 else:
@@ -143,6 +144,7 @@ class Traffic:
                                     ground_truth=gpb.Label(class_index=int(y[0])),
                                 ),
                                 timeout=10,
+                                metadata=self.metadata,
                             )
                             self.feedback_sent += 1
                         except aio.AioRpcError as exc:
@@ -175,7 +177,13 @@ def _label(reply: pb.ModelInferResponse) -> int:
     raise ValueError("the answer has no 'label' output")
 
 
-async def ingest(address: str, concept: Concept, n: int, seed: int) -> int:
+async def ingest(
+    address: str,
+    concept: Concept,
+    n: int,
+    seed: int,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> int:
     """Labelled examples sent to the gateway (stream ingestion); answered once stored."""
     x, y = concept.rows(n, np.random.default_rng(seed))
     async with aio.insecure_channel(address) as channel:
@@ -193,5 +201,6 @@ async def ingest(address: str, concept: Concept, n: int, seed: int) -> int:
                 ],
             ),
             timeout=30,
+            metadata=metadata,
         )
     return int(reply.accepted)

@@ -9,16 +9,26 @@ principal of the current call is available to servicers through `current_princip
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import enum
 import hashlib
 import hmac
+import inspect
+import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 from grpc import aio
+
+log = logging.getLogger(__name__)
+
+# How often an open stream's credential is checked again: a revoked or expired token
+# ends the streams it opened within this (plus the feed's delay).
+RECHECK_SECONDS = 0.25
 
 
 class Role(enum.StrEnum):
@@ -141,6 +151,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         self._authenticator = authenticator
         self._policy = policy
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _allowed(self, method: str) -> Collection[Role] | None:
         if method in self._policy:
@@ -154,39 +165,122 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            # Built once per method: the check reads everything else from the call.
+            return cached[1]
         if handler is None or _service_of(method) in OPEN_SERVICES:
             return handler
+        wrapped = self._wrap_method(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_method(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = self._allowed(method)
 
-        async def check(context: aio.ServicerContext[Any, Any]) -> None:
+        async def check(context: aio.ServicerContext[Any, Any]) -> Principal:
             try:
-                principal = await self._authenticator.authenticate(
-                    bearer_token(context.invocation_metadata()), peer_identity(context)
-                )
+                token = bearer_token(context.invocation_metadata())
+                # The certificate only when there is no token: auth_context() costs.
+                identity = None if token is not None else peer_identity(context)
+                principal = await self._authenticator.authenticate(token, identity)
             except AuthError as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
             if principal.role is not Role.ADMIN and (not allowed or principal.role not in allowed):
                 wanted = ", ".join(sorted(r.value for r in allowed or ())) or "admin"
-                await context.abort(
+                raise _Refused(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{principal.name} (role {principal.role.value}) may not call {method}; "
                     f"it needs one of: {wanted}",
                 )
             _principal.set(principal)
+            return principal
 
-        return _wrap(handler, check)
+        return _wrap(handler, check, self._guard)
+
+    def _guard(
+        self, principal: Principal, context: aio.ServicerContext[Any, Any]
+    ) -> _StreamGuard | None:
+        """For a server stream: a watch that ends it once its credential stands no more."""
+        recheck = getattr(self._authenticator, "still_valid", None)
+        if recheck is None:
+            return None
+        return _StreamGuard(recheck, principal, context)
+
+
+class _Refused(Exception):
+    """A call refused before its handler ran: the status to end it with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+    async def abort(self, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(self.code, self.details)
+
+    def end(self, context: aio.ServicerContext[Any, Any]) -> None:
+        """End a streaming call with this status by returning (an abort raised inside a
+        stream handler can reach a client that is still sending as INTERNAL)."""
+        context.set_code(self.code)
+        context.set_details(self.details)
+
+
+class _StreamGuard:
+    """Re-checks an open stream's credential; ends the stream UNAUTHENTICATED when it
+    is revoked or expires (a token is otherwise checked once per call)."""
+
+    def __init__(
+        self,
+        recheck: Callable[[Principal], Any],
+        principal: Principal,
+        context: aio.ServicerContext[Any, Any],
+    ) -> None:
+        self.ended = False
+        self._task = asyncio.current_task()
+        self._watch = asyncio.ensure_future(self._run(recheck, principal, context))
+
+    async def _run(
+        self,
+        recheck: Callable[[Principal], Any],
+        principal: Principal,
+        context: aio.ServicerContext[Any, Any],
+    ) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            try:
+                why = recheck(principal)
+                if inspect.isawaitable(why):
+                    why = await why
+            except Exception as exc:  # a database hiccup must not end a healthy stream
+                log.debug("re-checking %s failed: %s", principal.name, exc)
+                continue
+            if why is not None:
+                break
+        self.ended = True
+        log.info("ending a stream of %s: %s", principal.name, why)
+        with contextlib.suppress(Exception):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}; stream ended")
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watch.cancel()
 
 
 def _wrap(
     handler: grpc.RpcMethodHandler,
-    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[None]],
+    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[Principal]],
+    guard: Callable[[Principal, aio.ServicerContext[Any, Any]], _StreamGuard | None],
 ) -> grpc.RpcMethodHandler:
     """The same handler with `check` run first in the call's own context."""
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            try:
+                await check(context)
+            except _Refused as refused:
+                await refused.abort(context)
             return await inner_uu(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -196,9 +290,21 @@ def _wrap(
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
-            async for item in inner_us(request, context):
-                yield item
+            try:
+                principal = await check(context)
+            except _Refused as refused:
+                refused.end(context)
+                return
+            watch = guard(principal, context)
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+            except asyncio.CancelledError:
+                if watch is None or not watch.ended:
+                    raise
+            finally:
+                if watch is not None:
+                    watch.close()
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
@@ -207,7 +313,10 @@ def _wrap(
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            try:
+                await check(context)
+            except _Refused as refused:
+                await refused.abort(context)
             return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -216,9 +325,21 @@ def _wrap(
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        await check(context)
-        async for item in inner_ss(requests, context):
-            yield item
+        try:
+            principal = await check(context)
+        except _Refused as refused:
+            refused.end(context)
+            return
+        watch = guard(principal, context)
+        try:
+            async for item in inner_ss(requests, context):
+                yield item
+        except asyncio.CancelledError:
+            if watch is None or not watch.ended:
+                raise
+        finally:
+            if watch is not None:
+                watch.close()
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer

@@ -101,6 +101,24 @@ def plaintext_upstreams(settings: BaseSettings) -> list[str]:
     return found
 
 
+class DataPlaneAuthSettings(BaseSettings):
+    """Who may call a data-plane server (workers and gateways)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve inference, feedback and ingestion to callers without "
+        "credentials (no token, no certificate role). Off by default; logged as a "
+        "warning at start.",
+    )
+    cert_roles: str = Field(
+        "",
+        description="Client-certificate identities and their roles (mutual TLS), as "
+        "CN=role,CN=role (e.g. gateway=gateway,app=client).",
+    )
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 

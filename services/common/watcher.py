@@ -31,6 +31,9 @@ class Picture:
         self.rollouts: dict[str, rpb.Rollout] = {}
         self.versions: dict[VersionKey, rpb.Version] = {}
         self.workers: dict[str, rpb.Worker] = {}
+        # Tokens the data plane accepts, by the sha256 of their secret (revoked ones dropped).
+        self.credentials: dict[str, rpb.Credential] = {}
+        self._credential_digest: dict[str, str] = {}  # token name -> its digest above
 
     def apply(self, events: Iterable[rpb.WatchEvent]) -> None:
         for event in events:
@@ -44,6 +47,8 @@ class Picture:
                 self.workers[event.worker.name] = event.worker
             elif kind == "model":
                 self.models[event.model.name.split("/")[1]] = event.model
+            elif kind == "credential":
+                self._put_credential(event.credential)
             elif event.type == rpb.WatchEvent.TYPE_DELETE:
                 parts = event.resource_name.split("/")
                 if parts[0] == "workers":
@@ -52,6 +57,14 @@ class Picture:
                     self.models.pop(parts[1], None)
                     self.rollouts.pop(parts[1], None)
                     self.versions = {k: v for k, v in self.versions.items() if k[0] != parts[1]}
+
+    def _put_credential(self, credential: rpb.Credential) -> None:
+        old = self._credential_digest.pop(credential.name, None)
+        if old is not None:
+            self.credentials.pop(old, None)
+        if not credential.revoked:
+            self.credentials[credential.secret_sha256] = credential
+            self._credential_digest[credential.name] = credential.secret_sha256
 
 
 class RegistryWatcher:
@@ -67,6 +80,8 @@ class RegistryWatcher:
         self.picture = Picture()
         self.revision = 0
         self.connected = asyncio.Event()
+        # Set once a whole snapshot has arrived (the picture, tokens included, is known).
+        self.synced = asyncio.Event()
         self._pending: Picture | None = None  # a snapshot arriving over several messages
 
     def handle(self, response: rpb.WatchResponse) -> None:
@@ -77,6 +92,7 @@ class RegistryWatcher:
             if response.snapshot_complete:
                 self.picture, self._pending = self._pending, None
                 self.revision = response.revision
+                self.synced.set()
                 self.on_change(self.picture)
             return
         if response.events:

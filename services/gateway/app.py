@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import registry_client, server
+from services.common import data_auth, registry_client, server
+from services.common.auth import Role
 from services.common.events.open import open_stream
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
@@ -48,6 +49,14 @@ SERVICES = [
     pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     gpb.DESCRIPTOR.services_by_name["GatewayService"].full_name,
 ]
+
+_GATEWAY_SERVICE = "/" + SERVICES[1] + "/"
+# Clients infer and send feedback; ingest tokens store examples (admins may do all).
+POLICY: dict[str, set[Role]] = {
+    SERVICES[0]: {Role.CLIENT},
+    _GATEWAY_SERVICE + "SubmitFeedback": {Role.CLIENT},
+    _GATEWAY_SERVICE + "IngestExamples": {Role.INGEST},
+}
 
 
 @dataclass
@@ -94,9 +103,8 @@ async def start(settings: GatewaySettings) -> Gateway:
         key=settings.registry_key,
         max_message_bytes=settings.max_message_bytes,
     )
-    metadata = registry_client.auth_metadata(
-        registry_client.read_token(settings.registry_token, settings.registry_token_file)
-    )
+    token = registry_client.read_token(settings.registry_token, settings.registry_token_file)
+    metadata = registry_client.auth_metadata(token)
     control_channels: dict[str, aio.Channel] = {}
     current = [RoutingTable()]
 
@@ -111,6 +119,8 @@ async def start(settings: GatewaySettings) -> Gateway:
         settings.worker_key,
         settings.max_message_bytes,
         forward_address,
+        # The gateway's own identity toward workers: its token (role gateway).
+        token,
     )
 
     def control_channel(address: str) -> aio.Channel:
@@ -151,7 +161,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         FeedbackBook(settings.feedback_size, settings.feedback_seconds),
         settings.route_key_header,
         settings.default_timeout,
-        Shadow(shadow.config_of(settings), forward_address),
+        Shadow(shadow.config_of(settings, token), forward_address),
         book,
         settings.group_key,
         predictions,
@@ -187,7 +197,16 @@ async def start(settings: GatewaySettings) -> Gateway:
         gpb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(router, data), grpc_server)  # type: ignore[no-untyped-call]
         return SERVICES
 
-    running = await server.start_server("gateway", settings, register)
+    authenticator = data_auth.authenticator_for(
+        "gateway",
+        settings.allow_anonymous,
+        settings.cert_roles,
+        lambda: watcher.picture.credentials,
+        watcher.synced.is_set,
+    )
+    running = await server.start_server(
+        "gateway", settings, register, authenticator=authenticator, policy=POLICY
+    )
     reporter = Reporter([book], stub, metadata, settings.report_seconds)
     gateway = Gateway(
         settings, running, router, front, watcher, [registry_channel], reporter, predictions

@@ -20,12 +20,13 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import frames, tls
+from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ class FrameLink:
         limit: int,
         unreachable: Callable[[], None] = lambda: None,
         grpc_address: str = "",
+        token: str | None = None,
     ) -> None:
         self.address = address
+        self._token = token
         self.limit = limit
         self._unreachable = unreachable
         self._grpc_address = grpc_address
@@ -121,6 +124,10 @@ class FrameLink:
             raise LinkError(f"cannot connect to {self.address}: {reason}", fallback=True) from exc
         frames.tune(writer)
         writer.write(frames.PREAMBLE)
+        if self._token:
+            # The framed link's own handshake: its first message carries the credential.
+            hello = wpb.ForwardRequest(authorization=f"Bearer {self._token}")
+            writer.write(frames.frame(hello.SerializeToString()))
         try:
             async with asyncio.timeout(CONNECT_SECONDS):
                 await frames.expect_preamble(reader)
@@ -169,8 +176,10 @@ class Links:
         ssl_context: ssl.SSLContext | None = None,
         limit: int = 256 << 20,
         grpc_address: str = "",
+        token: str | None = None,
     ) -> None:
         self._connect = connect
+        self._token = token
         self._grpc_address = grpc_address
         self._forward_address = forward_address
         self._ssl = ssl_context
@@ -188,6 +197,7 @@ class Links:
                 self._limit,
                 lambda: self._fall_back(address),
                 self._grpc_address,
+                self._token,
             )
         if self._channel is None:
             self._channel = self._connect()
@@ -221,8 +231,13 @@ class Connector:
         key: Path | None,
         max_message_bytes: int,
         forward_address: Callable[[str], str | None],
+        token: str | None = None,
     ) -> None:
         self._files = (ca, cert, key)
+        self._token = token
+        # Every call to a worker carries the gateway's token (a metadata interceptor:
+        # one per call or stream, and the Forward stream is long-lived).
+        self._interceptors = [Bearer(token)] if token else None
         self._options = channel_options(max_message_bytes)
         self._limit = max_message_bytes
         self._forward_address = forward_address
@@ -232,9 +247,12 @@ class Connector:
         ca, cert, key = self._files
         if ca or cert:
             return aio.secure_channel(
-                address, tls.channel_credentials(ca, cert, key), self._options
+                address,
+                tls.channel_credentials(ca, cert, key),
+                self._options,
+                interceptors=self._interceptors,
             )
-        return aio.insecure_channel(address, self._options)
+        return aio.insecure_channel(address, self._options, interceptors=self._interceptors)
 
     async def healthy(self, address: str) -> str | None:
         """None when the worker's health service says SERVING, else why not. A paused
@@ -261,7 +279,36 @@ class Connector:
             self._ssl,
             self._limit,
             address,
+            self._token,
         )
+
+
+class Bearer(
+    aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds `authorization: Bearer <token>` to every call on a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = aio.Metadata(*(details.metadata or ()), self._header)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:

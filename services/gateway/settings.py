@@ -7,10 +7,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.common.config import EventStreamSettings, RegistryClientSettings, ServerSettings
+from services.common.config import (
+    DataPlaneAuthSettings,
+    EventStreamSettings,
+    RegistryClientSettings,
+    ServerSettings,
+)
 
 
-class GatewaySettings(ServerSettings, RegistryClientSettings, EventStreamSettings):
+class GatewaySettings(
+    ServerSettings, RegistryClientSettings, DataPlaneAuthSettings, EventStreamSettings
+):
     port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9100, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."

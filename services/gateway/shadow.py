@@ -65,6 +65,7 @@ class ShadowConfig:
     worker_ca: str | None
     worker_cert: str | None
     worker_key: str | None
+    worker_token: str | None  # the gateway's own token toward workers (never logged)
     max_message_bytes: int
     timeout: float  # longest a copy waits for its answer, seconds
     max_wait: float  # longest a copy waits to be started, from its offer, seconds
@@ -214,12 +215,13 @@ def _fold(tally: Tally) -> None:
         metrics.SHADOW_DROPPED.labels(model, version).inc(count)
 
 
-def config_of(settings: GatewaySettings) -> ShadowConfig:
+def config_of(settings: GatewaySettings, worker_token: str | None = None) -> ShadowConfig:
     """The shadow process's part of a GatewaySettings."""
     return ShadowConfig(
         worker_ca=str(settings.worker_ca) if settings.worker_ca else None,
         worker_cert=str(settings.worker_cert) if settings.worker_cert else None,
         worker_key=str(settings.worker_key) if settings.worker_key else None,
+        worker_token=worker_token,
         max_message_bytes=settings.max_message_bytes,
         timeout=settings.default_timeout,
         max_wait=settings.shadow_max_wait,

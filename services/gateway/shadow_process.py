@@ -100,7 +100,12 @@ async def run(sock: socket.socket) -> None:
         Path(f) if f else None for f in (config.worker_ca, config.worker_cert, config.worker_key)
     )
     connector = Connector(
-        ca, cert, key, config.max_message_bytes, lambda address: recent.forward.get(address)
+        ca,
+        cert,
+        key,
+        config.max_message_bytes,
+        lambda address: recent.forward.get(address),
+        config.worker_token,
     )
     pool = UpstreamPool(connector.links)
     counting = Counting()

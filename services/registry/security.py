@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import AuthError, Principal, Role, hash_secret
+from services.common.data_auth import parse_cert_roles as parse_cert_roles
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry.db import TokenRow
 from services.registry.store import Store, Tx, now_us
@@ -168,6 +169,24 @@ def token_proto(row: TokenRow) -> rpb.Token:
     return token
 
 
+def credential_proto(row: TokenRow) -> rpb.Credential:
+    """What the data plane needs of a token to check it: the hash of its secret, never it."""
+    credential = rpb.Credential(
+        name=f"tokens/{row.id}",
+        display_name=row.display_name,
+        role=row.role,  # type: ignore[arg-type]
+        secret_sha256=row.secret_hash,
+        revoked=row.revoked,
+    )
+    if row.expire_us is not None:
+        credential.expire_time.FromMicroseconds(row.expire_us)
+    return credential
+
+
+# Watchers that are told credentials (the data plane's servers, and admins).
+CREDENTIAL_WATCHERS = frozenset({Role.WORKER, Role.GATEWAY, Role.ADMIN})
+
+
 async def create_token(
     tx: Tx,
     display_name: str,
@@ -200,6 +219,7 @@ async def create_token(
     )
     tx.session.add(row)
     await tx.session.flush()
+    tx.put(credential_proto(row), f"tokens/{row.id}")
     return row, secret
 
 
@@ -251,15 +271,14 @@ class TokenAuthenticator:
             worker_id=row.worker_id or "",
         )
 
-
-def parse_cert_roles(spec: str) -> dict[str, Role]:
-    roles: dict[str, Role] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, role = item.partition("=")
-        try:
-            roles[name.strip()] = Role(role.strip().lower())
-        except ValueError:
-            raise ValueError(
-                f"cert_roles entry {item!r}: role must be one of {', '.join(r.value for r in Role)}"
-            ) from None
-    return roles
+    async def still_valid(self, principal: Principal) -> str | None:
+        """None while the token of an open stream stands, else why it does not."""
+        if not isinstance(principal, TokenPrincipal):
+            return None
+        async with self._store.read() as session:
+            row = await session.get(TokenRow, principal.token_id)
+        if row is None or row.revoked:
+            return f"{principal.name} has been revoked"
+        if row.expire_us is not None and row.expire_us <= now_us():
+            return f"{principal.name} expired at {_when(row.expire_us)}"
+        return None

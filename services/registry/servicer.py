@@ -340,9 +340,22 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         if request.since_revision < 0:
             raise InvalidArgument("since_revision must not be negative")
         interval = names.seconds(request.progress_interval, "progress_interval", most=3600)
+        caller = current_principal()
+        # Token hashes go only to the data plane's servers (and admins), which check
+        # callers against them; a viewer watching the picture is not told them.
+        credentials = caller is None or caller.role in security.CREDENTIAL_WATCHERS
         async for response in self.feed.watch(
             request.since_revision, interval or self.settings.watch_progress_seconds
         ):
+            if not credentials:
+                kept = [e for e in response.events if e.WhichOneof("resource") != "credential"]
+                if len(kept) != len(response.events):
+                    # A copy: the feed may hand the same message to every watcher.
+                    trimmed = rpb.WatchResponse()
+                    trimmed.CopyFrom(response)
+                    del trimmed.events[:]
+                    trimmed.events.extend(kept)
+                    response = trimmed
             yield response
 
     # --- workers ----------------------------------------------------------------------------
@@ -431,6 +444,7 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
             before = security.token_proto(row)
             row.revoked = True
             after = security.token_proto(row)
+            tx.put(security.credential_proto(row), after.name)
             await tx.audit("RevokeToken", after.name, before, after)
         return rpb.RevokeTokenResponse(token=after)
 

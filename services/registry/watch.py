@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import workers
-from services.registry.db import ChangeRow, Meta, ModelRow, RolloutRow, VersionRow
-from services.registry.store import NOTIFY_CHANNEL, Store
+from services.registry import security, workers
+from services.registry.db import ChangeRow, Meta, ModelRow, RolloutRow, TokenRow, VersionRow
+from services.registry.store import NOTIFY_CHANNEL, Store, now_us
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,19 @@ class Feed:
                 put("rollout", rpb.Rollout.FromString(proto))
             for worker in await workers.live(session):
                 put("worker", worker)
+            now = now_us()
+            for row in (
+                await session.execute(select(TokenRow).where(TokenRow.revoked.is_(False)))
+            ).scalars():
+                if row.expire_us is None or row.expire_us > now:
+                    credential = security.credential_proto(row)
+                    event = rpb.WatchEvent(
+                        revision=revision,
+                        type=rpb.WatchEvent.TYPE_PUT,
+                        resource_name=credential.name,
+                    )
+                    event.credential.CopyFrom(credential)
+                    events.append(event)
             return int(revision), events
 
     async def _changes_after(self, revision: int) -> tuple[int, int, list[rpb.WatchEvent]]:

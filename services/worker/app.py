@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import priority, server, tls
+from services.common import data_auth, priority, server, tls
+from services.common.auth import Role
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -101,11 +102,23 @@ async def start(settings: WorkerSettings) -> Worker:
         wpb_grpc.add_WorkerServiceServicer_to_server(forward, grpc_server)  # type: ignore[no-untyped-call]
         return [SERVICE_NAME, FORWARD_SERVICE]
 
+    holder: list[RegistryLoader] = []
+    authenticator = data_auth.authenticator_for(
+        "worker",
+        settings.allow_anonymous,
+        settings.cert_roles,
+        lambda: holder[0].watcher.picture.credentials if holder else {},
+        lambda: bool(holder) and holder[0].watcher.synced.is_set(),
+    )
+    # Inference is the gateway's (it routes, counts and canaries); clients only when
+    # the deployer says they may come straight here.
+    inference_roles = {Role.GATEWAY} | ({Role.CLIENT} if settings.allow_client_direct else set())
+    policy = {SERVICE_NAME: inference_roles, FORWARD_SERVICE: {Role.GATEWAY}}
     listener, forward_port = None, None
     if settings.forward_port >= 0:
         # Bound before the gRPC port opens: whoever waits for that port to start the
         # next process must not find this listener taking a port it was about to use.
-        listener = FrameListener(forward, settings.max_message_bytes)
+        listener = FrameListener(forward, settings.max_message_bytes, authenticator)
         forward_port = await listener.start(
             settings.host,
             settings.forward_port,
@@ -113,7 +126,9 @@ async def start(settings: WorkerSettings) -> Worker:
         )
         log.info("framed forward listener on %s:%d", settings.host, forward_port)
     try:
-        running = await server.start_server("worker", settings, register)
+        running = await server.start_server(
+            "worker", settings, register, authenticator=authenticator, policy=policy
+        )
     except BaseException:
         if listener is not None:
             await listener.close(0)
@@ -125,6 +140,7 @@ async def start(settings: WorkerSettings) -> Worker:
         worker.tasks.append(asyncio.create_task(watcher.run(settings.scan_seconds)))
     else:
         loader = RegistryLoader(settings, repository, default, running.port, forward_port)
+        holder.append(loader)
         await loader.start()
         worker.loader = loader
     return worker

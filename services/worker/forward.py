@@ -22,6 +22,8 @@ from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
 from services.common import frames, parameters
+from services.common.auth import RECHECK_SECONDS, AuthError, Principal, Role, bearer_token
+from services.common.data_auth import FeedAuthenticator
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -143,8 +145,14 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
 class FrameListener:
     """The framed forward listener: each connection is one Forward stream."""
 
-    def __init__(self, forward: ForwardServicer, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        forward: ForwardServicer,
+        max_message_bytes: int,
+        authenticator: FeedAuthenticator | None = None,
+    ) -> None:
         self.forward = forward
+        self.authenticator = authenticator
         self.max_message_bytes = max_message_bytes
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -172,6 +180,15 @@ class FrameListener:
 
         async def requests() -> AsyncIterator[wpb.ForwardRequest]:
             await frames.expect_preamble(reader)
+            if self.authenticator is not None:
+                data = await frames.read(reader, self.max_message_bytes)
+                first = wpb.ForwardRequest.FromString(data or b"")
+                principal, refused = self._admit(first.authorization, writer)
+                if principal is None:
+                    log.warning("forward connection from %s refused: %s", peer, refused)
+                    return
+                guard = asyncio.create_task(self._guard(principal, writer))
+                task.add_done_callback(lambda _: guard.cancel())
             while (data := await frames.read(reader, self.max_message_bytes)) is not None:
                 yield wpb.ForwardRequest.FromString(data)
 
@@ -186,6 +203,41 @@ class FrameListener:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
+
+    def _admit(
+        self, authorization: str, writer: asyncio.StreamWriter
+    ) -> tuple[Principal | None, str]:
+        """Who sent the framed link's first message, or None and why it may not forward."""
+        assert self.authenticator is not None
+        token = bearer_token([("authorization", authorization)])
+        try:
+            principal = self.authenticator.check(token, _certificate_name(writer))
+        except AuthError as exc:
+            return None, str(exc)
+        if principal.role not in (Role.GATEWAY, Role.ADMIN):
+            role = principal.role.value
+            return None, f"{principal.name} (role {role}) may not forward; it needs one of: gateway"
+        return principal, ""
+
+    async def _guard(self, principal: Principal, writer: asyncio.StreamWriter) -> None:
+        """Close the connection once its credential is revoked or expires (as the
+        interceptor ends gRPC streams)."""
+        assert self.authenticator is not None
+        while (why := self.authenticator.still_valid(principal)) is None:  # noqa: ASYNC110
+            # A poll, not a wait for an event: the feed does not tell who holds what.
+            await asyncio.sleep(RECHECK_SECONDS)
+        log.info("closing a forward connection of %s: %s", principal.name, why)
+        writer.close()
+
+
+def _certificate_name(writer: asyncio.StreamWriter) -> str | None:
+    """Common name of the peer's verified client certificate (mutual TLS), if any."""
+    cert = writer.get_extra_info("peercert")
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.common.config import RegistryClientSettings, ServerSettings
+from services.common.config import DataPlaneAuthSettings, RegistryClientSettings, ServerSettings
 
 
-class WorkerSettings(ServerSettings, RegistryClientSettings):
+class WorkerSettings(ServerSettings, RegistryClientSettings, DataPlaneAuthSettings):
     port: int = Field(9001, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     metrics_port: int = Field(
         9101, ge=-1, le=65535, description="Prometheus /metrics port (0 = any free one, -1 = off)."
@@ -38,6 +38,11 @@ class WorkerSettings(ServerSettings, RegistryClientSettings):
         "(targets, pinned and mirror versions), primary (targets and pinned: clients' "
         "requests only) or mirror (mirror versions only: gateways' shadow copies, the "
         "whole process at --shadow-priority).",
+    )
+    allow_client_direct: bool = Field(
+        False,
+        description="Also serve inference to role client (not only the gateway's "
+        "identity): clients may then bypass the gateway's routing and accounting.",
     )
     capacity: int = Field(64, ge=1, description="Concurrent requests this worker advertises.")
     cache_dir: Path = Field(Path(".liveml/cache"), description="Local artifact cache (by digest).")

@@ -352,17 +352,29 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
             return ready == advertised
 
         await async_wait_until(both_ready, 30, "lin v1 READY on both workers")
+        # The application's own token: the gateway serves inference to role client.
+        client = await registry.CreateToken(
+            rpb.CreateTokenRequest(display_name="deploy test app", role=rpb.ROLE_CLIENT),
+            metadata=md,
+        )
 
-    # A client: V2 inference through the gateway, over TLS.
+    # A client: V2 inference through the gateway, over TLS, with its token.
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     async with aio.secure_channel(f"127.0.0.1:{stack.ports['gateway', 8001]}", tls) as channel:
         gateway = pb_grpc.GRPCInferenceServiceStub(channel)
 
         async def answer() -> Any:
             try:
-                return await gateway.ModelInfer(infer_request("lin", x, "deploy-1"), timeout=5)
+                return await gateway.ModelInfer(
+                    infer_request("lin", x, "deploy-1"), timeout=5, metadata=auth(client.secret)
+                )
             except aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                waiting = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.UNAUTHENTICATED,  # the new token not yet in its feed
+                )
+                if exc.code() in waiting:
                     return None  # the gateway's routing table has not caught up yet
                 raise
 

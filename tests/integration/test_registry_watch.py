@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,11 @@ async def test_snapshot_then_changes(registry: RunningRegistry, tmp_path: Path) 
     snapshot = await next_kind(call, KIND.KIND_SNAPSHOT)
     assert snapshot.snapshot_complete
     kinds = sorted(e.WhichOneof("resource") for e in snapshot.events)
-    assert kinds == ["model", "rollout", "version", "version"]
+    # The admin is told credentials (as workers and gateways are): its own token's.
+    assert kinds == ["credential", "model", "rollout", "version", "version"]
+    [credential] = [e.credential for e in snapshot.events if e.HasField("credential")]
+    assert credential.role == rpb.ROLE_ADMIN and len(credential.secret_sha256) == 64
+    assert credential.secret_sha256 == hashlib.sha256(registry.admin_token.encode()).hexdigest()
     rollout_event = next(e for e in snapshot.events if e.HasField("rollout"))
     assert [t.version for t in rollout_event.rollout.targets] == [1]
 
@@ -56,6 +61,41 @@ async def test_snapshot_then_changes(registry: RunningRegistry, tmp_path: Path) 
     assert event.type == rpb.WatchEvent.TYPE_PUT and event.resource_name == "models/iris/rollout"
     assert [(t.version, t.percent) for t in event.rollout.targets] == [(1, 90), (2, 10)]
     call.cancel()
+
+
+async def test_credentials_reach_data_plane_watchers_only(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Token digests go to worker and gateway watchers (and admins), never to a viewer;
+    a new token and a revocation arrive as credential events."""
+    viewer = registry.client(await registry.token(rpb.ROLE_VIEWER))
+    gateway = registry.client(await registry.token(rpb.ROLE_GATEWAY))
+    seen = viewer.Watch(rpb.WatchRequest())
+    told = gateway.Watch(rpb.WatchRequest())
+    for call in (seen, told):
+        await next_kind(call, KIND.KIND_SNAPSHOT)
+    made = await registry.client().CreateToken(
+        rpb.CreateTokenRequest(display_name="app", role=rpb.ROLE_CLIENT)
+    )
+    await registry.client().RevokeToken(rpb.RevokeTokenRequest(name=made.token.name))
+    events: list[rpb.WatchEvent] = []
+    while len(events) < 2:
+        events += (await next_kind(told, KIND.KIND_EVENTS)).events
+    assert [(e.credential.name, e.credential.revoked) for e in events] == [
+        (made.token.name, False),
+        (made.token.name, True),
+    ]
+    assert events[0].credential.secret_sha256 == hashlib.sha256(made.secret.encode()).hexdigest()
+    assert made.secret not in str(events)
+    # The viewer's feed moved past both revisions with no credential in it.
+    last = events[-1].revision
+    while True:
+        response = await seen.read()
+        assert all(not e.HasField("credential") for e in response.events)
+        if response.revision >= last:
+            break
+    for call in (seen, told):
+        call.cancel()
 
 
 async def test_resume_misses_nothing_and_repeats_nothing(

@@ -765,7 +765,7 @@ class WatchRequest(_message.Message):
     def __init__(self, since_revision: _Optional[int] = ..., progress_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("revision", "type", "rollout", "version", "worker", "model", "resource_name")
+    __slots__ = ("revision", "type", "rollout", "version", "worker", "model", "credential", "resource_name")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[WatchEvent.Type]
@@ -780,6 +780,7 @@ class WatchEvent(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
     revision: int
     type: WatchEvent.Type
@@ -787,8 +788,25 @@ class WatchEvent(_message.Message):
     version: Version
     worker: Worker
     model: Model
+    credential: Credential
     resource_name: str
-    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[WatchEvent.Type, str]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., model: _Optional[_Union[Model, _Mapping]] = ..., resource_name: _Optional[str] = ...) -> None: ...
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[WatchEvent.Type, str]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ..., model: _Optional[_Union[Model, _Mapping]] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ..., resource_name: _Optional[str] = ...) -> None: ...
+
+class Credential(_message.Message):
+    __slots__ = ("name", "display_name", "role", "secret_sha256", "expire_time", "revoked")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    display_name: str
+    role: Role
+    secret_sha256: str
+    expire_time: _timestamp_pb2.Timestamp
+    revoked: bool
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., secret_sha256: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("kind", "revision", "events", "snapshot_complete")

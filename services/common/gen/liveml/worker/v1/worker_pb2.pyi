@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("first_sequence", "requests", "shadow")
+    __slots__ = ("first_sequence", "requests", "shadow", "authorization")
     FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     first_sequence: int
     requests: _containers.RepeatedScalarFieldContainer[bytes]
     shadow: bool
-    def __init__(self, first_sequence: _Optional[int] = ..., requests: _Optional[_Iterable[bytes]] = ..., shadow: _Optional[bool] = ...) -> None: ...
+    authorization: str
+    def __init__(self, first_sequence: _Optional[int] = ..., requests: _Optional[_Iterable[bytes]] = ..., shadow: _Optional[bool] = ..., authorization: _Optional[str] = ...) -> None: ...
 
 class ForwardReply(_message.Message):
     __slots__ = ("sequence", "response")
