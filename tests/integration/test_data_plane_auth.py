@@ -353,3 +353,70 @@ async def test_an_expired_token_is_refused_and_ends_its_stream(
                 refused.details()
             )
         assert ended < 2.0, ended
+
+
+async def test_certificates_are_identities_on_workers_and_gateways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutual TLS on a worker and a gateway: a certificate --cert-roles names gets its
+    role; one the same CA signed but no entry names (CN `intruder`, or the stock
+    `client` certificate on a worker) is refused, as by the registry."""
+    from services.common import pki, tls
+
+    monkeypatch.setenv("LIVEML_ALLOW_ANONYMOUS", "false")
+    ca = pki.create_ca(tmp_path / "pki")
+    issued = {
+        n: pki.issue(ca, n, tmp_path / "pki") for n in ("worker", "gateway", "app", "intruder")
+    }
+    issued["client"] = pki.issue(ca, "client", tmp_path / "pki")
+
+    def serving(name: str, roles: str) -> tuple[str, ...]:
+        return (
+            "--tls-cert", str(issued[name].cert), "--tls-key", str(issued[name].key),
+            "--tls-client-ca", str(ca.cert), "--cert-roles", roles,
+            "--allow-plaintext-upstream",  # the registry of this test speaks plaintext
+        )  # fmt: skip
+
+    async with cluster(tmp_path) as c:
+        await c.create_model("lin")
+        await c.push("lin", models.linear(tmp_path / "v1.onnx", seed=1))
+        await c.route("lin", (1, 100))
+        worker = c.start_worker("w0", *serving("worker", "gateway=gateway"))
+        gateway = c.start_gateway(
+            *serving("gateway", "app=client,gateway=gateway"),
+            "--worker-ca", str(ca.cert),
+            "--worker-cert", str(issued["gateway"].cert),
+            "--worker-key", str(issued["gateway"].key),
+        )  # fmt: skip
+        options = [("grpc.ssl_target_name_override", "localhost")]
+
+        async def call(port: int, who: str) -> aio.AioRpcError | None:
+            creds = tls.channel_credentials(ca.cert, issued[who].cert, issued[who].key)
+            async with aio.secure_channel(f"127.0.0.1:{port}", creds, options) as channel:
+                try:
+                    await gateway_infer(channel, ())
+                except aio.AioRpcError as exc:
+                    return exc
+            return None
+
+        await async_wait_until(
+            lambda: _answers(call(worker, "gateway")), 30, "the worker to answer the gateway"
+        )
+        for who in ("intruder", "client", "app"):
+            refused = await call(worker, who)
+            assert refused is not None and refused.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert f"client certificate {who!r} has no role here" in str(refused.details())
+        await async_wait_until(
+            lambda: _answers(call(gateway, "app")), 30, "the gateway to answer the app"
+        )
+        refused = await call(gateway, "intruder")
+        assert refused is not None and refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "client certificate 'intruder' has no role here" in str(refused.details())
+        # A role the method does not take: the gateway's identity is not a client.
+        denied = await call(gateway, "gateway")
+        assert denied is not None and denied.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "cert:gateway (role gateway) may not call" in str(denied.details())
+
+
+async def _answers(outcome: Awaitable[aio.AioRpcError | None]) -> bool:
+    return await outcome is None
