@@ -424,9 +424,17 @@ async def test_fairness_gap_is_measured_and_can_fail_a_canary(tmp_path: Path) ->
         traffic.start()
         await start_canary(c, 2, max_fairness_gap=0.3)
         back = await wait_phase(c, Phase.PHASE_ROLLED_BACK)
-        reply = await c.stub.GetVersionMetrics(
-            rpb.GetVersionMetricsRequest(parent="models/clf"), metadata=c.md
-        )
+
+        async def labelled() -> rpb.GetVersionMetricsResponse | None:
+            # Labels travel beside the requests: v1's windows count them a moment later.
+            reply = await c.stub.GetVersionMetrics(
+                rpb.GetVersionMetricsRequest(parent="models/clf"), metadata=c.md
+            )
+            v1 = next((m for m in reply.metrics if m.version == 1), None)
+            ok = v1 is not None and len(v1.groups) == 2
+            return reply if ok and all(g.feedback_total > 0 for g in v1.groups) else None
+
+        reply = await async_wait_until(labelled, 30, "feedback in both of v1's groups")
         await traffic.stop()
         assert "max_fairness_gap" in back.status.last_decision
         (event,) = await audit(c, "CanaryRollback")

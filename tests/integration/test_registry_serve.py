@@ -134,7 +134,8 @@ def test_a_refused_handshake_is_explained_by_the_cli(tmp_path: Path) -> None:
     )  # fmt: skip
     plain, plain_port = serve(tmp_path / "plain")
     try:
-        at = {"LIVEML_REGISTRY": f"localhost:{port}", "LIVEML_TOKEN": "x"}
+        # Wide: the hints quote file paths, which a narrow terminal would wrap.
+        at = {"LIVEML_REGISTRY": f"localhost:{port}", "LIVEML_TOKEN": "x", "COLUMNS": "1000"}
         cases = [
             (
                 {"LIVEML_TLS_CA": str(other.cert)},
@@ -173,7 +174,9 @@ def test_a_refused_handshake_is_explained_by_the_cli(tmp_path: Path) -> None:
         assert "error: UNAUTHENTICATED" in done.stderr
         # TLS options against a plaintext registry.
         at_plain = {"LIVEML_REGISTRY": f"localhost:{plain_port}", "LIVEML_TLS_CA": str(ca.cert)}
-        done = liveml({**at_plain, "LIVEML_TOKEN": "x"}, "models", "list", ok=False)
+        done = liveml(
+            {**at_plain, "LIVEML_TOKEN": "x", "COLUMNS": "1000"}, "models", "list", ok=False
+        )
         said = " ".join(done.stderr.split())
         assert "the server does not speak TLS here (plaintext?)" in said, said
     finally:
