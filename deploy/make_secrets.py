@@ -12,12 +12,15 @@ Files already there are kept, so running it again changes nothing:
     grafana_admin_password  Grafana's `admin` password
     checkpoint_key          base64 key that seals online learners' checkpoints
     ca.pem, ca-key.pem      a development CA (keep ca-key.pem to issue more certificates)
-    liveml.pem, liveml-key.pem
-                            one server certificate for every liveml service, valid for the
-                            Compose host names, localhost and 127.0.0.1 (health checks)
+    NAME.pem, NAME-key.pem  one certificate per identity (registry, gateway, worker-1,
+                            worker-2, trainer, admin): each service serves TLS with its own
+                            and shows it as its client certificate (mutual TLS between the
+                            services); admin is for operators' `liveml` and the `tokens`
+                            one-shot. Valid for the Compose host names, localhost and
+                            127.0.0.1 (health checks); the common name is the identity.
 
---renew-certificate issues liveml.pem again from the same CA, for instance for another
-worker's host name (--host worker-3); clients trusting ca.pem need no change.
+--renew-certificate issues the certificates again from the same CA, for instance for
+another worker's host name (--host worker-3); clients trusting ca.pem need no change.
 
 Compose bind-mounts secret files as they are on the host (it cannot change their owner),
 and the services run as uid 10001: the files are therefore readable by all (0644) inside
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from services.common import pki
 
+IDENTITIES = ("registry", "gateway", "worker-1", "worker-2", "trainer", "admin")
 HOSTS = ("registry", "worker-1", "worker-2", "gateway", "trainer", "localhost", "127.0.0.1", "::1")
 
 
@@ -73,12 +77,13 @@ def make_secrets(
         ca.cert.chmod(0o644)
         written += [ca.cert, ca.key]
         renew_certificate = True
-    server = pki.Issued(directory / "liveml.pem", directory / "liveml-key.pem")
-    if renew_certificate or not (server.cert.exists() and server.key.exists()):
-        server = pki.issue(ca, "liveml", directory, hosts=hosts)
-        server.cert.chmod(0o644)
-        server.key.chmod(0o644)
-        written += [server.cert, server.key]
+    for identity in IDENTITIES:
+        issued = pki.Issued(directory / f"{identity}.pem", directory / f"{identity}-key.pem")
+        if renew_certificate or not (issued.cert.exists() and issued.key.exists()):
+            issued = pki.issue(ca, identity, directory, hosts=hosts)
+            issued.cert.chmod(0o644)
+            issued.key.chmod(0o644)
+            written += [issued.cert, issued.key]
     return written
 
 
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host", action="append", default=[], help="Another name the certificate is valid for."
     )
     parser.add_argument(
-        "--renew-certificate", action="store_true", help="Issue liveml.pem again (same CA)."
+        "--renew-certificate", action="store_true", help="Issue the certificates again (same CA)."
     )
     args = parser.parse_args(argv)
     written = make_secrets(args.directory, (*HOSTS, *args.host), args.renew_certificate)

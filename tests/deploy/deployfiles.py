@@ -147,6 +147,18 @@ def volume_mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return mounts
 
 
+def secret_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(secret, name under /run/secrets/) for each secret a service is granted, in the
+    short (`- name`) or long (`- source: s, target: t`) syntax."""
+    out = []
+    for entry in service.get("secrets", []):
+        if isinstance(entry, str):
+            out.append((entry, entry))
+        else:
+            out.append((entry["source"], entry.get("target", entry["source"])))
+    return out
+
+
 def liveml_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The services that run the liveml image (built from deploy/docker/Dockerfile)."""
     return {

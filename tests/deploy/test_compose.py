@@ -106,7 +106,8 @@ def test_secrets_come_from_files() -> None:
                 assert value.startswith("/"), f"{name}: {key} holds a value, not a file"
             if value.startswith("/run/secrets/"):
                 secret = value.removeprefix("/run/secrets/")
-                assert secret in service.get("secrets", []), f"{name}: {key} is not granted"
+                granted = [target for _, target in df.secret_mounts(service)]
+                assert secret in granted, f"{name}: {key} is not granted"
     registry = compose["services"]["registry"]
     env = df.environment(registry)
     assert env["LIVEML_ARTIFACT_KEY_FILE"] == "/run/secrets/artifact_key"
@@ -169,14 +170,46 @@ def test_make_secrets_writes_what_compose_mounts(tmp_path: Path) -> None:
     # ... inside a folder no one else may enter.
     assert secrets.stat().st_mode & 0o777 == 0o700
     assert tool.make_secrets(secrets) == [], "a second run keeps what exists"
-    # One certificate for every liveml service: valid for each Compose host name, and for
-    # 127.0.0.1, where the image's HEALTHCHECK connects.
-    cert = x509.load_pem_x509_certificate((secrets / "liveml.pem").read_bytes())
-    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    dns = set(names.get_values_for_type(x509.DNSName))
-    ips = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
-    assert set(df.liveml_services(compose)) - {"tokens"} <= dns
-    assert "127.0.0.1" in ips
+    # A certificate per service, its common name the service: valid for each Compose host
+    # name, and for 127.0.0.1, where the image's HEALTHCHECK connects.
+    for service, spec in df.liveml_services(compose).items():
+        mounted = dict((t, s) for s, t in df.secret_mounts(spec))
+        if "tls_cert" not in mounted:
+            continue
+        path = secrets / Path(compose["secrets"][mounted["tls_cert"]]["file"]).name
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        assert cn == ("admin" if service == "tokens" else service), (service, cn)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = set(names.get_values_for_type(x509.DNSName))
+        ips = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+        assert set(df.liveml_services(compose)) - {"tokens"} <= dns
+        assert "127.0.0.1" in ips
+
+
+def test_services_talk_mutual_tls_to_each_other() -> None:
+    """Every link between liveml services is mutual TLS: each server a service calls
+    requires a client certificate from the CA, and each caller shows its own."""
+    compose = df.load_compose()
+    services = df.liveml_services(compose)
+    env = {name: df.environment(spec) for name, spec in services.items()}
+    for name in ("registry", "worker-1", "worker-2", "trainer"):
+        assert env[name]["LIVEML_TLS_CLIENT_CA"] == "/run/secrets/tls_ca", name
+        assert env[name]["HEALTHCHECK_CERT"] == "/run/secrets/tls_cert", name
+    for name in ("worker-1", "worker-2", "gateway", "trainer"):
+        assert env[name]["LIVEML_REGISTRY_CA"] == "/run/secrets/tls_ca", name
+        assert env[name]["LIVEML_REGISTRY_CERT"] == "/run/secrets/tls_cert", name
+        assert env[name]["LIVEML_REGISTRY_KEY"] == "/run/secrets/tls_key", name
+    assert env["gateway"]["LIVEML_WORKER_CERT"] == "/run/secrets/tls_cert"
+    assert env["gateway"]["LIVEML_WORKER_CA"] == "/run/secrets/tls_ca"
+    assert env["tokens"]["LIVEML_TLS_CERT"] == "/run/secrets/tls_cert"
+    # Each service has a certificate of its own.
+    sources = {
+        name: dict((t, s) for s, t in df.secret_mounts(spec)).get("tls_cert")
+        for name, spec in services.items()
+    }
+    assigned = [s for s in sources.values() if s]
+    assert len(assigned) == len(set(assigned)) == len(services), sources
 
 
 def test_every_variable_is_a_setting() -> None:
@@ -189,7 +222,8 @@ def test_every_variable_is_a_setting() -> None:
             continue
         settings = {f"LIVEML_{field.upper()}" for field in SETTINGS[argv[0]].model_fields}
         for key in df.environment(service):
-            if key == "HEALTHCHECK_CA":  # read by the image's HEALTHCHECK command
+            if key.startswith("HEALTHCHECK_"):  # read by the image's HEALTHCHECK command
+                assert key in df.image_healthcheck()[-1], f"{name}: the HEALTHCHECK reads no {key}"
                 continue
             assert key.startswith("LIVEML_"), f"{name}: nothing reads {key}"
             assert key in settings, f"{name}: {key} is no setting of `{argv[0]} serve`"

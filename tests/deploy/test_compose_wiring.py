@@ -51,6 +51,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from sqlalchemy.engine import make_url
 
 from services.common import codec
+from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -116,10 +117,10 @@ class Stack:
     def _mount(self, name: str) -> dict[str, Path]:
         granted = self.root / "containers" / name / "run-secrets"
         granted.mkdir(parents=True)
-        for secret in self.service(name).get("secrets", []):
+        for secret, target in df.secret_mounts(self.service(name)):
             source = self.secrets / Path(self.compose["secrets"][secret]["file"]).name
             assert source.is_file(), f"make_secrets.py does not write {source.name}"
-            shutil.copy(source, granted / secret)
+            shutil.copy(source, granted / target)
         mounts = {"/run/secrets": granted}
         for source, target, _ in df.volume_mounts(self.service(name)):
             if source.startswith((".", "/")):
@@ -310,13 +311,34 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
     for name in ("worker-1", "worker-2", "gateway", "trainer"):
         await stack.wait_for(name, "service_healthy")
     ca = (stack.secrets / "ca.pem").read_bytes()
+    # The gateway's front door: TLS and a token. The registry (and the workers): mutual
+    # TLS, so the operator shows the admin certificate make_secrets.py wrote.
     tls = grpc.ssl_channel_credentials(ca)
+    operator = grpc.ssl_channel_credentials(
+        ca,
+        (stack.secrets / "admin-key.pem").read_bytes(),
+        (stack.secrets / "admin.pem").read_bytes(),
+    )
+    registry_address = f"127.0.0.1:{stack.ports['registry', 50051]}"
+    async with aio.secure_channel(registry_address, tls) as channel:
+        with pytest.raises(aio.AioRpcError) as refused:
+            await rpb_grpc.RegistryServiceStub(channel).ListModels(
+                rpb.ListModelsRequest(), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # no client certificate
+    worker_address = f"127.0.0.1:{stack.ports['worker-1', 9001]}"
+    async with aio.secure_channel(worker_address, tls) as channel:
+        with pytest.raises(aio.AioRpcError) as refused:
+            await pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+                pb.ServerLiveRequest(), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
     # The operator: admin token from the registry's volume, then a model and a rollout.
     registry_env = stack.environment("registry")
     admin = Path(registry_env["LIVEML_ADMIN_TOKEN_FILE"]).read_text().strip()
     model = models.linear(tmp_path / "lin.onnx", seed=7)
-    async with aio.secure_channel(f"127.0.0.1:{stack.ports['registry', 50051]}", tls) as channel:
+    async with aio.secure_channel(registry_address, operator) as channel:
         registry = rpb_grpc.RegistryServiceStub(channel)
         md = auth(admin)
         await registry.CreateModel(rpb.CreateModelRequest(model_id="lin"), metadata=md)
@@ -386,7 +408,7 @@ async def test_compose_stack_serves_an_inference(stack: Stack, tmp_path: Path) -
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
     # The answer was logged to the event stream on NATS, and the registry reads it back.
-    async with aio.secure_channel(f"127.0.0.1:{stack.ports['registry', 50051]}", tls) as channel:
+    async with aio.secure_channel(registry_address, operator) as channel:
         registry = rpb_grpc.RegistryServiceStub(channel)
 
         async def logged() -> Any:
