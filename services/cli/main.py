@@ -114,8 +114,10 @@ def demo_online(
     raise typer.Exit(run_online(out, keep, Size(phase_examples, rate, phase_seconds)))
 
 
-# The host names liveml's own deployments give its services (Compose service names,
-# Kubernetes Services in the `liveml` namespace), so the stock certificates hold there.
+# The host names liveml's own deployments give its services (Compose service names;
+# Kubernetes Services, short and in the `liveml` namespace; `liveml-worker`, the name
+# the Kubernetes gateway checks on workers it reaches by pod IP), so the stock
+# certificates hold there.
 DEFAULT_SANS = (
     "localhost",
     "127.0.0.1",
@@ -126,12 +128,14 @@ DEFAULT_SANS = (
     "worker-1",
     "worker-2",
     "trainer",
-    "registry.liveml.svc",
-    "gateway.liveml.svc",
-    "trainer.liveml.svc",
-    "*.worker.liveml.svc",
-    "registry.liveml.svc.cluster.local",
-    "gateway.liveml.svc.cluster.local",
+    "liveml-registry",
+    "liveml-gateway",
+    "liveml-worker",
+    "liveml-trainer",
+    "liveml-registry.liveml.svc",
+    "liveml-gateway.liveml.svc",
+    "liveml-registry.liveml.svc.cluster.local",
+    "liveml-gateway.liveml.svc.cluster.local",
 )
 
 

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -267,64 +267,30 @@ class _StreamGuard:
         self._watch.cancel()
 
 
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    check: Callable[[aio.ServicerContext[Any, Any]], Awaitable[Principal]],
-    guard: Callable[[Principal, aio.ServicerContext[Any, Any]], _StreamGuard | None],
-) -> grpc.RpcMethodHandler:
-    """The same handler with `check` run first in the call's own context."""
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
+Check = Callable[[aio.ServicerContext[Any, Any]], Awaitable[Principal]]
+Guard = Callable[[Principal, aio.ServicerContext[Any, Any]], "_StreamGuard | None"]
 
-        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                await check(context)
-            except _Refused as refused:
-                await refused.abort(context)
-            return await inner_uu(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
+def _single(inner: Callable[..., Awaitable[Any]], check: Check) -> Callable[..., Awaitable[Any]]:
+    """A handler answering once (unary or client-streaming) with `check` run first."""
 
-        async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                principal = await check(context)
-            except _Refused as refused:
-                refused.end(context)
-                return
-            watch = guard(principal, context)
-            try:
-                async for item in inner_us(request, context):
-                    yield item
-            except asyncio.CancelledError:
-                if watch is None or not watch.ended:
-                    raise
-            finally:
-                if watch is not None:
-                    watch.close()
+    async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            await check(context)
+        except _Refused as refused:
+            await refused.abort(context)
+        return await inner(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
+    return handle
 
-        async def stream_unary(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                await check(context)
-            except _Refused as refused:
-                await refused.abort(context)
-            return await inner_su(requests, context)
 
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
-    inner_ss = handler.stream_stream
+def _streaming(
+    inner: Callable[..., AsyncIterator[Any]], check: Check, guard: Guard
+) -> Callable[..., AsyncIterator[Any]]:
+    """A server-streaming handler (unary or bidi) with `check` run first and its
+    credential watched while it streams."""
 
-    async def stream_stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             principal = await check(context)
         except _Refused as refused:
@@ -332,7 +298,7 @@ def _wrap(
             return
         watch = guard(principal, context)
         try:
-            async for item in inner_ss(requests, context):
+            async for item in inner(request, context):
                 yield item
         except asyncio.CancelledError:
             if watch is None or not watch.ended:
@@ -341,6 +307,20 @@ def _wrap(
             if watch is not None:
                 watch.close()
 
+    return handle
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: Check, guard: Guard) -> grpc.RpcMethodHandler:
+    """The same handler with `check` run first in the call's own context."""
+    codecs = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_single(handler.unary_unary, check), *codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _streaming(handler.unary_stream, check, guard), *codecs
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_single(handler.stream_unary, check), *codecs)
     return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
+        _streaming(handler.stream_stream, check, guard), *codecs
     )

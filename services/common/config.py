@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import typer
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.markup import escape
 
@@ -45,6 +45,14 @@ class ServerSettings(BaseSettings):
         None,
         description="File holding the bearer token every /metrics scrape must send "
         "(Prometheus: authorization.credentials_file); none = open.",
+    )
+    health_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Plaintext port serving only the gRPC health service, for probes that "
+        "cannot show a client certificate (Kubernetes gRPC probes under mutual TLS); "
+        "-1 = off, 0 = any free one.",
     )
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
     tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
@@ -122,6 +130,19 @@ class DataPlaneAuthSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
+def _said(cls: type[BaseSettings], error: Any) -> str:
+    """One validation error as the flag and variable that set it, what was wrong, and
+    the value given (unless the setting is a secret)."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    where = f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})" if name else "settings"
+    field = cls.model_fields.get(name)
+    secret = field is not None and (
+        field.annotation is SecretStr or "secret" in name or "key" in name or "token" in name
+    )
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" + ("" if secret else f" (given: {error.get('input')!r})")
+
+
 def _flag_type(annotation: Any) -> Any:
     """The type typer should parse a field's flag as (Optional unwrapped)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -168,7 +189,14 @@ def settings_options(
 
         def command(**flags: Any) -> Any:
             given = {k: v for k, v in flags.items() if v is not None}
-            return func(cls(**given))
+            try:
+                settings = cls(**given)
+            except ValidationError as exc:
+                # A setting's mistake is the caller's: said per setting, not as a traceback.
+                for error in exc.errors():
+                    typer.echo(f"error: {_said(cls, error)}", err=True)
+                raise typer.Exit(2) from None
+            return func(settings)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__doc__ = func.__doc__

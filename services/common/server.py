@@ -3,8 +3,9 @@
 It builds a grpc.aio server with raised message limits, requests decoded so that a
 malformed one is INVALID_ARGUMENT (`decoding`), the standard health
 service (for Kubernetes probes), server reflection (for grpcurl / `buf curl`),
-tracing and auth interceptors, TLS or mutual TLS from the settings, and a
-Prometheus endpoint; and it shuts down gracefully on SIGTERM: health turns
+tracing and auth interceptors, TLS or mutual TLS from the settings, a
+Prometheus endpoint, and where asked a plaintext port that serves health alone (for
+probes that cannot show a client certificate); and it shuts down gracefully on SIGTERM: health turns
 NOT_SERVING, no new call is accepted, in-flight calls get `shutdown_grace`
 seconds to finish, and the process exits 0.
 """
@@ -61,6 +62,8 @@ class RunningServer:
     health: HealthServicer
     services: list[str]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    health_server: aio.Server | None = None
+    health_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -80,6 +83,8 @@ class RunningServer:
         await asyncio.sleep(0)  # let the core start its shutdown before saying so
         log.info("%s: refusing new calls; in-flight calls have %.0f s", self.name, grace)
         await stopping
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
 
 async def start_server(
@@ -139,6 +144,7 @@ async def start_server(
     if port == 0:
         raise OSError(f"{name}: cannot listen on {where}")
     await server.start()
+    health_server, health_port = await _health_only(health, settings)
     metrics_port = metrics_server.start(
         settings.metrics_host or settings.host,
         settings.metrics_port,
@@ -146,16 +152,49 @@ async def start_server(
         tls_key=settings.metrics_tls_key,
         token=metrics_token,
     )
-    running = RunningServer(name, server, port, metrics_port, health, services)
+    running = RunningServer(
+        name,
+        server,
+        port,
+        metrics_port,
+        health,
+        services,
+        health_server=health_server,
+        health_port=health_port,
+    )
     await running.set_serving(True)
     log.info(
-        "%s listening on %s (%s), metrics on %s",
+        "%s listening on %s (%s), metrics on %s%s",
         name,
         address(settings.host, port),
         "mTLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
         metrics_port if metrics_port is not None else "off",
+        f", health alone (plaintext) on {health_port}" if health_port is not None else "",
     )
     return running
+
+
+async def _health_only(
+    health: HealthServicer, settings: ServerSettings
+) -> tuple[aio.Server | None, int | None]:
+    """A plaintext server with the health service and nothing else, when asked for.
+
+    Kubernetes' gRPC probes cannot show a client certificate, so a mutual-TLS port cannot
+    be probed; this one tells only SERVING or NOT_SERVING (the same servicer as the main
+    port, so draining shows here too), which is as open as health is everywhere."""
+    if settings.health_port < 0:
+        return None, None
+    health_server = aio.server(options=grpc_options(64 * 1024))
+    health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+    where = address(settings.host, settings.health_port)
+    try:
+        port = health_server.add_insecure_port(where)
+    except RuntimeError as exc:
+        raise OSError(f"health port: cannot listen on {where}: {exc}") from exc
+    if port == 0:
+        raise OSError(f"health port: cannot listen on {where}")
+    await health_server.start()
+    return health_server, port
 
 
 async def serve_until_signal(running: RunningServer, grace: float) -> None:

@@ -121,6 +121,7 @@ async def start(settings: GatewaySettings) -> Gateway:
         forward_address,
         # The gateway's own identity toward workers: its token (role gateway).
         token,
+        settings.worker_tls_name,
     )
 
     def control_channel(address: str) -> aio.Channel:

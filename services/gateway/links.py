@@ -67,6 +67,19 @@ class Link(Protocol):
     def cancel(self) -> None: ...
 
 
+def said(exc: BaseException) -> str:
+    """Why a call to a worker failed, in a line (an AioRpcError's repr is several)."""
+    if not isinstance(exc, aio.AioRpcError):
+        return f"{type(exc).__name__}: {exc}"
+    details = str(exc.details())
+    if "Hostname Verification" in details:
+        details += (
+            " (the worker's certificate does not name the address it advertises: give "
+            "--worker-tls-name a name every worker's certificate carries)"
+        )
+    return f"{exc.code().name}: {details}"
+
+
 class GrpcLink:
     def __init__(self, channel: aio.Channel) -> None:
         self.call = channel.stream_stream(
@@ -81,7 +94,7 @@ class GrpcLink:
             async for raw in self.call:
                 yield raw
         except aio.AioRpcError as exc:
-            raise LinkError(f"{exc.code().name}: {exc.details()}") from exc
+            raise LinkError(said(exc)) from exc
 
     def cancel(self) -> None:
         self.call.cancel()
@@ -96,9 +109,11 @@ class FrameLink:
         unreachable: Callable[[], None] = lambda: None,
         grpc_address: str = "",
         token: str | None = None,
+        tls_name: str | None = None,
     ) -> None:
         self.address = address
         self._token = token
+        self._tls_name = tls_name
         self.limit = limit
         self._unreachable = unreachable
         self._grpc_address = grpc_address
@@ -111,7 +126,10 @@ class FrameLink:
         try:
             async with asyncio.timeout(CONNECT_SECONDS):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=(self._tls_name or host) if ssl_context else None,
                 )
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or f"no answer within {CONNECT_SECONDS:g} s"
@@ -177,9 +195,11 @@ class Links:
         limit: int = 256 << 20,
         grpc_address: str = "",
         token: str | None = None,
+        tls_name: str | None = None,
     ) -> None:
         self._connect = connect
         self._token = token
+        self._tls_name = tls_name
         self._grpc_address = grpc_address
         self._forward_address = forward_address
         self._ssl = ssl_context
@@ -198,6 +218,7 @@ class Links:
                 lambda: self._fall_back(address),
                 self._grpc_address,
                 self._token,
+                self._tls_name,
             )
         if self._channel is None:
             self._channel = self._connect()
@@ -232,13 +253,19 @@ class Connector:
         max_message_bytes: int,
         forward_address: Callable[[str], str | None],
         token: str | None = None,
+        tls_name: str | None = None,
     ) -> None:
         self._files = (ca, cert, key)
         self._token = token
+        # Workers advertise addresses (a pod's IP) their certificates need not name: the
+        # name to check instead, one every worker's certificate carries.
+        self._tls_name = tls_name
         # Every call to a worker carries the gateway's token (a metadata interceptor:
         # one per call or stream, and the Forward stream is long-lived).
         self._interceptors = [Bearer(token)] if token else None
         self._options = channel_options(max_message_bytes)
+        if tls_name:
+            self._options.append(("grpc.ssl_target_name_override", tls_name))
         self._limit = max_message_bytes
         self._forward_address = forward_address
         self._ssl = tls.client_context(ca, cert, key) if ca or cert else None
@@ -280,6 +307,7 @@ class Connector:
             self._limit,
             address,
             self._token,
+            self._tls_name,
         )
 
 

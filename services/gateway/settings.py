@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.config import (
     DataPlaneAuthSettings,
@@ -13,6 +14,10 @@ from services.common.config import (
     RegistryClientSettings,
     ServerSettings,
 )
+
+# A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"{LABEL}(\.{LABEL})*")
 
 
 class GatewaySettings(
@@ -26,6 +31,11 @@ class GatewaySettings(
     worker_ca: Path | None = Field(None, description="CA bundle to verify workers' TLS.")
     worker_cert: Path | None = Field(None, description="Client certificate for mTLS to workers.")
     worker_key: Path | None = Field(None, description="Key of --worker-cert.")
+    worker_tls_name: str | None = Field(
+        None,
+        description="Host name every worker's certificate must carry, checked instead of "
+        "the address a worker advertises (Kubernetes: pod IPs); default: that address.",
+    )
     upstream_transport: Literal["frames", "grpc"] = Field(
         "frames",
         description="How requests travel to workers: frames (a worker's framed forward "
@@ -99,3 +109,10 @@ class GatewaySettings(
         description="Requests larger than this are logged without their inputs (the answer "
         "is kept).",
     )
+
+    @field_validator("worker_tls_name")
+    @classmethod
+    def _a_host_name(cls, value: str | None) -> str | None:
+        if value is not None and not HOST_NAME.fullmatch(value):
+            raise ValueError("expected a host name, such as liveml-worker")
+        return value

@@ -65,6 +65,7 @@ class ShadowConfig:
     worker_ca: str | None
     worker_cert: str | None
     worker_key: str | None
+    worker_tls_name: str | None
     worker_token: str | None  # the gateway's own token toward workers (never logged)
     max_message_bytes: int
     timeout: float  # longest a copy waits for its answer, seconds
@@ -221,6 +222,7 @@ def config_of(settings: GatewaySettings, worker_token: str | None = None) -> Sha
         worker_ca=str(settings.worker_ca) if settings.worker_ca else None,
         worker_cert=str(settings.worker_cert) if settings.worker_cert else None,
         worker_key=str(settings.worker_key) if settings.worker_key else None,
+        worker_tls_name=settings.worker_tls_name,
         worker_token=worker_token,
         max_message_bytes=settings.max_message_bytes,
         timeout=settings.default_timeout,

@@ -106,6 +106,7 @@ async def run(sock: socket.socket) -> None:
         config.max_message_bytes,
         lambda address: recent.forward.get(address),
         config.worker_token,
+        config.worker_tls_name,
     )
     pool = UpstreamPool(connector.links)
     counting = Counting()

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from services.common.gather import Gather
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
-from services.gateway.links import Link, LinkError, Links
+from services.gateway.links import Link, LinkError, Links, said
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class _Stream:
                     self.gather.sent(count, timed_out)
                     await self.link.write(message.SerializeToString())
         except Exception as exc:  # any failed write ends the stream; waiters retry elsewhere
-            self.fail(f"{type(exc).__name__}: {exc}", exc)
+            self.fail(said(exc), exc)
             self.link.cancel()
 
     async def _gather(self, wanted: int) -> bool:
@@ -422,7 +422,7 @@ class _Ejection:
             try:
                 why = await self._probe(self.address)
             except Exception as exc:  # a probe that breaks counts as unreachable
-                why = f"{type(exc).__name__}: {exc}"
+                why = said(exc)
             if why is None:
                 self._readmit(self.address)
                 return

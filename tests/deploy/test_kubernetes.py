@@ -37,6 +37,9 @@ PORTS = {
 }
 # Serve only their health service and metrics: no peer needs their gRPC port.
 UNCALLED = {"trainer"}
+# Plaintext ports serving health alone, for the kubelet's gRPC probes (mutual TLS).
+HEALTH_PORTS = {"registry": 50052, "worker": 9003, "gateway": 8002, "trainer": 9303}
+TLS = "/var/run/secrets/liveml-tls"
 
 
 @cache
@@ -110,9 +113,12 @@ def test_workloads(target: str) -> None:
             assert not key.startswith("LIVEML_") or key in settings, f"{name}: {key}"
         assert env["LIVEML_PORT"]["value"] == str(grpc_port)
         assert env["LIVEML_METRICS_PORT"]["value"] == str(metrics_port)
-        # gRPC health probes on the serving port.
+        # gRPC health probes on the plaintext health-only port (the kubelet shows no
+        # client certificate).
+        assert env["LIVEML_HEALTH_PORT"]["value"] == str(HEALTH_PORTS[role])
+        assert {"name": "health", "containerPort": HEALTH_PORTS[role]} in container["ports"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == grpc_port, (name, probe)
+            assert container[probe]["grpc"]["port"] == HEALTH_PORTS[role], (name, probe)
         # Requests and limits for CPU and memory.
         for kind in ("requests", "limits"):
             assert set(container["resources"][kind]) >= {"cpu", "memory"}, (name, kind)
@@ -172,8 +178,10 @@ def test_registry_and_workers(target: str) -> None:
     assert trainer["replicas"] == 1
     tenv = env_of(trainer["template"]["spec"]["containers"][0])
     assert tenv["LIVEML_CHECKPOINT_KEY_FILE"]["value"].startswith("/var/run/secrets/liveml/")
-    (secret,) = [v for v in trainer["template"]["spec"]["volumes"] if "secret" in v]
-    assert secret["secret"]["secretName"] == "liveml-trainer"
+    secrets = [
+        v["secret"]["secretName"] for v in trainer["template"]["spec"]["volumes"] if "secret" in v
+    ]
+    assert "liveml-trainer" in secrets
     services = kinds(target, "Service")
     assert services["liveml-registry"]["spec"]["ports"][0]["port"] == 50051
     assert services["liveml-gateway"]["spec"]["ports"][0]["port"] == 8001
@@ -289,3 +297,65 @@ def test_the_event_stream_is_nats_jetstream(target: str) -> None:
         assert retention < int(limit.split("=")[1].removesuffix("GB")) * 10**9, role
     (worker,) = deployments["worker"]["spec"]["template"]["spec"]["containers"]
     assert "LIVEML_EVENT_STREAM" not in _env_from(target, worker)
+
+
+def _settings(target: str, container: dict[str, Any], role: str) -> Any:
+    """The service's settings as the container's variables make them."""
+    values = {**_env_from(target, container)}
+    values |= {k: e["value"] for k, e in env_of(container).items() if "value" in e}
+    fields = SETTINGS[role].model_fields
+    given = {
+        k.removeprefix("LIVEML_").lower(): v
+        for k, v in values.items()
+        if k.startswith("LIVEML_")
+        and k.removeprefix("LIVEML_").lower() in fields
+        # Placeholders the kubelet fills in, and settings read from Secrets.
+        and "$(" not in v
+    }
+    return SETTINGS[role].model_construct(**given)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mutual_tls_between_all_services(target: str) -> None:
+    """Every service serves TLS with its own certificate from Secret liveml-tls-ROLE
+    (made by `liveml tls init`: tls.crt, tls.key, ca.crt), wants a client certificate
+    where only liveml calls it, and shows its certificate to what it calls; every host
+    name dialled is one the stock certificates carry."""
+    from services.cli.main import DEFAULT_SANS
+    from services.common.config import plaintext_upstreams
+
+    deployments = {component(d): d for d in kinds(target, "Deployment").values()}
+    for role, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {k: e.get("value") for k, e in env_of(container).items()}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == TLS]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == f"liveml-tls-{role}"
+        assert env["LIVEML_TLS_CERT"] == f"{TLS}/tls.crt"
+        assert env["LIVEML_TLS_KEY"] == f"{TLS}/tls.key"
+        # Only the gateway takes callers from outside liveml (clients, by token).
+        wants_certificate = role != "gateway"
+        assert (env.get("LIVEML_TLS_CLIENT_CA") == f"{TLS}/ca.crt") is wants_certificate, role
+        if role != "registry":
+            assert env["LIVEML_REGISTRY_CA"] == f"{TLS}/ca.crt"
+            assert env["LIVEML_REGISTRY_CERT"] == f"{TLS}/tls.crt"
+            assert env["LIVEML_REGISTRY_KEY"] == f"{TLS}/tls.key"
+            host = container["args"][container["args"].index("--registry") + 1]
+            assert host.rsplit(":", 1)[0] in DEFAULT_SANS, host
+        # Nothing served in TLS calls onward in plaintext (the server would refuse to start).
+        assert plaintext_upstreams(_settings(target, container, role)) == [], role
+    gateway = {
+        k: e.get("value")
+        for k, e in env_of(
+            deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+        ).items()
+    }
+    assert gateway["LIVEML_WORKER_CA"] == f"{TLS}/ca.crt"
+    assert gateway["LIVEML_WORKER_CERT"] == f"{TLS}/tls.crt"
+    # Workers are reached by pod IP: their certificate is checked for a name it carries.
+    assert gateway["LIVEML_WORKER_TLS_NAME"] in DEFAULT_SANS
+    # The gateway's certificate (CN gateway, as `liveml tls init` names it) is the
+    # gateway's identity on workers.
+    worker = env_of(deployments["worker"]["spec"]["template"]["spec"]["containers"][0])
+    assert worker["LIVEML_CERT_ROLES"]["value"] == "gateway=gateway"

@@ -31,7 +31,18 @@ def test_default_names_cover_compose_and_kubernetes(tmp_path: Path) -> None:
     for name in ("registry", "worker", "gateway", "trainer", "client"):
         assert common_name(tmp_path / f"{name}.pem") == name
         names = sans(tmp_path / f"{name}.pem")
-        for host in ("registry", "gateway", "worker-1", "trainer", "registry.liveml.svc"):
+        # Compose's service names, then the Kubernetes Services (deploy/k8s/base).
+        for host in (
+            "registry",
+            "gateway",
+            "worker-1",
+            "trainer",
+            "liveml-registry",
+            "liveml-gateway",
+            "liveml-worker",
+            "liveml-trainer",
+            "liveml-registry.liveml.svc",
+        ):
             assert host in names, (name, names)
         assert "127.0.0.1" in names and "localhost" in names
     assert (tmp_path / "registry-key.pem").stat().st_mode & 0o077 == 0
