@@ -374,10 +374,16 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
 
     @abort_on_error
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
-        async with self.store.write(actor()) as tx:
-            await worker_identity.check_acts_as(
-                tx, names.simple("workers", request.name), "heartbeat"
+        worker_id = names.simple("workers", request.name)
+        async with self.store.write_unversioned() as session:
+            await worker_identity.check_acts_as(session, worker_id, "heartbeat")
+            renewed = await workers.renew(
+                session, request.name, list(request.versions), request.observed_revision
             )
+        if renewed is not None:
+            return rpb.HeartbeatResponse(lease_expire_time=renewed.lease_expire_time)
+        async with self.store.write(actor()) as tx:
+            await worker_identity.check_acts_as(tx.session, worker_id, "heartbeat")
             worker, changed, advanced = await workers.heartbeat(
                 tx, request.name, list(request.versions), request.observed_revision
             )
@@ -393,7 +399,9 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     @abort_on_error
     async def DeleteWorker(self, request: rpb.DeleteWorkerRequest, context: Ctx) -> Any:
         async with self.store.write(actor()) as tx:
-            await worker_identity.check_acts_as(tx, names.simple("workers", request.name), "delete")
+            await worker_identity.check_acts_as(
+                tx.session, names.simple("workers", request.name), "delete"
+            )
             await workers.remove(tx, request.name)
         return rpb.DeleteWorkerResponse()
 

@@ -94,7 +94,7 @@ class Tx:
     """A write transaction: its session, its revision, and what it will publish."""
 
     session: AsyncSession
-    revision: int
+    _revision: int
     actor: str
     chain: AuditChain | None = None
     events: list[rpb.WatchEvent] = field(default_factory=list)
@@ -102,6 +102,14 @@ class Tx:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     # Whether the audit checkpoint still matches the database (checked once per write).
     _checkpoint_ok: bool | None = None
+    # Whether anything took this transaction's revision (an event, a rollout, an alert's
+    # sequence); one that took none gives it back, so the feed moves only with change.
+    stamped: bool = False
+
+    @property
+    def revision(self) -> int:
+        self.stamped = True
+        return self._revision
 
     def put(self, resource: Message, name: str) -> None:
         self._emit(rpb.WatchEvent.TYPE_PUT, resource, name)
@@ -251,6 +259,12 @@ class Store:
             ).scalar_one()
             tx = Tx(session, revision, actor, self.audit_chain)
             yield tx
+            if not tx.stamped:
+                # Nothing carries this revision: watchers need not wake, and a worker's
+                # observed revision does not move, so its next heartbeat stays quiet.
+                await session.execute(
+                    update(Meta).where(Meta.id == 1).values(revision=Meta.revision - 1)
+                )
             if tx.events and self.dialect == "postgresql":
                 # Delivered to listeners only on commit, in commit order.
                 await session.execute(

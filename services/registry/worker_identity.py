@@ -116,12 +116,12 @@ async def _moves(tx: Tx, principal: Principal, bound: str) -> bool:
     return await tx.session.get(WorkerRow, bound) is None
 
 
-async def check_acts_as(tx: Tx, worker_id: str, action: str) -> None:
+async def check_acts_as(session: AsyncSession, worker_id: str, action: str) -> None:
     """A worker credential may `action` (heartbeat, leave) only as its bound worker."""
     principal = _restricted()
-    if principal is None or await _shared(tx.session, principal):
+    if principal is None or await _shared(session, principal):
         return
-    bound = await _bound_id(tx.session, principal)
+    bound = await _bound_id(session, principal)
     if not bound:
         raise PermissionDenied(
             f"{principal.name} is not bound to a worker yet: RegisterWorker first "

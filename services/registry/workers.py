@@ -62,6 +62,31 @@ async def register(tx: Tx, worker: rpb.Worker, lease_seconds: float) -> rpb.Work
     return after
 
 
+async def renew(
+    session: AsyncSession,
+    name: str,
+    versions: list[rpb.WorkerVersionState],
+    observed_revision: int = 0,
+) -> rpb.Worker | None:
+    """A heartbeat that changes nothing anyone watches — the same version states, the
+    same observed revision — is a lease renewal: the lease moves, and nothing else (no
+    revision, no change event, no audit, no wait on the revision row's lock). None when
+    the heartbeat says something new (or names no registered worker): `heartbeat` then
+    takes it in a versioned write."""
+    row = await session.get(WorkerRow, names.simple("workers", name))
+    if row is None:
+        return None
+    worker = rpb.Worker.FromString(row.proto)
+    if worker.observed_revision != observed_revision or _states(worker) != sorted(
+        (v.model, v.version, v.state, v.error) for v in versions
+    ):
+        return None
+    row.lease_expire_us = now_us() + row.lease_us
+    worker.lease_expire_time.FromMicroseconds(row.lease_expire_us)
+    row.proto = worker.SerializeToString()
+    return worker
+
+
 async def heartbeat(
     tx: Tx, name: str, versions: list[rpb.WorkerVersionState], observed_revision: int = 0
 ) -> tuple[rpb.Worker, bool, bool]:

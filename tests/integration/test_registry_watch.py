@@ -206,3 +206,50 @@ async def test_worker_lease_heartbeat_and_expiry(db_url: str, tmp_path: Path) ->
         with pytest.raises(Exception, match="lease expired"):
             await client.Heartbeat(rpb.HeartbeatRequest(name=short.name))
         call.cancel()
+
+
+async def test_a_quiet_heartbeat_renews_the_lease_and_nothing_else(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """A heartbeat that reports what the registry already knows moves the lease and
+    nothing else: no revision, no audit event, no watch event (fleet-scale heartbeats
+    would otherwise wake every watcher); one that reports a change still publishes it."""
+    await setup_iris(registry, tmp_path, versions=1)
+    client = registry.client()
+    store = registry.registry.store
+    worker = (
+        await client.RegisterWorker(
+            rpb.RegisterWorkerRequest(
+                worker=rpb.Worker(address="127.0.0.1:9001", models=["iris"], capacity=4),
+                lease_duration=Duration(seconds=30),
+            )
+        )
+    ).worker
+    ready = rpb.WorkerVersionState(model="iris", version=1, state=rpb.VERSION_LOAD_STATE_READY)
+    await client.Heartbeat(rpb.HeartbeatRequest(name=worker.name, versions=[ready]))
+    revision, _ = await store.revision()
+    audited = len((await client.ListAuditEvents(rpb.ListAuditEventsRequest())).events)
+    call = client.Watch(rpb.WatchRequest(since_revision=revision))
+    lease = (await client.ListWorkers(rpb.ListWorkersRequest())).workers[0].lease_expire_time
+
+    for _ in range(20):
+        reply = await client.Heartbeat(
+            rpb.HeartbeatRequest(name=worker.name, versions=[ready], observed_revision=revision)
+        )
+    assert (await store.revision())[0] == revision
+    assert len((await client.ListAuditEvents(rpb.ListAuditEventsRequest())).events) == audited
+    (listed,) = (await client.ListWorkers(rpb.ListWorkersRequest())).workers
+    assert listed.lease_expire_time.ToMicroseconds() > lease.ToMicroseconds()
+    assert listed.lease_expire_time == reply.lease_expire_time
+
+    # The watcher's first event is the next real change, a state the worker reports.
+    failed = rpb.WorkerVersionState(
+        model="iris", version=1, state=rpb.VERSION_LOAD_STATE_FAILED, error="out of memory"
+    )
+    await client.Heartbeat(
+        rpb.HeartbeatRequest(name=worker.name, versions=[failed], observed_revision=revision)
+    )
+    changed = await next_kind(call, KIND.KIND_EVENTS)
+    assert changed.events[0].revision == revision + 1
+    assert changed.events[0].worker.versions[0].error == "out of memory"
+    call.cancel()

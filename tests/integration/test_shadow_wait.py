@@ -92,6 +92,7 @@ async def test_the_shadow_process_drops_copies_that_waited_too_long(worker: Work
         worker_ca=None,
         worker_cert=None,
         worker_key=None,
+        worker_tls_name=None,
         worker_token=None,
         max_message_bytes=4 << 20,
         timeout=30.0,
