@@ -23,7 +23,8 @@ from sqlalchemy import select
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.db import AlertRow
-from services.registry.store import Store, Tx, now_us, page
+from services.registry.names import page
+from services.registry.store import Store, Tx, now_us
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ import logging
 
 from sqlalchemy import func, select
 
+from services.registry.audit import GENESIS_HASH, audit_hash
 from services.registry.audit_chain import AuditChain
 from services.registry.db import AuditRow, Meta
-from services.registry.store import GENESIS_HASH, Store, audit_hash
+from services.registry.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
 from services.registry.db import ModelRow, RolloutRow, VersionRow
-from services.registry.store import Tx, now_us, page
+from services.registry.names import page
+from services.registry.store import Tx, now_us
 
 MODEL_MUTABLE = {"description", "labels", "prediction_log_rate"}
 VERSION_MUTABLE = {"description", "tags", "metrics", "stage", "reference_statistics"}

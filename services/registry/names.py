@@ -1,12 +1,17 @@
 """What every registry RPC reads from a caller, checked in one place: resource names
 (`models/iris/versions/3`), page tokens and sizes, durations and counts. Each refusal
-is INVALID_ARGUMENT naming the field and what was expected."""
+is INVALID_ARGUMENT naming the field and what was expected. Paging lives here too:
+the token a page hands out is what the next request's `page_token` is read back as."""
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.errors import InvalidArgument
 
@@ -74,37 +79,12 @@ def version_name(model_id: str, number: int) -> str:
     return f"models/{model_id}/versions/{number}"
 
 
-def encode_page(key: str | int) -> str:
-    return base64.urlsafe_b64encode(str(key).encode()).decode()
-
-
 def positive_number(text: str) -> int | None:
     """`text` as a number 1..INT64_MAX (plain decimal digits), else None."""
     if not text.isascii() or not text.isdigit() or len(text) > 19:
         return None
     number = int(text)
     return number if 1 <= number <= INT64_MAX else None
-
-
-def decode_page(token: str) -> str:
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except ValueError:
-        raise InvalidArgument(
-            "page_token is not one this server issued: pass the next_page_token of "
-            "the previous page, or none for the first"
-        ) from None
-
-
-def decode_page_number(token: str) -> int:
-    """A page token that carries a row number (the last one of the previous page)."""
-    number = positive_number(decode_page(token))
-    if number is None:
-        raise InvalidArgument(
-            "page_token is not one this server issued: pass the next_page_token of "
-            "the previous page, or none for the first"
-        )
-    return number
 
 
 def seconds(duration: Any, field: str, *, most: float = MAX_SECONDS) -> float:
@@ -131,6 +111,46 @@ def count(value: int | float, field: str) -> None:
     """A count a caller reports: never negative."""
     if value < 0:
         raise InvalidArgument(f"{field} must not be negative, got {value:g}")
+
+
+# --- paging: a token carries the last key of the previous page, opaque to callers
+
+
+def encode_page(key: str | int) -> str:
+    return base64.urlsafe_b64encode(str(key).encode()).decode()
+
+
+def decode_page(token: str) -> str:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not one this server issued: pass the next_page_token of "
+            "the previous page, or none for the first"
+        ) from None
+
+
+def decode_page_number(token: str) -> int:
+    """A page token that carries a row number (the last one of the previous page)."""
+    number = positive_number(decode_page(token))
+    if number is None:
+        raise InvalidArgument(
+            "page_token is not one this server issued: pass the next_page_token of "
+            "the previous page, or none for the first"
+        )
+    return number
+
+
+async def page(
+    session: AsyncSession, query: Select[Any], size: int, key: Callable[[Any], str | int]
+) -> tuple[list[Any], str]:
+    """One page of `query` (already ordered and filtered past the previous page's key):
+    its rows, and the token of the next page ("" when this is the last)."""
+    # One row past the page says whether another follows, without counting the rest.
+    rows = list((await session.execute(query.limit(size + 1))).scalars().all())
+    more = len(rows) > size
+    rows = rows[:size]
+    return rows, encode_page(key(rows[-1])) if more else ""
 
 
 def page_size(requested: int, default: int = 50, limit: int = 1000) -> int:

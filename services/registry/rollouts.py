@@ -26,7 +26,8 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names, workers
 from services.registry.catalog import model_row
 from services.registry.db import ModelRow, RolloutHistoryRow, RolloutRow, VersionRow
-from services.registry.store import Tx, now_us, page
+from services.registry.names import page
+from services.registry.store import Tx, now_us
 
 # The tag of an archived online version whose artifact was collected (learners.py).
 COLLECTED = "liveml.artifact_collected"

@@ -37,8 +37,9 @@ from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.event_rpcs import EventService
 from services.registry.event_stream import EventParts
+from services.registry.names import page
 from services.registry.settings import RegistrySettings
-from services.registry.store import Store, now_us, page
+from services.registry.store import Store, now_us
 from services.registry.watch import Feed
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)

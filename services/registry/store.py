@@ -4,15 +4,14 @@ Every write runs in `Store.write()`: it first bumps the global revision in the o
 `meta` row, whose row lock orders all writers, so revisions commit in the order
 they were handed out and a watcher reading "after revision N" can never skip one
 that commits late. The transaction then records change-feed events and audit
-events, and after commit the local watch hub (and other registry processes,
-through PostgreSQL NOTIFY) learn the new revision.
+events (audit.py makes each event's digests and MAC link), and after commit the
+local watch hub (and other registry processes, through PostgreSQL NOTIFY) learn the
+new revision.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from google.protobuf.message import Message
-from sqlalchemy import Select, delete, event, select, text, update
+from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -34,9 +33,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry import audit
 from services.registry.audit_chain import AuditChain
 from services.registry.db import AuditRow, ChangeRow, Meta
-from services.registry.names import encode_page
 
 log = logging.getLogger(__name__)
 
@@ -44,49 +43,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "liveml_changes"
 # Any fixed number: the advisory lock that keeps concurrent registries from migrating at once.
 _MIGRATION_LOCK = 7_341_001
-GENESIS_HASH = "0" * 64
-
-
-async def page(
-    session: AsyncSession, query: Select[Any], size: int, key: Callable[[Any], str | int]
-) -> tuple[list[Any], str]:
-    """One page of `query` (already ordered and filtered past the previous page's key):
-    its rows, and the token of the next page ("" when this is the last)."""
-    rows = list((await session.execute(query.limit(size + 1))).scalars().all())
-    more = len(rows) > size
-    rows = rows[:size]
-    return rows, encode_page(key(rows[-1])) if more else ""
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def digest(message: Message | None) -> str:
-    """sha256 of a resource's state, for the audit trail's before/after."""
-    if message is None:
-        return ""
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
-
-
-def audit_hash(row: AuditRow) -> str:
-    """The unkeyed sha256 of events written before the keyed chain (migration 0008)."""
-    body = json.dumps(
-        [
-            row.sequence,
-            row.time_us,
-            row.actor,
-            row.action,
-            row.target,
-            row.before_digest,
-            row.after_digest,
-            row.details,
-            row.previous_hash,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 @dataclass
@@ -156,54 +116,18 @@ class Tx:
         """Append an HMAC-chained audit event (the meta row lock orders the chain)."""
         if self.chain is None:
             raise RuntimeError("this store has no audit key (Store(..., audit=AuditChain))")
-        last = (
-            await self.session.execute(
-                select(AuditRow.sequence, AuditRow.hash).order_by(AuditRow.sequence.desc()).limit(1)
-            )
-        ).first()
+        last = await audit.last_event(self.session)
         if self._checkpoint_ok is None:
-            self._checkpoint_ok = await self._checkpoint_matches(last)
-        row = AuditRow(
-            sequence=(last[0] + 1) if last else 1,
-            time_us=now_us(),
-            actor=self.actor,
-            action=action,
-            target=target,
-            before_digest=digest(before),
-            after_digest=digest(after),
-            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
-            previous_hash=last[1] if last else GENESIS_HASH,
+            self._checkpoint_ok = await audit.checkpoint_matches(self.session, self.chain, last)
+        row = audit.chained_event(
+            self.chain, last, now_us(), self.actor, action, target, before, after, details
         )
-        self.chain.seal(row)
         self.session.add(row)
         await self.session.execute(update(Meta).where(Meta.id == 1).values(audit_head=row.sequence))
         if self._checkpoint_ok:
             chain, sequence, mac = self.chain, row.sequence, row.hash
             self.after_commit.append(lambda: chain.advance(sequence, mac))
         return row
-
-    async def _checkpoint_matches(self, last: Any) -> bool:
-        """Whether the trail still holds the event the checkpoint vouches for; if not, the
-        checkpoint stays where it is, so verification keeps reporting the damage."""
-        assert self.chain is not None
-        checkpoint = self.chain.read_checkpoint()
-        if checkpoint.missing:
-            return True
-        mac = None
-        if checkpoint.ok and last is not None and checkpoint.sequence == last[0]:
-            mac = last[1]
-        elif checkpoint.ok and last is not None and checkpoint.sequence < last[0]:
-            # The checkpoint lags (a crash between a commit and its write).
-            vouched = select(AuditRow.hash).where(AuditRow.sequence == checkpoint.sequence)
-            mac = (await self.session.execute(vouched)).scalar_one_or_none()
-        if mac == checkpoint.mac:
-            return True
-        log.error(
-            "the audit trail no longer matches its checkpoint (#%d): the checkpoint is not "
-            "advanced; `liveml audit verify` says what is wrong",
-            checkpoint.sequence,
-        )
-        return False
 
 
 class Store:

@@ -28,7 +28,8 @@ from services.common.gen.liveml.training.v1 import training_pb2 as tpb
 from services.registry import alerts, catalog, names, rollouts, training_policies
 from services.registry.alerts import Alerts
 from services.registry.db import ModelRow, TrainingRunRow
-from services.registry.store import Tx, now_us, page
+from services.registry.names import page
+from services.registry.store import Tx, now_us
 
 Run = tpb.TrainingRun
 QUEUED, RUNNING = Run.STATE_QUEUED, Run.STATE_RUNNING

@@ -2,7 +2,7 @@
 
 Each tamper is a list of (statement, parameters) with named parameters, so it runs the
 same through sqlite3 and through SQLAlchemy's `text()` (SQLite and PostgreSQL). Forged
-hashes are the plain sha256 of the legacy chain (`store.audit_hash`): all an attacker
+hashes are the plain sha256 of the legacy chain (`audit.audit_hash`): all an attacker
 without the key can compute.
 """
 
@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from services.registry.audit import audit_hash
 from services.registry.db import AuditRow
-from services.registry.store import audit_hash
 
 COLUMNS = (
     "sequence",

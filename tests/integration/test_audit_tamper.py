@@ -22,9 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry.audit import GENESIS_HASH, audit_hash
 from services.registry.db import AuditRow
 from services.registry.secrets import SecretsError
-from services.registry.store import GENESIS_HASH, MIGRATIONS, audit_hash
+from services.registry.store import MIGRATIONS
 from tests.helpers.audit_tamper import COLUMNS, INSERT, NAMES, SELECT, restore, tamper
 from tests.helpers.registry import RunningRegistry, database, registry_settings, running_registry
 from tests.integration.test_cli import liveml
