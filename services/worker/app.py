@@ -19,9 +19,11 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
+from services.worker.executor import Executor
 from services.worker.forward import ForwardServicer, FrameListener
+from services.worker.held import Batching
 from services.worker.loader import RegistryLoader
-from services.worker.repository import Batching, Repository
+from services.worker.repository import Repository
 from services.worker.runtime import Threads
 from services.worker.servicer import InferenceServicer
 from services.worker.settings import WorkerSettings
@@ -85,15 +87,11 @@ async def start(settings: WorkerSettings) -> Worker:
         # The shadow thread, between its runs, holds the GIL; CPython would let it keep
         # the event loop (and so primary requests) waiting for up to 5 ms.
         sys.setswitchinterval(SWITCH_INTERVAL)
-    repository = Repository(
-        Threads(settings.intra_op_threads),
-        settings.run_threads,
-        settings.inline_us,
-        book,
-        settings.shadow_priority,
-        shadow_thread=settings.role != "mirror",
+    executor = Executor(
+        settings.run_threads, settings.shadow_priority, shadow_thread=settings.role != "mirror"
     )
-    servicer = InferenceServicer(repository)
+    repository = Repository(executor, Threads(settings.intra_op_threads), settings.inline_us, book)
+    servicer = InferenceServicer(repository, executor)
     forward = ForwardServicer(servicer.stream_answer)
     default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)
 

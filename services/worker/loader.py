@@ -32,7 +32,8 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import RegistryWatcher
 from services.common.windows import FeatureCounts, Reporter
 from services.worker.fetch import fetch, prepare_cache
-from services.worker.repository import Batching, Held, Repository, State
+from services.worker.held import Batching, Held, State
+from services.worker.repository import Repository
 from services.worker.runtime import Runtime
 from services.worker.settings import WorkerSettings
 

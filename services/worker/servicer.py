@@ -18,7 +18,9 @@ from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
 from services.common.streams import OrderedStreams
 from services.worker import tensors
-from services.worker.repository import Held, Repository, State
+from services.worker.executor import Executor
+from services.worker.held import Held, State
+from services.worker.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,11 @@ INDEX_STATES = {
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: Repository, name: str = "liveml-worker") -> None:
-        self.repository = repository
+    def __init__(
+        self, repository: Repository, executor: Executor, name: str = "liveml-worker"
+    ) -> None:
+        self.repository = repository  # which version answers
+        self.executor = executor  # and how it runs
         self.name = name
         self.ready = True
         self.streams = OrderedStreams(STREAM_WINDOW)
@@ -95,7 +100,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         inputs = tensors.decode_inputs(request, runtime.signature)
         names = runtime.output_names
         chosen = tensors.requested_outputs(request, names)
-        outputs = await self.repository.infer(held, inputs, shadow, expires)
+        outputs = await self.executor.infer(held, inputs, shadow, expires)
         return tensors.encode_response(request, held.version, names, chosen, outputs)
 
     # --- inference ---------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             held_all = [h for h in held_all if h.model == request.name]
             if request.version:
                 held_all = [self.repository.resolve(request.name, request.version)]
-        return pb.ModelStatisticsResponse(model_stats=[h.stats.proto() for h in held_all])
+        return pb.ModelStatisticsResponse(model_stats=[h.recorder.stats.proto() for h in held_all])
 
     @abort_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Ctx) -> Any:

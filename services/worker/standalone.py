@@ -13,7 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from services.worker.repository import Batching, Repository, State
+from services.worker.held import Batching, State
+from services.worker.repository import Repository
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Hot swap in registry mode: a rollout moves under load and no request fails."""
+"""Registry mode: a rollout moves under load and no request fails; a caller naming no version
+is given one by the rollout's split."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from grpc import aio
 
+from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from tests.helpers import models
-from tests.helpers.cluster import Cluster, Load, cluster
+from tests.helpers.cluster import Cluster, Load, cluster, infer_request
 from tests.helpers.wait import async_wait_until
 from tests.integration.test_cli import liveml
 
@@ -135,3 +139,28 @@ async def test_failed_load_is_retried_with_backoff(tmp_path: Path) -> None:
         proc, _ = c.workers["w1"]
         retries = [line for line in proc.output if "lin v2 failed (attempt" in line]
         assert retries, "the failure was logged with its attempt and backoff"
+
+
+async def test_a_direct_caller_naming_no_version_gets_the_rollouts_split(tmp_path: Path) -> None:
+    """A worker called straight (the gateway always names a version) picks by the
+    rollout's weights, not the newest READY: newer pinned and mirror versions are held
+    here but given no share (services/worker/repository.py says why)."""
+    async with cluster(tmp_path) as c:
+        await swap_setup(tmp_path, c)
+        for number in (2, 3):
+            await c.push("lin", models.linear(tmp_path / f"v{number}.onnx", seed=number))
+        await c.route(
+            "lin", (1, 100), pinned=[2], mirrors=[rpb.TrafficTarget(version=3, percent=100)]
+        )
+        port = c.start_worker("w1")
+        for number in (1, 2, 3):
+            await c.wait_state("w1", "lin", number, "READY")
+        x = np.ones((1, 4), np.float32)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            unnamed = [
+                (await stub.ModelInfer(infer_request("lin", x))).model_version for _ in range(20)
+            ]
+            named = (await stub.ModelInfer(infer_request("lin", x, version="2"))).model_version
+    assert set(unnamed) == {"1"}
+    assert named == "2", "a pinned version still answers a caller that names it"
