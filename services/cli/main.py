@@ -8,7 +8,18 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import canary_cmds, client, data_cmds, registry_cmds, train_cmds
+from services.cli import (
+    alerts_cmds,
+    audit_cmds,
+    canary_cmds,  # noqa: F401  (adds canary, status, pause, ... to rollout_app)
+    client,
+    data_cmds,
+    models_cmds,
+    rollout_cmds,
+    token_cmds,
+    train_cmds,
+    versions_cmds,
+)
 from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
@@ -20,12 +31,12 @@ app = typer.Typer(
 )
 tls_app = typer.Typer(help="Development certificates for TLS and mutual TLS.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
-app.add_typer(registry_cmds.models_app, name="models")
-app.add_typer(registry_cmds.versions_app, name="versions")
-app.add_typer(registry_cmds.rollout_app, name="rollout")
-app.add_typer(registry_cmds.token_app, name="token")
-app.add_typer(registry_cmds.audit_app, name="audit")
-app.command("alerts")(canary_cmds.alerts)
+app.add_typer(models_cmds.models_app, name="models")
+app.add_typer(versions_cmds.versions_app, name="versions")
+app.add_typer(rollout_cmds.rollout_app, name="rollout")
+app.add_typer(token_cmds.token_app, name="token")
+app.add_typer(audit_cmds.audit_app, name="audit")
+app.command("alerts")(alerts_cmds.alerts)
 app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(gateway_app, name="gateway")
