@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -14,7 +13,7 @@ import typer
 
 from services.cli.args import JsonFlag
 from services.cli.client import Connection, all_pages, connect, connected
-from services.cli.output import as_dict, print_table, short, time_text
+from services.cli.output import as_dict, json_text, print_table, short, time_text
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
 
@@ -58,7 +57,7 @@ def alerts(
         found = all_pages(page, limit)
         if json_output:
             for a in found:
-                typer.echo(json.dumps(as_dict(a)))
+                typer.echo(json_text(as_dict(a), compact=True))
         else:
             print_table(ALERT_COLUMNS, (_alert_row(a) for a in found), title="alerts")
         if not watch:
@@ -70,7 +69,7 @@ def alerts(
                     if model and a.model != model.removeprefix("models/"):
                         continue
                     if json_output:
-                        typer.echo(json.dumps(as_dict(a)))
+                        typer.echo(json_text(as_dict(a), compact=True))
                     else:
                         print_table(ALERT_COLUMNS, [_alert_row(a)])
         except KeyboardInterrupt:

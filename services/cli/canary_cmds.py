@@ -8,7 +8,6 @@ promote|abort` take over by hand. Alerts are in alerts_cmds.py.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Annotated
@@ -266,7 +265,7 @@ def rollout_status(
                 "held": [as_dict(h) for h in rollout.held],
                 "metrics": [as_dict(m) for m in metrics],
             }
-            typer.echo(json.dumps(shown, indent=2))
+            print_json(shown)
             return
         if not watch:
             stdout.print(_render(model, rollout, metrics))

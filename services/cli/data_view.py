@@ -15,12 +15,18 @@ from datetime import UTC
 from typing import Annotated, Any
 
 import typer
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.cli.args import JsonFlag, ModelArg, model_id, model_name
 from services.cli.client import Connection, connect, connected
-from services.cli.output import print_fields, print_json, print_table, time_text
+from services.cli.output import (
+    as_dict,
+    json_text,
+    print_fields,
+    print_json,
+    print_table,
+    time_text,
+)
 from services.common import codec
 from services.common.events import KIND_NAMES, KINDS_BY_NAME
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
@@ -179,12 +185,7 @@ def tail(
             for reply in registry.ReadEvents(request):
                 for event in reply.events:
                     if json_output:
-                        _emit(
-                            json.dumps(
-                                json_format.MessageToDict(event, preserving_proto_field_name=True),
-                                separators=(",", ":"),
-                            )
-                        )
+                        _emit(json_text(as_dict(event), compact=True))
                     else:
                         _emit(line(event))
         except KeyboardInterrupt:

@@ -20,6 +20,8 @@ from services.cli import (
     train_cmds,
     versions_cmds,
 )
+from services.cli.args import JsonFlag
+from services.cli.output import print_json
 from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
@@ -48,15 +50,20 @@ console = Console()
 
 
 @app.command()
-def version() -> None:
+def version(json_output: JsonFlag = False) -> None:
     """Print liveml's version and the versions of the runtime it serves with."""
     import grpc
     import onnxruntime
 
-    console.print(
-        f"liveml {dist_version('liveml')}  grpcio {grpc.__version__}  "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
+    versions = {
+        "liveml": dist_version("liveml"),
+        "grpcio": grpc.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if json_output:
+        print_json(versions)
+        return
+    console.print("  ".join(f"{name} {number}" for name, number in versions.items()))
 
 
 demo_app = typer.Typer(invoke_without_command=True)
@@ -165,6 +172,7 @@ def tls_init(
         "default: localhost and the service names of liveml's Compose and Kubernetes "
         "deployments.",
     ),
+    json_output: JsonFlag = False,
 ) -> None:
     """Create a CA and one certificate per name (server and client use, for mutual TLS).
 
@@ -175,10 +183,21 @@ def tls_init(
         if not host.strip() or any(c.isspace() for c in host):
             client.fail(f"--san {host!r}: expected a host name or IP address")
     ca = pki.create_ca(directory)
+    issued = {name: pki.issue(ca, name, directory, hosts=hosts) for name in names}
+    if json_output:
+        print_json(
+            {
+                "ca": str(ca.cert),
+                "certificates": {
+                    name: {"cert": str(i.cert), "key": str(i.key)} for name, i in issued.items()
+                },
+                "hosts": list(hosts),
+            }
+        )
+        return
     console.print(f"CA         {ca.cert}")
-    for name in names:
-        issued = pki.issue(ca, name, directory, hosts=hosts)
-        console.print(f"{name:<10} {issued.cert}  {issued.key}")
+    for name, i in issued.items():
+        console.print(f"{name:<10} {i.cert}  {i.key}")
     console.print(f"valid for  {', '.join(hosts)}")
 
 

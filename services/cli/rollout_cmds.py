@@ -6,7 +6,6 @@ registered on the same `rollout_app`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated
 
@@ -240,7 +239,7 @@ def rollout_show(conn: Connection, model: ModelArg, json_output: JsonFlag = Fals
             "held": [as_dict(h) for h in resp.held],
             "workers": [as_dict(w) for w in holding],
         }
-        typer.echo(json.dumps(shown, indent=2))
+        print_json(shown)
         return
     print_fields(
         [

@@ -20,9 +20,9 @@ from google.protobuf import json_format
 from services.cli.args import JsonFlag, ModelArg, model_id, parse_pairs, parse_ttl
 from services.cli.client import Connection, connect, connected, fail
 from services.cli.output import (
-    as_dict,
     print_fields,
     print_json,
+    print_json_list,
     print_table,
     short,
     stdout,
@@ -391,7 +391,7 @@ def train_runs(conn: Connection, model: ModelArg, json_output: JsonFlag = False)
             tpb.ListTrainingRunsRequest(parent=f"models/{model_id(model)}", page_size=100)
         )
     if json_output:
-        typer.echo(json.dumps([as_dict(r) for r in reply.runs], indent=2))
+        print_json_list(reply.runs)
         return
     print_table(
         ("run", "trigger", "state", "rows", "version", "canary", "started", "why / outcome"),
