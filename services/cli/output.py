@@ -142,7 +142,10 @@ def time_text(ts: Timestamp) -> str:
 
 
 def size_text(size_bytes: int) -> str:
-    return f"{decimal(size_bytes)} ({size_bytes} bytes)"
+    """`1.2 MB (1234567 bytes)`; `844 bytes` once, not `844 bytes (844 bytes)`."""
+    shown = decimal(size_bytes)
+    exact = f"{size_bytes} bytes"
+    return shown if shown in (exact, "1 byte") else f"{shown} ({exact})"
 
 
 def mapping_text(values: Iterable[tuple[str, object]]) -> str:

@@ -216,11 +216,11 @@ async def start_server(
     )
     await running.set_serving(True)
     log.info(
-        "%s listening on %s (%s), metrics on %s%s",
+        "%s listening on %s (%s), metrics %s%s",
         name,
         address(settings.host, port),
         "mTLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-        metrics_port if metrics_port is not None else "off",
+        f"on {metrics_port}" if metrics_port is not None else "off",
         f", health alone (plaintext) on {health_port}" if health_port is not None else "",
     )
     return running

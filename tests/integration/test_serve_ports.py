@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import ROOT
+from tests.helpers.procs import ROOT, registry_process
 
 
 @pytest.fixture
@@ -76,3 +77,18 @@ def test_every_service_says_it_the_same_way(taken: int, tmp_path: Path) -> None:
         tmp_path, "worker", "--model-dir", str(tmp_path / "models"), "--metrics-port", str(taken)
     )
     assert the_error(done).endswith("choose another with --metrics-port (LIVEML_METRICS_PORT)")
+
+
+def test_the_listening_line_says_metrics_off_or_on_a_port(tmp_path: Path) -> None:
+    proc, port = registry_process(tmp_path)  # --metrics-port -1
+    try:
+        line = proc.expect("registry listening on")
+        assert f"127.0.0.1:{port} (plaintext), metrics off" in line  # not "metrics on off"
+    finally:
+        assert proc.stop() == 0
+    (tmp_path / "again").mkdir()
+    proc, port = registry_process(tmp_path / "again", "--metrics-port", "0")
+    try:
+        assert re.search(r", metrics on \d+$", proc.expect("registry listening on").rstrip())
+    finally:
+        assert proc.stop() == 0

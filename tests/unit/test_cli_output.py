@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.cli.output import as_dict, short
+from services.cli.output import as_dict, short, size_text
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
 
@@ -38,3 +38,9 @@ def test_an_enum_value_this_cli_does_not_know_stays_a_number() -> None:
     assert as_dict(state) == {"state": 99}
     assert short(rpb.VersionLoadState, 99) == "99"
     assert short(rpb.VersionLoadState, rpb.VERSION_LOAD_STATE_READY) == "ready"
+
+
+def test_a_size_is_said_once_when_its_short_form_is_exact() -> None:
+    assert size_text(844) == "844 bytes"  # not "844 bytes (844 bytes)"
+    assert size_text(1) == "1 byte"
+    assert size_text(1_234_567) == "1.2 MB (1234567 bytes)"
