@@ -24,9 +24,6 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 audit_app = typer.Typer(help="The HMAC-chained audit trail.", no_args_is_help=True)
 
 
-# --- audit ---------------------------------------------------------------------------
-
-
 @audit_app.command("list")
 @connected
 def audit_list(

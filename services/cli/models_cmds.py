@@ -29,9 +29,6 @@ models_app = typer.Typer(
 )
 
 
-# --- models --------------------------------------------------------------------------
-
-
 def _tensor(spec: rpb.TensorSpec) -> str:
     return f"{spec.name} {spec.datatype}[{','.join(str(d) for d in spec.shape)}]"
 

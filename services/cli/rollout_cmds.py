@@ -40,9 +40,6 @@ rollout_app = typer.Typer(
 )
 
 
-# --- rollouts ------------------------------------------------------------------------
-
-
 def shares_text(targets: Iterable[rpb.TrafficTarget]) -> str:
     return ", ".join(f"v{t.version} {t.percent}%" for t in targets) or "-"
 

@@ -29,9 +29,6 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 token_app = typer.Typer(help="Access tokens for people, workers and clients.", no_args_is_help=True)
 
 
-# --- tokens --------------------------------------------------------------------------
-
-
 def _token_state(token: rpb.Token) -> str:
     if token.revoked:
         return "revoked"

@@ -56,9 +56,6 @@ class StageName(StrEnum):
     ARCHIVED = "archived"
 
 
-# --- versions ------------------------------------------------------------------------
-
-
 def _version_fields(version: rpb.Version) -> list[tuple[str, str]]:
     approval = version.approval
     review = short(rpb.ApprovalState, approval.state)
