@@ -1,19 +1,17 @@
-"""Operator commands for automatic rollouts and alerts.
+"""Operator commands for automatic rollouts: canary, status and taking over by hand.
 
 `liveml rollout canary` starts a canary that the registry's controller walks through
 its steps; `rollout status` (optionally `--watch`, a live view) shows the weights,
 each version's numbers and the controller's last decision; `rollout pause|resume|
-promote|abort` take over by hand; `liveml alerts` lists (or follows) alerts.
+promote|abort` take over by hand. Alerts are in alerts_cmds.py.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Annotated
 
-import grpc
 import typer
 from google.protobuf.duration_pb2 import Duration
 from rich.console import Group
@@ -21,31 +19,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from services.cli.args import JsonFlag, ModelArg, parse_ttl, rollout_name
 from services.cli.client import Connection, Registry, connect, connected, fail
-from services.cli.registry_cmds import (
-    JsonFlag,
-    ModelArg,
-    _all_pages,
-    _as_dict,
-    _fields,
-    _print_json,
-    _rollout_name,
-    _shares,
-    _short,
-    _table,
-    _time,
-    _ttl,
-    held_text,
-    rollout_app,
-    serving_text,
-    stdout,
-)
+from services.cli.output import as_dict, print_fields, print_json, short, stdout, time_text
+from services.cli.rollout_cmds import held_text, rollout_app, serving_text, shares_text
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
 
 def _duration(text: str, flag: str) -> Duration:
     try:
-        delta = _ttl(text)
+        delta = parse_ttl(text)
     except typer.BadParameter:
         raise typer.BadParameter(
             f"{text!r}: expected e.g. 30s, 5m or 1h", param_hint=flag
@@ -147,13 +130,13 @@ def rollout_canary(
     )
     with connect(conn) as registry:
         current: rpb.GetRolloutResponse = registry.GetRollout(
-            rpb.GetRolloutRequest(name=_rollout_name(model))
+            rpb.GetRolloutRequest(name=rollout_name(model))
         )
         serving = [t.version for t in current.rollout.targets if t.percent > 0]
         if len(serving) != 1 or serving[0] == version:
             fail(
                 f"a canary starts from one version serving all of '{model}' traffic; "
-                f"now: {_shares(current.rollout.targets)}",
+                f"now: {shares_text(current.rollout.targets)}",
                 hint=f"liveml rollout set {model} --target VERSION=100",
             )
         rollout = rpb.Rollout()
@@ -167,16 +150,16 @@ def rollout_canary(
             rpb.UpdateRolloutRequest(rollout=rollout, expected_revision=current.rollout.revision)
         )
     if json_output:
-        _print_json(resp)
+        print_json(resp)
         return
-    _fields(_status_fields(resp.rollout), title=f"canary of v{version} started")
+    print_fields(_status_fields(resp.rollout), title=f"canary of v{version} started")
 
 
 def _status_fields(
     rollout: rpb.Rollout, view: rpb.GetRolloutResponse | None = None
 ) -> list[tuple[str, str]]:
     status = rollout.status
-    rows = [("targets", _shares(rollout.targets))]
+    rows = [("targets", shares_text(rollout.targets))]
     if view is not None:
         rows.append(("serving now", serving_text(view.serving)))
         rows += [("held", line) for line in held_text(view.held)]
@@ -194,13 +177,13 @@ def _status_fields(
         else:
             shown = (f"v{stable} at 100%", f"v{candidate} at 0% (rolled back)")
         rows += [
-            ("phase", _short(rpb.AnalysisStatus.Phase, status.phase)),
+            ("phase", short(rpb.AnalysisStatus.Phase, status.phase)),
             ("stable", shown[0]),
             ("candidate", shown[1]),
             ("steps", f"{', '.join(f'{s}%' for s in steps)} every {every}"),
-            ("step started", _time(status.step_start_time)),
+            ("step started", time_text(status.step_start_time)),
             ("last decision", status.last_decision),
-            ("decided", _time(status.last_decision_time)),
+            ("decided", time_text(status.last_decision_time)),
         ]
     return rows
 
@@ -244,7 +227,7 @@ def _status_view(
     registry: Registry, model: str
 ) -> tuple[rpb.GetRolloutResponse, list[rpb.VersionMetrics]]:
     rollout: rpb.GetRolloutResponse = registry.GetRollout(
-        rpb.GetRolloutRequest(name=_rollout_name(model))
+        rpb.GetRolloutRequest(name=rollout_name(model))
     )
     metrics: rpb.GetVersionMetricsResponse = registry.GetVersionMetrics(
         rpb.GetVersionMetricsRequest(parent=f"models/{model.removeprefix('models/')}")
@@ -277,12 +260,12 @@ def rollout_status(
         rollout, metrics = _status_view(registry, model)
         if json_output:
             shown = {
-                "rollout": _as_dict(rollout.rollout),
-                "serving": [_as_dict(s) for s in rollout.serving],
-                "held": [_as_dict(h) for h in rollout.held],
-                "metrics": [_as_dict(m) for m in metrics],
+                "rollout": as_dict(rollout.rollout),
+                "serving": [as_dict(s) for s in rollout.serving],
+                "held": [as_dict(h) for h in rollout.held],
+                "metrics": [as_dict(m) for m in metrics],
             }
-            typer.echo(json.dumps(shown, indent=2))
+            print_json(shown)
             return
         if not watch:
             stdout.print(_render(model, rollout, metrics))
@@ -311,12 +294,12 @@ def _control(
 ) -> None:
     with connect(conn) as registry:
         resp: rpb.ControlRolloutResponse = registry.ControlRollout(
-            rpb.ControlRolloutRequest(name=_rollout_name(model), action=action, reason=reason)
+            rpb.ControlRolloutRequest(name=rollout_name(model), action=action, reason=reason)
         )
     if json_output:
-        _print_json(resp)
+        print_json(resp)
         return
-    _fields(_status_fields(resp.rollout))
+    print_fields(_status_fields(resp.rollout))
 
 
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the audit trail).")]
@@ -357,65 +340,3 @@ def rollout_abort(
 ) -> None:
     """Stop a canary and send all the traffic back to the stable version."""
     _control(conn, model, A.ACTION_ABORT, reason, json_output)
-
-
-def _alert_row(a: rpb.Alert) -> tuple[str, ...]:
-    return (
-        _time(a.start_time),
-        _short(rpb.Alert.State, a.state),
-        _short(rpb.Alert.Severity, a.severity),
-        a.alert,
-        a.model or "-",
-        f"v{a.version}" if a.version else "-",
-        a.summary,
-    )
-
-
-ALERT_COLUMNS = ("since", "state", "severity", "alert", "model", "version", "summary")
-
-
-@connected
-def alerts(
-    conn: Connection,
-    firing: Annotated[bool, typer.Option("--firing", help="Only alerts still firing.")] = False,
-    model: Annotated[str, typer.Option(help="Only alerts about this model.")] = "",
-    limit: Annotated[int, typer.Option(min=1, help="Most alerts to list.")] = 50,
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Then print each new change until Ctrl-C.")
-    ] = False,
-    json_output: JsonFlag = False,
-) -> None:
-    """List alerts, newest first; with --watch, follow new ones."""
-    with connect(conn) as registry:
-
-        def page(token: str) -> tuple[Iterable[rpb.Alert], str]:
-            resp: rpb.ListAlertsResponse = registry.ListAlerts(
-                rpb.ListAlertsRequest(
-                    firing_only=firing, model=model.removeprefix("models/"), page_token=token
-                )
-            )
-            return resp.alerts, resp.next_page_token
-
-        found = _all_pages(page, limit)
-        if json_output:
-            for a in found:
-                typer.echo(json.dumps(_as_dict(a)))
-        else:
-            _table(ALERT_COLUMNS, (_alert_row(a) for a in found), title="alerts")
-        if not watch:
-            return
-        since = max((a.sequence for a in found), default=0)
-        try:
-            for changed in registry.WatchAlerts(rpb.WatchAlertsRequest(since_sequence=since)):
-                for a in changed.alerts:
-                    if model and a.model != model.removeprefix("models/"):
-                        continue
-                    if json_output:
-                        typer.echo(json.dumps(_as_dict(a)))
-                    else:
-                        _table(ALERT_COLUMNS, [_alert_row(a)])
-        except KeyboardInterrupt:
-            pass
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                raise

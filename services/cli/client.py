@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Concatenate, NoReturn, ParamSpec
+from typing import Annotated, Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import grpc
 import typer
@@ -37,6 +37,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 stderr = Console(stderr=True)
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 _PANEL = "Connection"
 
@@ -272,3 +273,17 @@ def connect(conn: Connection) -> Iterator[Registry]:
         fail_rpc(error, conn)
     finally:
         channel.close()
+
+
+def all_pages(fetch: Callable[[str], tuple[Iterable[T], str]], limit: int | None = None) -> list[T]:
+    """Every item of a paginated listing (or the first `limit`); fetch(page_token) -> page."""
+    items: list[T] = []
+    token = ""
+    while limit is None or len(items) < limit:
+        page, next_token = fetch(token)
+        items.extend(page)
+        # Empty pages may still promise more (AIP-158); only a token that repeats is stuck.
+        if not next_token or next_token == token:
+            break
+        token = next_token
+    return items[:limit]

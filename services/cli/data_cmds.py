@@ -32,10 +32,11 @@ from rich.progress import (
 )
 
 from services.cli import data_view
+from services.cli.args import JsonFlag, model_id, model_name
 from services.cli.client import Connection, connect, connected, fail, stderr
 from services.cli.data_files import Checked, Columns, ExampleFile, FileError, file_format
-from services.cli.registry_cmds import JsonFlag, _model_id, _model_name, _print_json
-from services.cli.registry_cmds import _sha256 as sha256_of
+from services.cli.output import print_json
+from services.cli.versions_cmds import sha256_file
 from services.common import examples
 from services.common.errors import ServiceError
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
@@ -148,13 +149,11 @@ def push(
     except FileError as exc:
         fail(str(exc), "nothing was stored")
     source = ExampleFile(file, fmt)
-    model_id = _model_id(model)
+    bare = model_id(model)
     with connect(conn) as registry:
-        found: rpb.GetModelResponse = registry.GetModel(
-            rpb.GetModelRequest(name=_model_name(model))
-        )
+        found: rpb.GetModelResponse = registry.GetModel(rpb.GetModelRequest(name=model_name(model)))
         try:
-            specs = examples.features(model_id, found.model.signature)
+            specs = examples.features(bare, found.model.signature)
         except ServiceError as exc:
             fail(exc.message, "nothing was stored")
         columns = Columns(specs, label, key, list(group or []))
@@ -167,10 +166,10 @@ def push(
                 fail(str(exc), "nothing was stored")
             progress.update(checking, total=checked.rows, completed=checked.rows)
             hashing = progress.add_task(f"sha256 {file.name}", total=file.stat().st_size)
-            digest = sha256_of(file, lambda n: progress.advance(hashing, n))
+            digest = sha256_file(file, lambda n: progress.advance(hashing, n))
             sending = progress.add_task(f"send {file.name}", total=checked.rows)
             header = rpb.ImportExamplesRequest.Header(
-                model=_model_name(model),
+                model=model_name(model),
                 features=[f.name for f in specs],
                 source=file.name,
                 digest=digest,
@@ -193,12 +192,12 @@ def push(
                     fail(str(failed[0]), "nothing was stored")
                 raise
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
     span = f" (sequences {reply.first_sequence}-{reply.last_sequence})" if reply.stored else ""
     typer.echo(
         f"stored {reply.stored} of {reply.received} examples from {file.name} for "
-        f"{model_id}{span}; {reply.duplicates} already stored"
+        f"{bare}{span}; {reply.duplicates} already stored"
     )
 
 

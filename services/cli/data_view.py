@@ -15,19 +15,17 @@ from datetime import UTC
 from typing import Annotated, Any
 
 import typer
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.cli.args import JsonFlag, ModelArg, model_id, model_name
 from services.cli.client import Connection, connect, connected
-from services.cli.registry_cmds import (
-    JsonFlag,
-    ModelArg,
-    _fields,
-    _model_id,
-    _model_name,
-    _print_json,
-    _table,
-    _time,
+from services.cli.output import (
+    as_dict,
+    json_text,
+    print_fields,
+    print_json,
+    print_table,
+    time_text,
 )
 from services.common import codec
 from services.common.events import KIND_NAMES, KINDS_BY_NAME
@@ -175,24 +173,19 @@ def tail(
     request = rpb.ReadEventsRequest(
         after_sequence=after,
         start=how,  # type: ignore[arg-type]
-        model=_model_id(model),
+        model=model_id(model),
         kinds=_kinds(kind),  # type: ignore[arg-type]
         follow=follow,
     )
     with connect(conn) as registry:
         # ReadEvents reads any model's name without checking it: ask first, for a clear
         # NOT_FOUND instead of an empty stream for a mistyped name.
-        registry.GetModel(rpb.GetModelRequest(name=_model_name(model)))
+        registry.GetModel(rpb.GetModelRequest(name=model_name(model)))
         try:
             for reply in registry.ReadEvents(request):
                 for event in reply.events:
                     if json_output:
-                        _emit(
-                            json.dumps(
-                                json_format.MessageToDict(event, preserving_proto_field_name=True),
-                                separators=(",", ":"),
-                            )
-                        )
+                        _emit(json_text(as_dict(event), compact=True))
                     else:
                         _emit(line(event))
         except KeyboardInterrupt:
@@ -220,8 +213,8 @@ def _stats_fields(model: str, reply: rpb.GetEventStatsResponse) -> list[tuple[st
         ("predictions expired", str(reply.predictions_expired)),
         ("joined fraction", f"{reply.joined_fraction:.1%}"),
         ("stream sequences", f"{reply.first_sequence}-{reply.last_sequence}"),
-        ("oldest", _time(reply.oldest_time)),
-        ("newest", _time(reply.newest_time)),
+        ("oldest", time_text(reply.oldest_time)),
+        ("newest", time_text(reply.newest_time)),
         ("stream bytes", str(reply.bytes)),
         (
             "retention",
@@ -235,12 +228,12 @@ def stats(conn: Connection, model: ModelArg, json_output: JsonFlag = False) -> N
     """Counts of MODEL's events by kind, the joined fraction, lag, retention."""
     with connect(conn) as registry:
         reply: rpb.GetEventStatsResponse = registry.GetEventStats(
-            rpb.GetEventStatsRequest(model=_model_name(model))
+            rpb.GetEventStatsRequest(model=model_name(model))
         )
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
-    _fields(_stats_fields(_model_id(model), reply))
+    print_fields(_stats_fields(model_id(model), reply))
     rows: list[Any] = [(c.name, str(c.position), str(c.pending)) for c in reply.consumers]
     if rows:
-        _table(("consumer", "position", "pending"), rows, title="lag")
+        print_table(("consumer", "position", "pending"), rows, title="lag")

@@ -229,10 +229,7 @@ class Demo:
             better = await self.next_run("a run on live data and its canary", canary=True)
             if better.canary_phase != Phase.PHASE_PROMOTED:
                 raise DemoFailure(f"{describe(better)}; canary: {better.canary_decision}")
-            self.step(
-                f"v{better.version} promoted",
-                f"{describe(better)}; canary: {better.canary_decision}",
-            )
+            self.step(f"v{better.version} promoted", f"{describe(better)}; {_canary(better)}")
 
             # 3. The concept shifts: AccuracyDrop retrains, and the new model is promoted.
             traffic.concept, traffic.phase = b, "B"
@@ -243,10 +240,7 @@ class Demo:
                 raise DemoFailure(f"expected the alert's retrain, got {describe(shifted)}")
             if shifted.canary_phase != Phase.PHASE_PROMOTED:
                 raise DemoFailure(f"{describe(shifted)}; canary: {shifted.canary_decision}")
-            self.step(
-                f"v{shifted.version} promoted",
-                f"{describe(shifted)}; canary: {shifted.canary_decision}",
-            )
+            self.step(f"v{shifted.version} promoted", f"{describe(shifted)}; {_canary(shifted)}")
             serving = shifted.version
 
             # 4. Scrambled labels: the gate rejects the candidate; it never gets traffic.
@@ -341,14 +335,23 @@ class Demo:
         self.step(
             "audit", f"HMAC hash chain intact over {verdict.events_checked} events; alerts: {kinds}"
         )
-        metrics = await c.stub.GetVersionMetrics(
-            rpb.GetVersionMetricsRequest(parent=f"models/{MODEL}", window=seconds(600)),
-            metadata=c.md,
-        )
+        answered = traffic.total()
+
+        async def reported() -> list[rpb.VersionMetrics] | None:
+            # The gateway reports every half second: wait for its last report, so the
+            # controller's counts add up to the clients' (they saw the same answers).
+            reply = await c.stub.GetVersionMetrics(
+                rpb.GetVersionMetricsRequest(parent=f"models/{MODEL}", window=seconds(600)),
+                metadata=c.md,
+            )
+            counted = sum(m.requests for m in reply.metrics)
+            return list(reply.metrics) if counted >= answered else None
+
+        metrics = await until(reported, WITHIN, f"the gateway's reports of {answered} answers")
         runs = await self.runs()
         await c.channel.close()
         self.tallies = traffic.tallies
-        return runs, list(metrics.metrics)
+        return runs, metrics
 
     async def _serving(self, version: int) -> None:
         async def served() -> bool:
@@ -391,6 +394,11 @@ class Demo:
             return traffic.total() >= count
 
         return check
+
+
+def _canary(run: Run) -> str:
+    """`canary passed 50%: …`: its decision without the `promoted vN` the step's title says."""
+    return "canary " + run.canary_decision.removeprefix(f"promoted v{run.version}: ")
 
 
 def main(keep: Path | None = None) -> int:

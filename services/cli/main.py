@@ -8,7 +8,20 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.cli import canary_cmds, client, data_cmds, registry_cmds, train_cmds
+from services.cli import (
+    alerts_cmds,
+    audit_cmds,
+    canary_cmds,  # noqa: F401  (adds canary, status, pause, ... to rollout_app)
+    client,
+    data_cmds,
+    models_cmds,
+    rollout_cmds,
+    token_cmds,
+    train_cmds,
+    versions_cmds,
+)
+from services.cli.args import JsonFlag
+from services.cli.output import print_json
 from services.cli.serve_cmds import gateway_app, registry_app, trainer_app, worker_app
 from services.common import pki
 
@@ -20,12 +33,12 @@ app = typer.Typer(
 )
 tls_app = typer.Typer(help="Development certificates for TLS and mutual TLS.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
-app.add_typer(registry_cmds.models_app, name="models")
-app.add_typer(registry_cmds.versions_app, name="versions")
-app.add_typer(registry_cmds.rollout_app, name="rollout")
-app.add_typer(registry_cmds.token_app, name="token")
-app.add_typer(registry_cmds.audit_app, name="audit")
-app.command("alerts")(canary_cmds.alerts)
+app.add_typer(models_cmds.models_app, name="models")
+app.add_typer(versions_cmds.versions_app, name="versions")
+app.add_typer(rollout_cmds.rollout_app, name="rollout")
+app.add_typer(token_cmds.token_app, name="token")
+app.add_typer(audit_cmds.audit_app, name="audit")
+app.command("alerts")(alerts_cmds.alerts)
 app.add_typer(registry_app, name="registry")
 app.add_typer(worker_app, name="worker")
 app.add_typer(gateway_app, name="gateway")
@@ -37,15 +50,20 @@ console = Console()
 
 
 @app.command()
-def version() -> None:
+def version(json_output: JsonFlag = False) -> None:
     """Print liveml's version and the versions of the runtime it serves with."""
     import grpc
     import onnxruntime
 
-    console.print(
-        f"liveml {dist_version('liveml')}  grpcio {grpc.__version__}  "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
+    versions = {
+        "liveml": dist_version("liveml"),
+        "grpcio": grpc.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if json_output:
+        print_json(versions)
+        return
+    console.print("  ".join(f"{name} {number}" for name, number in versions.items()))
 
 
 demo_app = typer.Typer(invoke_without_command=True)
@@ -154,6 +172,7 @@ def tls_init(
         "default: localhost and the service names of liveml's Compose and Kubernetes "
         "deployments.",
     ),
+    json_output: JsonFlag = False,
 ) -> None:
     """Create a CA and one certificate per name (server and client use, for mutual TLS).
 
@@ -164,10 +183,21 @@ def tls_init(
         if not host.strip() or any(c.isspace() for c in host):
             client.fail(f"--san {host!r}: expected a host name or IP address")
     ca = pki.create_ca(directory)
+    issued = {name: pki.issue(ca, name, directory, hosts=hosts) for name in names}
+    if json_output:
+        print_json(
+            {
+                "ca": str(ca.cert),
+                "certificates": {
+                    name: {"cert": str(i.cert), "key": str(i.key)} for name, i in issued.items()
+                },
+                "hosts": list(hosts),
+            }
+        )
+        return
     console.print(f"CA         {ca.cert}")
-    for name in names:
-        issued = pki.issue(ca, name, directory, hosts=hosts)
-        console.print(f"{name:<10} {issued.cert}  {issued.key}")
+    for name, i in issued.items():
+        console.print(f"{name:<10} {i.cert}  {i.key}")
     console.print(f"valid for  {', '.join(hosts)}")
 
 

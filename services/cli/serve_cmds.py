@@ -1,6 +1,13 @@
-"""`liveml <service> serve`: run one liveml service in the foreground."""
+"""`liveml <service> serve`: run one liveml service in the foreground.
+
+A port that cannot be listened on (in use, or not this machine's) is the caller's to
+change: one line naming it and the flag and variable that set it, exit 2.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
@@ -9,6 +16,18 @@ from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
 from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
+
+
+@contextmanager
+def _ports_said() -> Iterator[None]:
+    from services.common.server import CannotListen  # not at import: `liveml models` stays quick
+
+    try:
+        yield
+    except CannotListen as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
 
 registry_app = typer.Typer(
     help="The registry: models, versions, rollouts, audit.", no_args_is_help=True
@@ -23,7 +42,8 @@ def registry_serve(settings: RegistrySettings) -> None:
     from services.registry.secrets import SecretsError
 
     try:
-        raise typer.Exit(registry.serve(settings))
+        with _ports_said():
+            raise typer.Exit(registry.serve(settings))
     except (SecretsError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -38,7 +58,8 @@ def worker_serve(settings: WorkerSettings) -> None:
     from services.worker import app as worker
 
     try:
-        raise typer.Exit(worker.serve(settings))
+        with _ports_said():
+            raise typer.Exit(worker.serve(settings))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -55,7 +76,8 @@ def gateway_serve(settings: GatewaySettings) -> None:
     from services.gateway import app as gateway
 
     try:
-        raise typer.Exit(gateway.serve(settings))
+        with _ports_said():
+            raise typer.Exit(gateway.serve(settings))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -72,6 +94,7 @@ def trainer_serve(settings: TrainerSettings) -> None:
     from services.trainer import app as trainer
 
     try:
-        raise typer.Exit(trainer.serve(settings))
+        with _ports_said():
+            raise typer.Exit(trainer.serve(settings))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

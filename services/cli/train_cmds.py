@@ -17,20 +17,16 @@ import typer
 import yaml
 from google.protobuf import json_format
 
+from services.cli.args import JsonFlag, ModelArg, model_id, parse_pairs, parse_ttl
 from services.cli.client import Connection, connect, connected, fail
-from services.cli.registry_cmds import (
-    JsonFlag,
-    ModelArg,
-    _as_dict,
-    _fields,
-    _model_id,
-    _pairs,
-    _print_json,
-    _short,
-    _table,
-    _time,
-    _ttl,
+from services.cli.output import (
+    print_fields,
+    print_json,
+    print_json_list,
+    print_table,
+    short,
     stdout,
+    time_text,
 )
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.training.v1 import training_pb2 as tpb
@@ -52,7 +48,7 @@ learner_app = typer.Typer(help="Online learners: where each stands.", no_args_is
 
 def _duration_text(text: str, flag: str) -> str:
     try:
-        return f"{_ttl(text).total_seconds():g}s"
+        return f"{parse_ttl(text).total_seconds():g}s"
     except typer.BadParameter:
         raise typer.BadParameter(
             f"{text!r}: expected e.g. 30s, 5m, 12h or 1d", param_hint=flag
@@ -73,7 +69,7 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 def _numbers(values: list[str] | None, flag: str) -> dict[str, float]:
     out = {}
-    for key, value in _pairs(values, flag).items():
+    for key, value in parse_pairs(values, flag).items():
         try:
             out[key] = float(value)
         except ValueError:
@@ -89,8 +85,8 @@ def _normalise(spec: dict[str, Any]) -> dict[str, Any]:
             spec[key] = prefix + value.upper()
     online = spec.get("online")
     rollout = online.get("rollout") if isinstance(online, dict) else None
-    short = isinstance(rollout, str) and not rollout.startswith("ONLINE_ROLLOUT_")
-    if isinstance(online, dict) and short:
+    is_short = isinstance(rollout, str) and not rollout.startswith("ONLINE_ROLLOUT_")
+    if isinstance(online, dict) and is_short:
         online["rollout"] = "ONLINE_ROLLOUT_" + str(rollout).upper()
     estimator = spec.get("estimator")
     if isinstance(estimator, dict) and isinstance(estimator.get("params"), dict):
@@ -218,7 +214,7 @@ def policy_set(
     if returns_onnx:
         est["returns_onnx"] = True
     if param:
-        est.setdefault("params", {}).update(_pairs(param, "--param"))
+        est.setdefault("params", {}).update(parse_pairs(param, "--param"))
     simple = {
         "task": task,
         "label": label,
@@ -274,7 +270,7 @@ def policy_set(
             online[key] = value
     if publish_interval is not None:
         online["publish_interval"] = _duration_text(publish_interval, "--publish-interval")
-    spec["name"] = f"models/{_model_id(model)}/trainingPolicy"
+    spec["name"] = f"models/{model_id(model)}/trainingPolicy"
     policy = tpb.TrainingPolicy()
     try:
         json_format.ParseDict(_normalise(spec), policy)
@@ -285,9 +281,9 @@ def policy_set(
             tpb.SetTrainingPolicyRequest(policy=policy)
         )
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
-    _fields(_policy_fields(reply.policy), title="training policy set")
+    print_fields(_policy_fields(reply.policy), title="training policy set")
 
 
 def _duration(d: Any) -> str:
@@ -313,7 +309,7 @@ def _policy_fields(p: tpb.TrainingPolicy) -> list[tuple[str, str]]:
     ]
     return [
         ("name", p.name),
-        ("task", _short(tpb.TrainingTask, p.task)),
+        ("task", short(tpb.TrainingTask, p.task)),
         (
             "estimator",
             (est.class_path or est.entry_point) + (" (returns ONNX)" if est.returns_onnx else ""),
@@ -337,10 +333,10 @@ def _policy_fields(p: tpb.TrainingPolicy) -> list[tuple[str, str]]:
         ("triggers", "; ".join(f for f in fired if f)),
         ("cooldown", _duration(p.cooldown) if p.cooldown.ToNanoseconds() else "60 s"),
         ("gate", "; ".join(bounds) or "non-inferiority, parity and latency only"),
-        ("mode", _short(tpb.TrainingMode, p.mode) if p.mode else "batch"),
-        ("approval", _short(tpb.ApprovalMode, p.approval) if p.approval else "auto"),
+        ("mode", short(tpb.TrainingMode, p.mode) if p.mode else "batch"),
+        ("approval", short(tpb.ApprovalMode, p.approval) if p.approval else "auto"),
         ("canary", ", ".join(f"{s}%" for s in p.canary.steps) or "10%, 50%, 100%"),
-        ("updated", f"{_time(p.update_time)} by {p.updater}"),
+        ("updated", f"{time_text(p.update_time)} by {p.updater}"),
     ]
 
 
@@ -350,12 +346,12 @@ def policy_show(conn: Connection, model: ModelArg, json_output: JsonFlag = False
     """Show MODEL's training policy."""
     with connect(conn) as registry:
         reply: tpb.GetTrainingPolicyResponse = registry.training.GetTrainingPolicy(
-            tpb.GetTrainingPolicyRequest(name=f"models/{_model_id(model)}/trainingPolicy")
+            tpb.GetTrainingPolicyRequest(name=f"models/{model_id(model)}/trainingPolicy")
         )
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
-    _fields(_policy_fields(reply.policy))
+    print_fields(_policy_fields(reply.policy))
 
 
 @train_app.command("run")
@@ -370,20 +366,20 @@ def train_run(
     with connect(conn) as registry:
         reply: tpb.RequestTrainingRunResponse = registry.training.RequestTrainingRun(
             tpb.RequestTrainingRunRequest(
-                parent=f"models/{_model_id(model)}",
+                parent=f"models/{model_id(model)}",
                 trigger=tpb.TRAINING_TRIGGER_MANUAL,
                 reason=reason,
             )
         )
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
     what = "run queued" if reply.created else "a run was already waiting; it takes this request"
-    _fields(_run_fields(reply.run), title=what)
+    print_fields(_run_fields(reply.run), title=what)
 
 
 def _state(run: Run) -> str:
-    return _short(Run.State, run.state)
+    return short(Run.State, run.state)
 
 
 @train_app.command("runs")
@@ -392,27 +388,27 @@ def train_runs(conn: Connection, model: ModelArg, json_output: JsonFlag = False)
     """MODEL's training runs, newest first."""
     with connect(conn) as registry:
         reply: tpb.ListTrainingRunsResponse = registry.training.ListTrainingRuns(
-            tpb.ListTrainingRunsRequest(parent=f"models/{_model_id(model)}", page_size=100)
+            tpb.ListTrainingRunsRequest(parent=f"models/{model_id(model)}", page_size=100)
         )
     if json_output:
-        typer.echo(json.dumps([_as_dict(r) for r in reply.runs], indent=2))
+        print_json_list(reply.runs)
         return
-    _table(
+    print_table(
         ("run", "trigger", "state", "rows", "version", "canary", "started", "why / outcome"),
         (
             (
                 str(r.number),
-                _short(tpb.TrainingTrigger, r.trigger),
+                short(tpb.TrainingTrigger, r.trigger),
                 _state(r),
                 f"{r.train_rows}+{r.holdout_rows}" if r.dataset.rows else "-",
                 f"v{r.version}" if r.version else "-",
-                _short(rpb.AnalysisStatus.Phase, r.canary_phase) if r.canary_phase else "-",
-                _time(r.start_time),
+                short(rpb.AnalysisStatus.Phase, r.canary_phase) if r.canary_phase else "-",
+                time_text(r.start_time),
                 r.error or _first_failed(r) or "; ".join(r.reasons),
             )
             for r in reply.runs
         ),
-        title=f"training runs of {_model_id(model)}",
+        title=f"training runs of {model_id(model)}",
     )
 
 
@@ -428,7 +424,7 @@ def _run_fields(r: Run) -> list[tuple[str, str]]:
             "state",
             _state(r) + (f" (attempt {r.attempt}, retry of {r.retry_of})" if r.retry_of else ""),
         ),
-        ("trigger", _short(tpb.TrainingTrigger, r.trigger)),
+        ("trigger", short(tpb.TrainingTrigger, r.trigger)),
         ("why", "; ".join(r.reasons)),
         ("trainer", r.trainer or "-"),
         (
@@ -446,8 +442,8 @@ def _run_fields(r: Run) -> list[tuple[str, str]]:
         ("canary", r.canary_decision or "-"),
         ("error", r.error or "-"),
         ("stages", ", ".join(f"{k} {v:.2f} s" for k, v in r.stage_seconds.items()) or "-"),
-        ("created", _time(r.create_time)),
-        ("ended", _time(r.end_time)),
+        ("created", time_text(r.create_time)),
+        ("ended", time_text(r.end_time)),
     ]
 
 
@@ -462,15 +458,15 @@ def train_show(
     """One run of MODEL: its data, every gate check with its numbers, its outcome."""
     with connect(conn) as registry:
         reply: tpb.GetTrainingRunResponse = registry.training.GetTrainingRun(
-            tpb.GetTrainingRunRequest(name=f"models/{_model_id(model)}/trainingRuns/{number}")
+            tpb.GetTrainingRunRequest(name=f"models/{model_id(model)}/trainingRuns/{number}")
         )
     run = reply.run
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
-    _fields(_run_fields(run), title=f"run {run.number} of {_model_id(model)}")
+    print_fields(_run_fields(run), title=f"run {run.number} of {model_id(model)}")
     if run.checks:
-        _table(
+        print_table(
             ("check", "slice", "candidate", "production", "limit", "verdict", "in words"),
             (
                 (
@@ -495,10 +491,10 @@ def learner_status(conn: Connection, model: ModelArg, json_output: JsonFlag = Fa
     """Where MODEL's online learner stands: position, lag, accuracy, drift, publishing."""
     with connect(conn) as registry:
         reply: tpb.GetLearnerStatusResponse = registry.training.GetLearnerStatus(
-            tpb.GetLearnerStatusRequest(parent=f"models/{_model_id(model)}")
+            tpb.GetLearnerStatusRequest(parent=f"models/{model_id(model)}")
         )
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
     st = reply.status
     if st.HasField("prequential_accuracy"):
@@ -510,14 +506,14 @@ def learner_status(conn: Connection, model: ModelArg, json_output: JsonFlag = Fa
     quarantined = ", ".join(f"{k}: {v}" for k, v in sorted(st.quarantined.items())) or "none"
     drifts = ", ".join(map(str, st.drift_sequences[-3:]))
     published = (
-        f"v{st.published_version} at {_time(st.publish_time)}: {st.publish_decision}"
+        f"v{st.published_version} at {time_text(st.publish_time)}: {st.publish_decision}"
         if st.published_version
         else (st.publish_decision or "none yet")
     )
-    _fields(
+    print_fields(
         [
             ("learner", f"{st.learner} (fencing token {st.fencing_token})"),
-            ("lease until", _time(st.lease_expire_time)),
+            ("lease until", time_text(st.lease_expire_time)),
             ("applied", f"{st.applied} examples, through sequence {st.last_sequence}"),
             ("lag", f"{st.lag} sequences behind the stream"),
             ("prequential accuracy", accuracy),
@@ -527,10 +523,10 @@ def learner_status(conn: Connection, model: ModelArg, json_output: JsonFlag = Fa
             (
                 "checkpoint",
                 f"#{st.checkpoint_number}, {st.checkpoint_bytes} bytes, "
-                f"{_time(st.checkpoint_time)}",
+                f"{time_text(st.checkpoint_time)}",
             ),
             ("last publish", published),
             ("publishing", f"STOPPED: {st.stopped_reason}" if st.publishing_stopped else "on"),
         ],
-        title=f"online learner of {_model_id(model)}",
+        title=f"online learner of {model_id(model)}",
     )

@@ -130,11 +130,16 @@ class DataPlaneAuthSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
+def flag_and_variable(name: str) -> str:
+    """How field `name` is set: `--metrics-port (LIVEML_METRICS_PORT)`."""
+    return f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})"
+
+
 def _said(cls: type[BaseSettings], error: Any) -> str:
     """One validation error as the flag and variable that set it, what was wrong, and
     the value given (unless the setting is a secret)."""
     name = str(error["loc"][0]) if error["loc"] else ""
-    where = f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})" if name else "settings"
+    where = flag_and_variable(name) if name else "settings"
     field = cls.model_fields.get(name)
     secret = field is not None and (
         field.annotation is SecretStr or "secret" in name or "key" in name or "token" in name

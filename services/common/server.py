@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -49,6 +51,39 @@ def address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+class CannotListen(OSError):
+    """A port the settings name cannot be listened on: the caller's to change, so
+    `liveml <service> serve` says it in one line (exit 2), not as a traceback."""
+
+    def __init__(self, name: str, setting: str, where: str, why: str) -> None:
+        self.setting = setting
+        self.where = where
+        super().__init__(
+            f"{name}: cannot listen on {where} ({why}): choose another with "
+            f"{config.flag_and_variable(setting)}"
+        )
+
+
+def _why_not(host: str, port: int) -> str:
+    """Why `host:port` cannot be bound, in the kernel's words (grpc says only "failed")."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        return _strerror(exc)
+    return "grpc could not bind it"
+
+
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM})
+
+
+def _strerror(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return (exc.strerror or str(exc)).lower()
 
 
 @dataclass
@@ -139,19 +174,36 @@ async def start_server(
             port = server.add_insecure_port(where)
         else:
             port = server.add_secure_port(where, credentials)
-    except RuntimeError as exc:
-        raise OSError(f"{name}: cannot listen on {where}: {exc}") from exc
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"{name}: cannot listen on {where}")
+        raise CannotListen(name, "port", where, _why_not(settings.host, settings.port))
     await server.start()
-    health_server, health_port = await _health_only(health, settings)
-    metrics_port = metrics_server.start(
-        settings.metrics_host or settings.host,
-        settings.metrics_port,
-        tls_cert=settings.metrics_tls_cert,
-        tls_key=settings.metrics_tls_key,
-        token=metrics_token,
-    )
+    try:
+        health_server, health_port = await _health_only(name, health, settings)
+        metrics_host = settings.metrics_host or settings.host
+        try:
+            metrics_port = metrics_server.start(
+                metrics_host,
+                settings.metrics_port,
+                tls_cert=settings.metrics_tls_cert,
+                tls_key=settings.metrics_tls_key,
+                token=metrics_token,
+            )
+        except OSError as exc:
+            # Only binding: a missing certificate file is an OSError too, and not a port's.
+            if not isinstance(exc, socket.gaierror) and exc.errno not in _BIND_ERRORS:
+                raise
+            if health_server is not None:
+                await health_server.stop(0)
+            setting = "metrics_port"
+            if isinstance(exc, socket.gaierror):  # a host name that does not resolve
+                setting = "metrics_host" if settings.metrics_host else "host"
+            where = address(metrics_host, settings.metrics_port)
+            raise CannotListen(name, setting, where, _strerror(exc)) from exc
+    except BaseException:
+        await server.stop(0)  # nothing half served: the gRPC port closes again
+        raise
     running = RunningServer(
         name,
         server,
@@ -164,18 +216,18 @@ async def start_server(
     )
     await running.set_serving(True)
     log.info(
-        "%s listening on %s (%s), metrics on %s%s",
+        "%s listening on %s (%s), metrics %s%s",
         name,
         address(settings.host, port),
         "mTLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-        metrics_port if metrics_port is not None else "off",
+        f"on {metrics_port}" if metrics_port is not None else "off",
         f", health alone (plaintext) on {health_port}" if health_port is not None else "",
     )
     return running
 
 
 async def _health_only(
-    health: HealthServicer, settings: ServerSettings
+    name: str, health: HealthServicer, settings: ServerSettings
 ) -> tuple[aio.Server | None, int | None]:
     """A plaintext server with the health service and nothing else, when asked for.
 
@@ -189,10 +241,11 @@ async def _health_only(
     where = address(settings.host, settings.health_port)
     try:
         port = health_server.add_insecure_port(where)
-    except RuntimeError as exc:
-        raise OSError(f"health port: cannot listen on {where}: {exc}") from exc
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"health port: cannot listen on {where}")
+        why = _why_not(settings.host, settings.health_port)
+        raise CannotListen(name, "health_port", where, why)
     await health_server.start()
     return health_server, port
 

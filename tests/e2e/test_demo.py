@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -61,6 +62,16 @@ def test_make_run_walks_the_founding_workflow() -> None:
         "demo passed",
     ):
         assert step in out, f"missing {step!r} in:\n{out}"
+    # A promotion is said once: the step's title, then what the canary saw.
+    assert "✓ v2 promoted: " in out and "canary passed 50%" in out
+    assert "canary: promoted v" not in out, out
+    # The controller counted what the clients saw: per version, the same answers.
+    answered = re.search(r"✓ clients: (\d+) requests answered \(([^)]*)\)", out)
+    assert answered is not None, out
+    clients = {v: int(n) for v, n in re.findall(r"v(\d+) (\d+)", answered[2])}
+    assert sum(clients.values()) == int(answered[1])
+    controller = dict(re.findall(r"^│ v(\d+)\s+│ (\d+)\s+│", out, re.MULTILINE))
+    assert {v: int(n) for v, n in controller.items()} == clients, out
 
 
 def test_demo_exits_non_zero_when_a_step_misbehaves() -> None:

@@ -170,9 +170,9 @@ async def test_a_run_registers_canaries_and_a_worse_one_is_rejected(tmp_path: Pa
         assert "FAIL" in shown.stdout
         listed = await asyncio.to_thread(liveml, env, "train", "runs", "clf", "--json")
         assert [r["state"] for r in json.loads(listed.stdout)] == [
-            "STATE_REJECTED",
-            "STATE_SUCCEEDED",
-            "STATE_SUCCEEDED",
+            "REJECTED",
+            "SUCCEEDED",
+            "SUCCEEDED",
         ]
 
 

@@ -58,9 +58,9 @@ def test_publish_and_roll_out_with_the_cli(registry_env: dict[str, str], tmp_pat
             "--json",
         )
         version = json.loads(pushed.stdout)["version"]  # --json prints the RPC's response
-        assert version["number"] == str(seed) and version["metrics"] == {"accuracy": 0.9}
+        assert version["number"] == seed and version["metrics"] == {"accuracy": 0.9}
     listed = json.loads(liveml(registry_env, "versions", "list", "iris", "--json").stdout)
-    assert [v["number"] for v in listed] == ["2", "1"]
+    assert [v["number"] for v in listed] == [2, 1]
 
     liveml(registry_env, "rollout", "set", "iris", "--target", "1=100")
     shown = liveml(
@@ -82,7 +82,7 @@ def test_publish_and_roll_out_with_the_cli(registry_env: dict[str, str], tmp_pat
     rollout = json.loads(liveml(registry_env, "rollout", "show", "iris", "--json").stdout)[
         "rollout"
     ]
-    assert rollout["targets"] == [{"version": "1", "percent": 100}]
+    assert rollout["targets"] == [{"version": 1, "percent": 100}]
 
     downloaded = tmp_path / "copy.onnx"
     liveml(registry_env, "versions", "download", "iris", "2", str(downloaded))
@@ -164,8 +164,8 @@ def test_canary_status_control_and_alerts_with_the_cli(
     )
     rollout = json.loads(started.stdout)["rollout"]
     assert rollout["analysis"]["steps"] == [10, 50, 100]
-    assert rollout["status"]["phase"] == "PHASE_PROGRESSING"
-    assert [(t["version"], t["percent"]) for t in rollout["targets"]] == [("1", 90), ("2", 10)]
+    assert rollout["status"]["phase"] == "PROGRESSING"
+    assert [(t["version"], t["percent"]) for t in rollout["targets"]] == [(1, 90), (2, 10)]
 
     status = liveml(registry_env, "rollout", "status", "iris")
     for text in ("progressing", "v2 at 10%", "started at 10%", "last 5 minutes"):
@@ -186,8 +186,8 @@ def test_canary_status_control_and_alerts_with_the_cli(
     liveml(registry_env, "rollout", "resume", "iris")
     promoted = liveml(registry_env, "rollout", "promote", "iris", "--json")
     final = json.loads(promoted.stdout)["rollout"]
-    assert final["status"]["phase"] == "PHASE_PROMOTED"
-    assert [(t["version"], t["percent"]) for t in final["targets"]] == [("2", 100)]
+    assert final["status"]["phase"] == "PROMOTED"
+    assert [(t["version"], t["percent"]) for t in final["targets"]] == [(2, 100)]
 
     listed = liveml(registry_env, "alerts", "--json")
     kinds = [json.loads(line)["alert"] for line in listed.stdout.splitlines()]
@@ -202,3 +202,50 @@ def test_a_worker_role_needs_the_registry(tmp_path: Path) -> None:
     done = liveml({}, "worker", "serve", "--model-dir", str(tmp_path), "--role", "mirror", ok=False)
     assert done.returncode == 2
     assert "--role primary or mirror needs --registry" in done.stderr
+
+
+def test_json_has_numbers_for_64_bit_integers_and_short_enums(
+    registry_env: dict[str, str], tmp_path: Path
+) -> None:
+    liveml(registry_env, "models", "create", "iris")
+    model = linear(tmp_path / "v1.onnx", seed=1)
+    pushed = liveml(registry_env, "versions", "push", str(model), "-m", "iris", "--json")
+    version = json.loads(pushed.stdout)["version"]
+    # int64 fields: proto3 JSON would write "1" and "192"; scripts want numbers.
+    assert version["number"] == 1
+    assert version["artifact"]["size_bytes"] == model.stat().st_size
+    assert version["artifact"]["format"] == "ONNX"  # not ARTIFACT_FORMAT_ONNX
+    assert version["approval"]["state"] == "PENDING"
+    staged = liveml(registry_env, "versions", "stage", "iris", "1", "production", "--json")
+    assert json.loads(staged.stdout)["version"]["stage"] == "PRODUCTION"
+    liveml(registry_env, "rollout", "set", "iris", "--target", "1=100", "--force")
+    shown = json.loads(liveml(registry_env, "rollout", "show", "iris", "--json").stdout)
+    assert isinstance(shown["rollout"]["revision"], int)
+    assert shown["rollout"]["targets"] == [{"version": 1, "percent": 100}]
+    tokens = json.loads(liveml(registry_env, "token", "list", "--json").stdout)
+    assert [t["role"] for t in tokens] == ["ADMIN"]
+    events = json.loads(liveml(registry_env, "audit", "list", "--json").stdout)
+    assert [e["sequence"] for e in events] == sorted((e["sequence"] for e in events), reverse=True)
+    assert all(isinstance(e["sequence"], int) for e in events)
+    verified = json.loads(liveml(registry_env, "audit", "verify", "--json").stdout)
+    assert verified["ok"] is True and verified["events_checked"] == len(events)
+
+    versions = json.loads(liveml(registry_env, "version", "--json").stdout)
+    assert set(versions) == {"liveml", "grpcio", "onnxruntime"}
+    assert liveml(registry_env, "version").stdout.startswith(f"liveml {versions['liveml']}  ")
+
+
+def test_a_piped_table_keeps_its_full_headers(registry_env: dict[str, str], tmp_path: Path) -> None:
+    liveml(registry_env, "models", "create", "iris", "--description", "flowers " * 12)
+    liveml(registry_env, "versions", "push", str(linear(tmp_path / "v1.onnx")), "-m", "iris")
+    # Piped, with the COLUMNS=80 a parent left behind (pytest-xdist's workers do):
+    # rich alone would squeeze the table into 80 columns and cut its headers.
+    piped = {**registry_env, "COLUMNS": "80"}
+    listed = liveml(piped, "versions", "list", "iris").stdout
+    header = next(line for line in listed.splitlines() if "number" in line)
+    for column in ("number", "stage", "approval", "sha256", "size", "creator", "created"):
+        assert f" {column} " in header, listed
+    assert "description" in header and "…" not in listed
+    assert max(len(line) for line in listed.splitlines()) > 80
+    models = liveml(piped, "models", "list").stdout
+    assert ("flowers " * 12).strip() in models and "…" not in models
