@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
+import traceback
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -33,6 +35,9 @@ from services.common.config import ServerSettings
 from services.common.tls import server_credentials
 
 log = logging.getLogger(__name__)
+
+# Longest one step of a server's stop (ending its background work) may take.
+STOP_STEP_SECONDS = 3.0
 
 # A function that adds servicers to the server and returns their full service names.
 Registrar = Callable[[aio.Server], Sequence[str]]
@@ -113,7 +118,14 @@ class RunningServer:
         """Refuse new calls, give in-flight ones `grace` seconds, then close."""
         await self.set_serving(False)
         for hook in self.on_stop:
-            await hook()
+            # Bounded: a step stuck on a task that cannot end (SQLAlchemy's aiosqlite
+            # close waits for ever on a cancelled connection, aiosqlite >= 0.22) must
+            # not keep the process from stopping.
+            try:
+                async with asyncio.timeout(STOP_STEP_SECONDS):
+                    await hook()
+            except TimeoutError:
+                log.error("%s: a stop step took over %g s; going on", self.name, STOP_STEP_SECONDS)
         stopping = asyncio.ensure_future(self.server.stop(grace))
         await asyncio.sleep(0)  # let the core start its shutdown before saying so
         log.info("%s: refusing new calls; in-flight calls have %.0f s", self.name, grace)
@@ -250,12 +262,18 @@ async def _health_only(
     return health_server, port
 
 
-async def serve_until_signal(running: RunningServer, grace: float) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+def stop_on_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; taken before the server starts, so a signal
+    that comes while it starts (right after it says it listens) still stops it gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_until_signal(running: RunningServer, grace: float, stop: asyncio.Event) -> None:
+    """Serve until `stop` (see stop_on_signal), then stop gracefully."""
     waiter = asyncio.ensure_future(running.server.wait_for_termination())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -266,6 +284,25 @@ async def serve_until_signal(running: RunningServer, grace: float) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     log.info("%s stopped", running.name)
+
+
+async def _end_the_rest(name: str, within: float = 5.0) -> None:
+    """Cancel the background tasks still running once the server stopped, and wait for
+    them a while. One that will not end is named with where it waits, and the process
+    exits anyway: a stopped server must not hang its pod's termination on it."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    if not rest:
+        return
+    _, pending = await asyncio.wait(rest, timeout=within)
+    if not pending:
+        return
+    for task in pending:
+        where = "".join(traceback.format_list(traceback.extract_stack(task.get_stack()[-1])))
+        log.warning("%s: task %s did not end when cancelled; waiting at:\n%s", name, task, where)
+    logging.shutdown()
+    os._exit(0)
 
 
 def configure_logging(level: str) -> None:
@@ -304,8 +341,20 @@ def run(
     telemetry.setup_tracing(f"liveml-{name}", settings.otlp_endpoint)
 
     async def main() -> None:
-        running = await build()
-        await serve_until_signal(running, settings.shutdown_grace)
+        stop = stop_on_signal()
+        building = asyncio.ensure_future(build())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({building, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not building.done():
+            # Stopped while starting (waiting on a database, say): nothing serves yet.
+            building.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await building
+            log.info("%s stopped while starting", name)
+            return
+        await serve_until_signal(building.result(), settings.shutdown_grace, stop)
+        await _end_the_rest(name)
 
     loop_factory = None
     if settings.event_loop != "asyncio":
