@@ -27,18 +27,14 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
 from services.gateway import metrics, shadow
+from services.gateway.after import Bookkeeping
 from services.gateway.data import DataPlaneEvents
 from services.gateway.feedback import FeedbackBook
+from services.gateway.fronts import ControlFront, GatewayServicer, InferenceFront, inference_handler
 from services.gateway.links import Connector
 from services.gateway.predictions import PredictionLog, sampling_rate
+from services.gateway.router import Router
 from services.gateway.routing import RoutingTable
-from services.gateway.servicer import (
-    ControlFront,
-    GatewayServicer,
-    InferenceFront,
-    Router,
-    inference_handler,
-)
 from services.gateway.settings import GatewaySettings
 from services.gateway.shadow import Shadow
 from services.gateway.upstream import UpstreamPool
@@ -85,7 +81,7 @@ class Gateway:
         await self.reporter.stop()
         await self.predictions.stop()
         await self.predictions.sink.close()
-        await self.router.shadow.close()
+        await self.router.after.shadow.close()
 
     async def stop(self, grace: float = 0) -> None:
         await self.halt()
@@ -156,16 +152,19 @@ async def start(settings: GatewaySettings) -> Gateway:
         flush_seconds=settings.log_flush_ms / 1000,
         max_request_bytes=settings.log_max_request_bytes,
     )
+    after = Bookkeeping(
+        book,
+        FeedbackBook(settings.feedback_size, settings.feedback_seconds),
+        Shadow(shadow.config_of(settings, token), forward_address),
+        settings.group_key,
+        predictions,
+    )
     router = Router(
         lambda: current[0],
         pool,
-        FeedbackBook(settings.feedback_size, settings.feedback_seconds),
         settings.route_key_header,
         settings.default_timeout,
-        Shadow(shadow.config_of(settings, token), forward_address),
-        book,
-        settings.group_key,
-        predictions,
+        after,
         settings.stall_seconds,
     )
     front, control = InferenceFront(router), ControlFront(router, control_channel)
@@ -195,7 +194,8 @@ async def start(settings: GatewaySettings) -> Gateway:
 
     def register(grpc_server: aio.Server) -> Sequence[str]:
         grpc_server.add_generic_rpc_handlers((inference_handler(front, control),))
-        gpb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(router, data), grpc_server)  # type: ignore[no-untyped-call]
+        feedback = GatewayServicer(after.feedback, data)
+        gpb_grpc.add_GatewayServiceServicer_to_server(feedback, grpc_server)  # type: ignore[no-untyped-call]
         return SERVICES
 
     authenticator = data_auth.authenticator_for(

@@ -1,4 +1,9 @@
-"""What a response predicted, decoded only off the request path (feedback, shadow)."""
+"""What a response predicted: its first output, decoded, and how to compare it.
+
+Decoded on the request path only by the fairness count (`after.Bookkeeping`, for a
+request that names a group); feedback decodes when ground truth arrives, the shadow
+process and the registry's joiner off the request path.
+"""
 
 from __future__ import annotations
 

@@ -24,10 +24,11 @@ from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
 from services.gateway import wire
+from services.gateway.after import Bookkeeping
 from services.gateway.feedback import FeedbackBook
 from services.gateway.links import GrpcLink, Links, reachable
+from services.gateway.router import Router
 from services.gateway.routing import ModelRoute, RoutingTable
-from services.gateway.servicer import Router
 from services.gateway.settings import GatewaySettings
 from services.gateway.shadow import Shadow, config_of
 from services.gateway.upstream import Upstream, UpstreamDown, UpstreamPool
@@ -339,15 +340,12 @@ async def test_a_lone_worker_whose_stream_broke_gets_one_more_try(worker: Worker
     route = ModelRoute(((1, 100),), (), frozenset(), "", {1: (address,)})
     table = RoutingTable({"clf": route})
     pool = UpstreamPool(lambda _: _unreachable_frames(worker))
-    router = Router(
-        lambda: table,
-        pool,
-        FeedbackBook(10, 60),
-        "x-liveml-route-key",
-        10,
-        Shadow(config_of(GatewaySettings())),
+    after = Bookkeeping(
         WindowBook(rpb.WINDOW_SOURCE_GATEWAY, ""),
+        FeedbackBook(10, 60),
+        Shadow(config_of(GatewaySettings())),
     )
+    router = Router(lambda: table, pool, "x-liveml-route-key", 10, after)
     router.table_changed()
     request = infer_request("clf", np.zeros((1, 4), np.float32), "again").SerializeToString()
     try:
