@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth bench-registry-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,17 @@ lint: $(STAMP) $(BUF)
 proto: $(STAMP)
 	$(PY) -m services.common.protogen
 
-bench: bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth
+bench: bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth bench-registry-scale
 
 # Needs h2load (Debian package nghttp2-client, installed here if missing) and builds
 # KServe's venv in bench/.kserve-venv on first use.
 bench-worker: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/worker.py
+
+# One registry under a fleet's heartbeats and watchers (BENCH_SCALE_FLAGS=--workers 1000 ...).
+bench-registry-scale: $(STAMP)
+	$(PY) bench/registry_scale.py $(BENCH_SCALE_FLAGS)
 
 # Data-plane authentication's cost: worker unary@32 with auth on / off in one run.
 bench-auth: $(STAMP)
