@@ -184,9 +184,16 @@ async def start(settings: RegistrySettings) -> Registry:
         authenticator = security.TokenAuthenticator(
             store, security.parse_cert_roles(settings.cert_roles)
         )
-    running = await server.start_server(
-        "registry", settings, register, authenticator=authenticator, policy=security.POLICY
-    )
+    try:
+        running = await server.start_server(
+            "registry", settings, register, authenticator=authenticator, policy=security.POLICY
+        )
+    except BaseException:
+        # A port that cannot be had: end the feed's polling and close the database now,
+        # not by cancelling them mid-query on the way out (which logs a pool traceback).
+        await feed.stop()
+        await store.close()
+        raise
     registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
