@@ -145,6 +145,13 @@ class ControlFront:
             await context.abort(exc.code(), exc.details())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> Any:
+        # `ready: false` for what no worker holds READY here (as a worker and Triton
+        # answer it); a malformed version stays INVALID_ARGUMENT.
+        try:
+            self.router.table().choose(request.name, request.version, None)
+        except ServiceError as exc:
+            if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                return pb.ModelReadyResponse(ready=False)
         return await self._forward("ModelReady", request, context)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:

@@ -185,7 +185,11 @@ def judge(
                 drop,
                 limits.max_accuracy_drop,
                 f"accuracy {candidate.accuracy:.3f} vs {stable.accuracy:.3f} "
-                f"(drop {drop:+.3f}, max {limits.max_accuracy_drop:g})",
+                + (
+                    f"(drop {drop:.3f}, max {limits.max_accuracy_drop:g})"
+                    if drop > 0
+                    else f"(no drop: {-drop:+.3f}, max drop {limits.max_accuracy_drop:g})"
+                ),
             )
         )
     else:

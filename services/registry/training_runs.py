@@ -397,7 +397,9 @@ async def _after_success(tx: Tx, run: Run) -> None:
     model = await catalog.model_row(tx.session, model_id)
     policy = await training_policies.of_model(tx.session, model)
     if policy is None or policy.approval == tpb.APPROVAL_MODE_MANUAL:
-        run.canary_decision = "waiting for approval (liveml versions approve)"
+        run.canary_decision = (
+            f"waiting for approval (liveml versions review {model_id} {run.version} --approve)"
+        )
         return
     await catalog.review_version(
         tx,

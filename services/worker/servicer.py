@@ -12,7 +12,13 @@ import grpc
 from opentelemetry import propagate, trace
 
 from services.common import decoding, parameters, telemetry, v2
-from services.common.errors import InvalidArgument, NotFound, ServiceError, abort_on_error
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    abort_on_error,
+)
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
@@ -160,7 +166,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @abort_on_error
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> Any:
-        self.repository.resolve(request.name, request.version)
+        # As Triton answers it (qa/L0_lifecycle): a model or version not held, or not
+        # READY, is `ready: false`, not an error; a version that is no number still is.
+        try:
+            self.repository.resolve(request.name, request.version)
+        except (NotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     def _described(self, name: str, version: str) -> tuple[Held, list[str]]:

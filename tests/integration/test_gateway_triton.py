@@ -24,7 +24,8 @@ CLIENT = """
 c = grpcclient.InferenceServerClient(f"127.0.0.1:{ARGS['port']}")
 OUT["live"], OUT["ready"] = c.is_server_live(), c.is_server_ready()
 OUT["model_ready"] = [c.is_model_ready("lin"), c.is_model_ready("lin", "1")]
-OUT["ready_unknown"] = status(lambda: c.is_model_ready("nope"))
+OUT["ready_unknown"] = c.is_model_ready("nope")
+OUT["ready_bad_version"] = status(lambda: c.is_model_ready("lin", "abc"))
 meta = c.get_model_metadata("lin", "1")
 OUT["meta"] = [meta.name, list(meta.versions), meta.platform,
                [(t.name, t.datatype, list(t.shape)) for t in meta.inputs]]
@@ -111,10 +112,9 @@ async def test_tritonclient_cannot_tell_the_gateway_from_a_worker(tmp_path: Path
         np.testing.assert_allclose(np.load(path), expected[int(got_version)], rtol=1e-6)
 
     assert out["live"] and out["ready"] and out["model_ready"] == [True, True]
-    assert out["ready_unknown"] == [
-        "StatusCode.NOT_FOUND",
-        "Request for unknown model: 'nope' is not found",
-    ]
+    assert out["ready_unknown"] is False  # not held: not ready (Triton's answer)
+    assert out["ready_bad_version"][0] == "StatusCode.INVALID_ARGUMENT"
+    assert "positive integer" in out["ready_bad_version"][1]
     assert out["meta"] == ["lin", ["1"], "onnxruntime_onnx", [["x", "FP32", [-1, 4]]]]
     assert out["versions"] == ["1", "2"]  # without a version: all a client can reach
     assert out["config"] == "lin"

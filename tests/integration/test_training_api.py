@@ -398,7 +398,7 @@ async def test_manual_approval_waits_for_a_deployer(iris: RunningRegistry, tmp_p
     )
     run.state = Run.STATE_SUCCEEDED
     ended = (await trainer.UpdateTrainingRun(tpb.UpdateTrainingRunRequest(run=run))).run
-    assert ended.canary_decision == "waiting for approval (liveml versions approve)"
+    assert ended.canary_decision == "waiting for approval (liveml versions review iris 2 --approve)"
     version = await iris.client().GetVersion(rpb.GetVersionRequest(name="models/iris/versions/2"))
     assert version.version.approval.state == rpb.APPROVAL_STATE_PENDING
     await iris.client().ReviewVersion(

@@ -122,9 +122,10 @@ def test_health_metadata_config_and_errors(worker: tuple[Proc, int]) -> None:
         OUT["live"], OUT["ready"] = c.is_server_live(), c.is_server_ready()
         OUT["model_ready"] = c.is_model_ready("linear")
         OUT["model_ready_1"] = c.is_model_ready("linear", "1")
-        OUT["unknown_model"] = status(lambda: c.is_model_ready("nope"))
+        OUT["unknown_model"] = c.is_model_ready("nope")
         OUT["bad_version"] = status(lambda: c.is_model_ready("linear", "abc"))
-        OUT["unknown_version"] = status(lambda: c.is_model_ready("linear", "7"))
+        OUT["unknown_version"] = c.is_model_ready("linear", "7")
+        OUT["unknown_model_meta"] = status(lambda: c.get_model_metadata("nope"))
         server = c.get_server_metadata()
         OUT["extensions"] = list(server.extensions)
         meta = c.get_model_metadata("linear")
@@ -143,14 +144,15 @@ def test_health_metadata_config_and_errors(worker: tuple[Proc, int]) -> None:
         port=port,
     )
     assert out["live"] and out["ready"] and out["model_ready"] and out["model_ready_1"]
-    assert out["unknown_model"] == [
+    # As Triton (qa/L0_lifecycle): a model or version not held is not ready, not an error.
+    assert out["unknown_model"] is False
+    assert out["unknown_version"] is False
+    assert out["bad_version"][0] == "StatusCode.INVALID_ARGUMENT"
+    assert "positive integer" in out["bad_version"][1]
+    assert out["unknown_model_meta"] == [
         "StatusCode.NOT_FOUND",
         "Request for unknown model: 'nope' is not found",
     ]
-    assert out["bad_version"][0] == "StatusCode.INVALID_ARGUMENT"
-    assert "positive integer" in out["bad_version"][1]
-    assert out["unknown_version"][0] == "StatusCode.NOT_FOUND"
-    assert "'linear' version 7 is not found" in out["unknown_version"][1]
     assert "statistics" in out["extensions"] and "model_configuration" in out["extensions"]
     assert out["meta"] == ["linear", ["1"], "onnxruntime_onnx", [["x", "FP32", [-1, 4]]]]
     assert out["config"] == ["mlp", 32, [["x", 11, [64]]], [["y", [10]]], True]

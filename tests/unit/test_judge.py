@@ -74,3 +74,21 @@ def test_a_candidate_ready_nowhere_fails_only_past_its_timeout() -> None:
     assert d is not None and d.kind == "rollback" and d.breached == "ready_timeout"
     assert d.why == "candidate v2 was not READY on any worker within 300 s"
     assert d.numbers == {"ready_workers": 0, "waited_seconds": 301.5}
+
+
+def test_a_more_accurate_candidate_is_said_to_drop_nothing() -> None:
+    limits = Limits.of(
+        rpb.AnalysisPolicy(
+            steps=[10, 50, 100], min_requests=50, max_accuracy_drop=0.05, min_feedback=20
+        )
+    )
+    both = measured()
+    for version, accuracy in ((1, 0.80), (2, 0.94)):
+        both[version].accuracy = accuracy
+        both[version].feedback_total = 100
+    d = judge.step(limits, status(0), both, {})
+    assert d.kind == "advance"
+    assert "accuracy 0.940 vs 0.800 (no drop: +0.140, max drop 0.05)" in d.why
+    both[2].accuracy = 0.70
+    d = judge.step(limits, status(0), both, {})
+    assert d.kind == "rollback" and "(drop 0.100, max 0.05)" in d.why
