@@ -127,35 +127,19 @@ class Publishing:
         if isinstance(exported, BaseException):
             raise exported
         onnx_bytes = exported
-        # The version names a checkpoint that exists: committed while its reference
-        # statistics are computed.
-        _, statistics = await asyncio.gather(
-            self.commit(), asyncio.to_thread(self._reference, onnx_bytes)
+        # The checkpoint that covers the version commits while the version is registered
+        # (reference statistics, then the upload): both are done before it is published,
+        # so a published version always names a committed checkpoint. A checkpoint
+        # refused (the lease lost) stops the learner before it publishes anything.
+        committed, registered = await asyncio.gather(
+            self.commit(), self._register(onnx_bytes, serving), return_exceptions=True
         )
-        lap("commit+reference")
-        measured = {}
-        if learner.prequential_accuracy is not None:
-            measured["prequential_accuracy"] = learner.prequential_accuracy
-        reservoir = learner.reservoir_accuracy()
-        if reservoir is not None:
-            measured["reservoir_accuracy"] = reservoir
-        version = rpb.Version(
-            description=f"published by the online learner after sequence {learner.last_sequence}",
-            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
-            params={
-                "estimator": learner.settings.estimator,
-                "first_sequence": str(learner.publish_from),
-                "last_sequence": str(learner.last_sequence),
-                "applied": str(learner.applied),
-                "fencing_token": str(self.token),
-            },
-            metrics=measured,
-            reference_statistics=statistics,
-            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
-            tags={"trigger": "online"},
-        )
-        created = await pipeline._upload(self.reg, self.model, onnx_bytes, version)
-        lap("upload")
+        for outcome in (committed, registered):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(registered, rpb.Version)
+        created = registered
+        lap("commit+register")
         try:
             reply = await self.reg.call(
                 self.reg.training.PublishOnlineVersion,
@@ -186,6 +170,34 @@ class Publishing:
             ", ".join(f"{k} {v:.3f}" for k, v in took.items()),
             reply.decision,
         )
+
+    async def _register(self, onnx_bytes: bytes, serving: int) -> rpb.Version:
+        """The candidate as a version (reference statistics, lineage), not yet published."""
+        learner = self.learner
+        assert learner is not None
+        statistics = await asyncio.to_thread(self._reference, onnx_bytes)
+        measured = {}
+        if learner.prequential_accuracy is not None:
+            measured["prequential_accuracy"] = learner.prequential_accuracy
+        reservoir = learner.reservoir_accuracy()
+        if reservoir is not None:
+            measured["reservoir_accuracy"] = reservoir
+        version = rpb.Version(
+            description=f"published by the online learner after sequence {learner.last_sequence}",
+            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
+            params={
+                "estimator": learner.settings.estimator,
+                "first_sequence": str(learner.publish_from),
+                "last_sequence": str(learner.last_sequence),
+                "applied": str(learner.applied),
+                "fencing_token": str(self.token),
+            },
+            metrics=measured,
+            reference_statistics=statistics,
+            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
+            tags={"trigger": "online"},
+        )
+        return await pipeline._upload(self.reg, self.model, onnx_bytes, version)
 
     async def _request_retrain(self, sequence: int) -> None:
         try:
