@@ -237,20 +237,6 @@ class Store:
             self.engine.execution_options(liveml_write=True), expire_on_commit=False
         )
         self.listeners: list[Callable[[int], None]] = []
-        # SQLite has one writer at a time: this process's writers queue here, in order,
-        # and each takes the database's lock the moment the previous one let go. Left to
-        # SQLite, a writer that finds the lock taken sleeps in its busy handler's steps
-        # (up to 100 ms each) whenever it is freed. Other processes still meet the busy
-        # timeout.
-        self._serial = asyncio.Lock() if self.dialect == "sqlite" else None
-
-    @asynccontextmanager
-    async def _one_writer(self) -> AsyncIterator[None]:
-        if self._serial is None:
-            yield
-            return
-        async with self._serial:
-            yield
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (run on every start)."""
@@ -270,7 +256,7 @@ class Store:
     @asynccontextmanager
     async def write(self, actor: str) -> AsyncIterator[Tx]:
         """A transaction that takes the next revision; publishes it after commit."""
-        async with self._one_writer(), self._writes() as session, session.begin():
+        async with self._writes() as session, session.begin():
             revision = (
                 await session.execute(
                     update(Meta)
@@ -296,7 +282,7 @@ class Store:
     @asynccontextmanager
     async def write_unversioned(self) -> AsyncIterator[AsyncSession]:
         """A write that the change feed does not carry (windows, leases): no revision."""
-        async with self._one_writer(), self._writes() as session, session.begin():
+        async with self._writes() as session, session.begin():
             yield session
 
     async def revision(self) -> tuple[int, int]:
@@ -307,7 +293,7 @@ class Store:
 
     async def compact(self, keep: int) -> int:
         """Drop change-feed rows older than the newest `keep` revisions; return the new floor."""
-        async with self._one_writer(), self._writes() as session, session.begin():
+        async with self._writes() as session, session.begin():
             meta = (await session.execute(select(Meta).with_for_update())).scalar_one()
             floor = max(meta.compacted_revision, meta.revision - keep)
             if floor > meta.compacted_revision:
