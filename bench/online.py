@@ -388,7 +388,19 @@ async def serve_and_publish(args: argparse.Namespace, root: Path) -> tuple[Run, 
             "status": status,
             "first": first,
         }
+        if args.logs:
+            keep_logs(c, Path(args.logs))
         return run, facts
+
+
+def keep_logs(c: Cluster, folder: Path) -> None:
+    """What each process printed (e.g. the learner's stage times of every publish)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = {"registry": c.registry, **c.trainers}
+    procs.update({f"worker-{n}": p for n, (p, _) in c.workers.items()})
+    procs.update({f"gateway-{i}": p for i, p in enumerate(c.gateways)})
+    for name, proc in procs.items():
+        (folder / f"{name}.log").write_text("".join(proc.output))
 
 
 def render(
@@ -516,6 +528,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="the gateway's share of predictions logged",
     )
     parser.add_argument("--ingest-batch", type=int, default=20, help="examples per IngestExamples")
+    parser.add_argument("--logs", default="", help="a folder for each process's output")
     return parser.parse_args(argv)
 
 

@@ -62,6 +62,12 @@ class Tx:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     # Whether the audit checkpoint still matches the database (checked once per write).
     _checkpoint_ok: bool | None = None
+    # The chain's head as this transaction left it (sequence, MAC): read once, then kept,
+    # since the meta row lock taken at the start orders every writer of the trail.
+    _audit_last: tuple[int, str] | None = None
+    # Where the checkpoint advances after commit: the newest event of the transaction
+    # (advancing to each in turn would write, and fsync, the file once per event).
+    _advance_to: tuple[int, str] | None = None
     # Whether anything took this transaction's revision (an event, a rollout, an alert's
     # sequence); one that took none gives it back, so the feed moves only with change.
     stamped: bool = False
@@ -116,18 +122,26 @@ class Tx:
         """Append an HMAC-chained audit event (the meta row lock orders the chain)."""
         if self.chain is None:
             raise RuntimeError("this store has no audit key (Store(..., audit=AuditChain))")
-        last = await audit.last_event(self.session)
+        last: Any = self._audit_last
+        if last is None:
+            last = await audit.last_event(self.session)
         if self._checkpoint_ok is None:
             self._checkpoint_ok = await audit.checkpoint_matches(self.session, self.chain, last)
         row = audit.chained_event(
             self.chain, last, now_us(), self.actor, action, target, before, after, details
         )
         self.session.add(row)
+        self._audit_last = (row.sequence, row.hash)
         await self.session.execute(update(Meta).where(Meta.id == 1).values(audit_head=row.sequence))
         if self._checkpoint_ok:
-            chain, sequence, mac = self.chain, row.sequence, row.hash
-            self.after_commit.append(lambda: chain.advance(sequence, mac))
+            if self._advance_to is None:
+                self.after_commit.append(self._advance_checkpoint)
+            self._advance_to = (row.sequence, row.hash)
         return row
+
+    def _advance_checkpoint(self) -> None:
+        if self.chain is not None and self._advance_to is not None:
+            self.chain.advance(*self._advance_to)
 
 
 class Store:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 from grpc import StatusCode, aio
@@ -24,6 +26,7 @@ from services.trainer.online.learner import OnlineLearner
 log = logging.getLogger(__name__)
 
 DEFAULT_PUBLISH_EVERY = 5000
+T = TypeVar("T")
 
 
 class Stopped(Exception):
@@ -43,6 +46,7 @@ class Publishing:
     signature: rpb.Signature | None
     dirty: bool
     retrain_after: int
+    _parts: dict[str, float]  # seconds of the overlapped parts of the last publish
 
     async def commit(self) -> None:
         raise NotImplementedError
@@ -80,6 +84,7 @@ class Publishing:
         assert learner is not None
         self.last_publish = time.monotonic()
         took: dict[str, float] = {}  # seconds per stage, for the log
+        self._parts = {}
         mark = time.perf_counter()
 
         def lap(stage: str) -> None:
@@ -92,18 +97,11 @@ class Publishing:
                 self.reg.registry.GetModel, rpb.GetModelRequest(name=self.parent)
             )
             self.signature = described.model.signature
-        # The export (CPU, off the loop) while the registry answers: wasted only when the
-        # gate holds the publish (and a model it holds may not export: that is not raised).
+        # The export and its reference statistics (CPU, off the loop) while the registry
+        # answers: wasted only when the gate holds the publish (and a model it holds may
+        # not export: that is not raised).
         answered, exported = await asyncio.gather(
-            self._live(),
-            asyncio.to_thread(
-                publish.export,
-                learner.model,
-                learner.settings.width,
-                self.signature,
-                self.policy.task,
-            ),
-            return_exceptions=True,
+            self._live(), asyncio.to_thread(self._candidate), return_exceptions=True
         )
         if isinstance(answered, BaseException):
             raise answered
@@ -126,36 +124,23 @@ class Publishing:
         self.hold = ""
         if isinstance(exported, BaseException):
             raise exported
-        onnx_bytes = exported
-        # The version names a checkpoint that exists: committed while its reference
-        # statistics are computed.
-        _, statistics = await asyncio.gather(
-            self.commit(), asyncio.to_thread(self._reference, onnx_bytes)
+        onnx_bytes, statistics = exported
+        # The checkpoint that covers the version commits while the version is uploaded:
+        # both are done before it is published,
+        # so a published version always names a committed checkpoint. A checkpoint
+        # refused (the lease lost) stops the learner before it publishes anything.
+        committed, registered = await asyncio.gather(
+            self._timed("commit", self.commit()),
+            self._timed("register", self._register(onnx_bytes, statistics, serving)),
+            return_exceptions=True,
         )
-        lap("commit+reference")
-        measured = {}
-        if learner.prequential_accuracy is not None:
-            measured["prequential_accuracy"] = learner.prequential_accuracy
-        reservoir = learner.reservoir_accuracy()
-        if reservoir is not None:
-            measured["reservoir_accuracy"] = reservoir
-        version = rpb.Version(
-            description=f"published by the online learner after sequence {learner.last_sequence}",
-            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
-            params={
-                "estimator": learner.settings.estimator,
-                "first_sequence": str(learner.publish_from),
-                "last_sequence": str(learner.last_sequence),
-                "applied": str(learner.applied),
-                "fencing_token": str(self.token),
-            },
-            metrics=measured,
-            reference_statistics=statistics,
-            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
-            tags={"trigger": "online"},
-        )
-        created = await pipeline._upload(self.reg, self.model, onnx_bytes, version)
-        lap("upload")
+        for outcome in (committed, registered):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(registered, rpb.Version)
+        created = registered
+        lap("commit+register")
+        took.update({f"({k})": v for k, v in self._parts.items()})  # overlapped: not summed
         try:
             reply = await self.reg.call(
                 self.reg.training.PublishOnlineVersion,
@@ -182,10 +167,55 @@ class Publishing:
             "learner of %s published v%d in %.2f s (%s): %s",
             self.model,
             created.number,
-            sum(took.values()),
+            sum(v for k, v in took.items() if not k.startswith("(")),
             ", ".join(f"{k} {v:.3f}" for k, v in took.items()),
             reply.decision,
         )
+
+    async def _timed(self, part: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self._parts[part] = time.perf_counter() - started
+
+    def _candidate(self) -> tuple[bytes, rpb.ReferenceStatistics]:
+        """The current model as ONNX, and its reference statistics (on a worker thread)."""
+        learner = self.learner
+        assert learner is not None and self.signature is not None
+        onnx_bytes = publish.export(
+            learner.model, learner.settings.width, self.signature, self.policy.task
+        )
+        return onnx_bytes, self._reference(onnx_bytes)
+
+    async def _register(
+        self, onnx_bytes: bytes, statistics: rpb.ReferenceStatistics, serving: int
+    ) -> rpb.Version:
+        """The candidate as a version (reference statistics, lineage), not yet published."""
+        learner = self.learner
+        assert learner is not None
+        measured = {}
+        if learner.prequential_accuracy is not None:
+            measured["prequential_accuracy"] = learner.prequential_accuracy
+        reservoir = learner.reservoir_accuracy()
+        if reservoir is not None:
+            measured["reservoir_accuracy"] = reservoir
+        version = rpb.Version(
+            description=f"published by the online learner after sequence {learner.last_sequence}",
+            dataset=rpb.Dataset(uri=f"events:{self.model}", rows=learner.since_publish),
+            params={
+                "estimator": learner.settings.estimator,
+                "first_sequence": str(learner.publish_from),
+                "last_sequence": str(learner.last_sequence),
+                "applied": str(learner.applied),
+                "fencing_token": str(self.token),
+            },
+            metrics=measured,
+            reference_statistics=statistics,
+            lineage=rpb.Lineage(parent_version=serving, pipeline_run=f"{self.parent}/learner"),
+            tags={"trigger": "online"},
+        )
+        return await pipeline._upload(self.reg, self.model, onnx_bytes, version)
 
     async def _request_retrain(self, sequence: int) -> None:
         try:
