@@ -14,7 +14,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from services.common import frames
+from services.common import addresses
 
 # The HTTP/2 connection preface and an empty SETTINGS frame: under TLS 1.3 the server
 # judges the client's certificate after the handshake, so only its answer to a first
@@ -31,7 +31,7 @@ def explain(
 ) -> str | None:
     """What is wrong with TLS to `address` with these files, or None if nothing is."""
     try:
-        host, port = frames.split(address)
+        host, port = addresses.split(address)
     except ValueError:
         return None
     try:

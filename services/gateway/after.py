@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.outputs import first_output, is_positive, prediction
 from services.common.windows import WindowBook
 from services.gateway import metrics, wire
 from services.gateway.feedback import FeedbackBook
-from services.gateway.outputs import first_output, is_positive, prediction
 from services.gateway.predictions import PredictionLog
 from services.gateway.routing import RoutingTable
 from services.gateway.shadow import Shadow

@@ -24,8 +24,8 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.watcher import Picture, RegistryWatcher
 from services.common.windows import Reporter, WindowBook
+from services.dataplane.watcher import Picture, RegistryWatcher
 from services.gateway import metrics, shadow
 from services.gateway.after import Bookkeeping
 from services.gateway.data import DataPlaneEvents

@@ -12,8 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
+from services.common.outputs import first_output, matches, prediction
 from services.gateway import metrics
-from services.gateway.outputs import first_output, matches, prediction
 
 
 @dataclass(frozen=True)

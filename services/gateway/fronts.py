@@ -21,13 +21,13 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from services.common import parameters, v2
 from services.common.errors import ServiceError, abort_on_error
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
-from services.common.streams import OrderedStreams
+from services.dataplane import parameters, v2
+from services.dataplane.streams import OrderedStreams
 from services.gateway import metrics, statistics, wire
 from services.gateway.data import DataPlaneEvents
 from services.gateway.feedback import FeedbackBook

@@ -1,7 +1,7 @@
 """How a gateway's stream to one worker travels: framed TCP, or a gRPC Forward call.
 
 Both carry serialized `ForwardRequest` messages out and `ForwardResponse` messages
-back. The framed link (`services.common.frames`) is the fast path: Python's gRPC
+back. The framed link (`services.dataplane.frames`) is the fast path: Python's gRPC
 costs each side several hundred microseconds of CPU per message, a framed message
 one system call. Workers that offer no framed listener get the gRPC stream.
 
@@ -25,8 +25,9 @@ from typing import Any, Protocol
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import frames, tls
+from services.common import addresses, tls
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
+from services.dataplane import frames
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class LinkError(Exception):
 
 async def reachable(address: str) -> str | None:
     """None when something accepts TCP connections at host:port, else why not."""
-    host, port = frames.split(address)
+    host, port = addresses.split(address)
     try:
         async with asyncio.timeout(PROBE_SECONDS):
             _, writer = await asyncio.open_connection(host, port)
@@ -122,7 +123,7 @@ class FrameLink:
     async def _connect(
         self, ssl_context: ssl.SSLContext | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port = frames.split(self.address)
+        host, port = addresses.split(self.address)
         try:
             async with asyncio.timeout(CONNECT_SECONDS):
                 reader, writer = await asyncio.open_connection(

@@ -19,9 +19,10 @@ from typing import Any
 import grpc
 from opentelemetry import propagate
 
-from services.common import decoding, parameters, telemetry
+from services.common import decoding, telemetry
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
+from services.dataplane import parameters
 from services.gateway import metrics, wire
 from services.gateway.after import Answered, Bookkeeping
 from services.gateway.routing import RoutingTable

@@ -23,11 +23,12 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.common import serving, weights
-from services.common import versions as versions_
+from services.common import serving
 from services.common.errors import NotFound, Unavailable
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.watcher import Picture
+from services.dataplane import versions as versions_
+from services.dataplane import weights
+from services.dataplane.watcher import Picture
 
 READY = rpb.VERSION_LOAD_STATE_READY
 ALL, PRIMARY, MIRROR = rpb.WORKER_ROLE_ALL, rpb.WORKER_ROLE_PRIMARY, rpb.WORKER_ROLE_MIRROR

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from services.common import frames
+from services.dataplane import frames
 from services.gateway import metrics
 from services.gateway.settings import GatewaySettings
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import grpc
 
-from services.common import frames, parameters, priority
+from services.common.outputs import agree, first_output
 from services.common.server import configure_logging
+from services.dataplane import frames, parameters, priority
 from services.gateway import wire
 from services.gateway.links import Connector
 from services.gateway.metrics import Requests
-from services.gateway.outputs import agree, first_output
 from services.gateway.shadow import REPORT_SECONDS, Copy, ShadowConfig, Tally
 from services.gateway.upstream import UpstreamPool
 

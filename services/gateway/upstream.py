@@ -8,7 +8,7 @@ request that queued up while its previous write was in flight, so under load the
 per-message cost is shared by many requests.
 
 Under load the writer also waits, at most `hold`, for as many requests as it has
-learned arrive together (`services.common.gather`): with unary clients requests reach
+learned arrive together (`services.dataplane.gather`): with unary clients requests reach
 it one at a time, and each message costs both processes far more than the requests
 in it, so gathering them multiplies what a gateway and a worker sharing a core can
 serve. A lone client is learned to have no company, and its requests go out at once.
@@ -37,8 +37,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from services.common.gather import Gather
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
+from services.dataplane.gather import Gather
 from services.gateway.links import Link, LinkError, Links, said
 
 log = logging.getLogger(__name__)

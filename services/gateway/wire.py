@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common import parameters
+from services.dataplane import parameters
 
 # ModelInferRequest / ModelInferResponse field numbers (the public V2 definition).
 MODEL_NAME, MODEL_VERSION, ID, PARAMETERS = 1, 2, 3, 4

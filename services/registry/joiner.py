@@ -35,7 +35,7 @@ from services.common.events import metrics as event_metrics
 from services.common.events.metrics import append_counted
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.gateway.outputs import first_output, is_positive, matches, prediction
+from services.common.outputs import first_output, is_positive, matches, prediction
 from services.registry import catalog, windows
 from services.registry.db import ConsumerRow
 from services.registry.leader import Lease

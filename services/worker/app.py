@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from services.common import data_auth, priority, server, tls
+from services.common import data_auth, server, tls
 from services.common.auth import Role
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -19,6 +19,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
+from services.dataplane import priority
 from services.worker.executor import Executor
 from services.worker.forward import ForwardServicer, FrameListener
 from services.worker.held import Batching

@@ -3,7 +3,7 @@
 Requests are merged along the batch axis (dimension 0) up to `max_batch_size`
 rows. A batch starts when the runner is free, with whatever is queued then, and
 waits for more, at most `max_queue_delay`, only as long as waiting has lately
-brought company (`services.common.gather`): a lone client's request runs at once,
+brought company (`services.dataplane.gather`): a lone client's request runs at once,
 while concurrent unary requests, which arrive one at a time, share one run.
 Requests whose other dimensions or dtypes differ are not merged, and a request
 larger than the maximum runs alone.
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import DeadlineExceeded
-from services.common.gather import Gather
+from services.dataplane.gather import Gather
 from services.worker.runtime import Arrays
 
 Run = Callable[[Arrays], Awaitable[list[npt.NDArray[Any]]]]

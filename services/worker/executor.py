@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy.typing as npt
 
-from services.common import priority, telemetry
+from services.common import telemetry
 from services.common.errors import DeadlineExceeded, ServiceError, Unavailable
+from services.dataplane import priority
 from services.worker.batcher import Timing, check_deadline, expired, run_alone
 from services.worker.held import Held, answers
 from services.worker.runtime import Arrays

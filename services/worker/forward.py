@@ -1,6 +1,6 @@
 """The worker's end of the gateway transport: the framed listener and the gRPC stream.
 
-Gateways reach a worker through its framed forward listener (`services.common.frames`)
+Gateways reach a worker through its framed forward listener (`services.dataplane.frames`)
 or, when it offers none, the `liveml.worker.v1.WorkerService/Forward` gRPC stream;
 both carry the same messages and are answered by the same code. Requests arrive
 several to a message; each is answered as soon as it is done, and the answers ready
@@ -21,12 +21,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Gauge
 
-from services.common import frames, parameters
 from services.common.auth import RECHECK_SECONDS, AuthError, Principal, Role, bearer_token
 from services.common.data_auth import FeedAuthenticator
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
+from services.dataplane import frames, parameters
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from grpc import StatusCode, aio
 from services.common import onnxsig, registry_client
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.watcher import RegistryWatcher
 from services.common.windows import FeatureCounts, Reporter
+from services.dataplane.watcher import RegistryWatcher
 from services.worker.fetch import fetch, prepare_cache
 from services.worker.held import Batching, Held, State
 from services.worker.repository import Repository

@@ -32,10 +32,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.common import serving, weights
-from services.common import versions as versions_
+from services.common import serving
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.windows import WindowBook
+from services.dataplane import versions as versions_
+from services.dataplane import weights
 from services.worker.batcher import Batcher
 from services.worker.executor import Executor
 from services.worker.held import Batching, Held, State, answers

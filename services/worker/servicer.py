@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
-from services.common import decoding, parameters, telemetry, v2
+from services.common import decoding, telemetry
 from services.common.errors import (
     InvalidArgument,
     NotFound,
@@ -22,7 +22,8 @@ from services.common.errors import (
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
-from services.common.streams import OrderedStreams
+from services.dataplane import parameters, v2
+from services.dataplane.streams import OrderedStreams
 from services.worker import tensors
 from services.worker.executor import Executor
 from services.worker.held import Held, State

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from services.common import frames, pki, tls
+from services.common import pki, tls
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
+from services.dataplane import frames
 from services.gateway import wire
 from services.gateway.after import Bookkeeping
 from services.gateway.feedback import FeedbackBook

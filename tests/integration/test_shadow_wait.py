@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from services.common import parameters
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
+from services.dataplane import parameters
 from services.gateway import wire
 from services.gateway.links import Connector
 from services.gateway.shadow import Copy, ShadowConfig

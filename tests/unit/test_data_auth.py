@@ -9,7 +9,7 @@ import pytest
 from services.common.auth import AuthError, Role, hash_secret
 from services.common.data_auth import FeedAuthenticator, parse_cert_roles
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.watcher import Picture
+from services.dataplane.watcher import Picture
 
 
 def credential(secret: str, role: int, expire_in: float | None = None) -> rpb.WatchEvent:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.gather import FIRST_SPACING, MAX_SPACING, Gather
+from services.dataplane.gather import FIRST_SPACING, MAX_SPACING, Gather
 
 
 def send(gather: Gather, arriving: int) -> int:

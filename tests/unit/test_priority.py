@@ -13,7 +13,7 @@ import pytest
 
 CHILD = """
 import os, threading
-from services.common import priority
+from services.dataplane import priority
 early = threading.Thread(target=threading.Event().wait, daemon=True)
 early.start()
 priority.lower_process("idle")
@@ -51,7 +51,7 @@ def _nice() -> str:
 
 SESSION_CHILD = f"""
 from pathlib import Path
-from services.common import priority
+from services.dataplane import priority
 {inspect.getsource(_nice)}
 before = _nice()
 priority.lower_own_session()
@@ -71,7 +71,7 @@ def test_only_the_leader_of_its_own_session_lowers_the_session() -> None:
 
 UNPRIVILEGED_LEADER = """
 import sys
-from services.common import priority
+from services.dataplane import priority
 print("ready", flush=True)
 sys.stdin.readline()
 priority.lower_own_session()

@@ -6,7 +6,7 @@ import pytest
 
 from services.common.errors import Unavailable
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.watcher import Picture
+from services.dataplane.watcher import Picture
 from services.gateway.routing import RoutingTable
 
 READY = rpb.VERSION_LOAD_STATE_READY

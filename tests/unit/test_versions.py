@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.common import versions
 from services.common.errors import ServiceError
+from services.dataplane import versions
 
 
 def test_a_number_names_a_version_and_anything_else_is_refused() -> None:
