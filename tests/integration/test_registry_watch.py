@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -24,6 +25,17 @@ async def setup_iris(registry: RunningRegistry, tmp_path: Path, versions: int = 
     await client.CreateModel(rpb.CreateModelRequest(model_id="iris"))
     for seed in range(versions):
         await push(client, "iris", linear(tmp_path / f"v{seed}.onnx", seed=seed).read_bytes())
+
+
+async def register_iris_worker(client: Any) -> rpb.Worker:
+    """A worker serving iris on 127.0.0.1:9001 with a 30 s lease."""
+    reply = await client.RegisterWorker(
+        rpb.RegisterWorkerRequest(
+            worker=rpb.Worker(address="127.0.0.1:9001", models=["iris"], capacity=4),
+            lease_duration=Duration(seconds=30),
+        )
+    )
+    return reply.worker  # type: ignore[no-any-return]
 
 
 async def next_kind(call: object, kind: int, within: float = 10) -> rpb.WatchResponse:
@@ -169,14 +181,7 @@ async def test_worker_lease_heartbeat_and_expiry(db_url: str, tmp_path: Path) ->
         client = registry.client()
         call = client.Watch(rpb.WatchRequest(since_revision=0))
         await next_kind(call, KIND.KIND_SNAPSHOT)
-        worker = (
-            await client.RegisterWorker(
-                rpb.RegisterWorkerRequest(
-                    worker=rpb.Worker(address="127.0.0.1:9001", models=["iris"], capacity=4),
-                    lease_duration=Duration(seconds=30),
-                )
-            )
-        ).worker
+        worker = await register_iris_worker(client)
         joined = await next_kind(call, KIND.KIND_EVENTS)
         assert joined.events[0].worker.name == worker.name
 
@@ -217,14 +222,7 @@ async def test_a_quiet_heartbeat_renews_the_lease_and_nothing_else(
     await setup_iris(registry, tmp_path, versions=1)
     client = registry.client()
     store = registry.registry.store
-    worker = (
-        await client.RegisterWorker(
-            rpb.RegisterWorkerRequest(
-                worker=rpb.Worker(address="127.0.0.1:9001", models=["iris"], capacity=4),
-                lease_duration=Duration(seconds=30),
-            )
-        )
-    ).worker
+    worker = await register_iris_worker(client)
     ready = rpb.WorkerVersionState(model="iris", version=1, state=rpb.VERSION_LOAD_STATE_READY)
     await client.Heartbeat(rpb.HeartbeatRequest(name=worker.name, versions=[ready]))
     revision, _ = await store.revision()
