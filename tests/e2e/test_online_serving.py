@@ -88,7 +88,7 @@ async def test_publishing_every_second_fails_no_request(tmp_path: Path) -> None:
             while not stop.is_set():
                 await o.append(examples(100, seed=3, start=start))
                 start += 100
-                await asyncio.sleep(0.2)  # noqa: sleep-ok (the stream's pace: 500 examples/s)
+                await asyncio.sleep(0.2)  # the stream's pace, 500 examples/s (noqa: sleep-ok)
 
         tasks = [asyncio.create_task(client(i)) for i in range(4)]
         tasks.append(asyncio.create_task(feed()))
