@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
-from services.registry.audit_chain import AuditChain, Checkpoint
+from services.registry.audit_chain import AuditChain, Checkpoint, event_fields
 from services.registry.db import AuditRow, Meta
 from services.registry.names import page
 
@@ -50,21 +50,7 @@ def digest(message: Message | None) -> str:
 
 def audit_hash(row: AuditRow) -> str:
     """The unkeyed sha256 of events written before the keyed chain (migration 0008)."""
-    body = json.dumps(
-        [
-            row.sequence,
-            row.time_us,
-            row.actor,
-            row.action,
-            row.target,
-            row.before_digest,
-            row.after_digest,
-            row.details,
-            row.previous_hash,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    body = json.dumps(event_fields(row), separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -41,23 +41,25 @@ _EVENT = "liveml-audit-event/1"
 _CHECKPOINT = "liveml-audit-checkpoint/1"
 
 
+def event_fields(row: AuditRow) -> list[object]:
+    """What an event's MAC (and the unkeyed hash of events before the keyed chain)
+    covers, in order: everything but the MAC itself and its key id."""
+    return [
+        row.sequence,
+        row.time_us,
+        row.actor,
+        row.action,
+        row.target,
+        row.before_digest,
+        row.after_digest,
+        row.details,
+        row.previous_hash,
+    ]
+
+
 def event_mac(key: bytes, row: AuditRow) -> str:
     body = json.dumps(
-        [
-            _EVENT,
-            row.sequence,
-            row.time_us,
-            row.actor,
-            row.action,
-            row.target,
-            row.before_digest,
-            row.after_digest,
-            row.details,
-            row.previous_hash,
-            row.key_id,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
+        [_EVENT, *event_fields(row), row.key_id], separators=(",", ":"), ensure_ascii=False
     )
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
