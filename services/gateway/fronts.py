@@ -127,12 +127,22 @@ class ControlFront:
         )
 
     async def _forward(
-        self, method: str, request: Any, context: Ctx, table: RoutingTable | None = None
+        self,
+        method: str,
+        request: Any,
+        context: Ctx,
+        table: RoutingTable | None = None,
+        not_held: Any = None,
     ) -> Any:
+        """Ask one worker serving the model; `not_held`, when given, is the answer for a
+        model or version no worker here holds READY (instead of that error)."""
         table = table or self.router.table()
         try:
             choice = table.choose(request.name, request.version, None)
         except ServiceError as exc:
+            held = exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+            if not_held is not None and not held:
+                return not_held
             await context.abort(exc.code, exc.message)
         workers = table.workers(request.name, choice.version)
         if not request.version:
@@ -147,12 +157,8 @@ class ControlFront:
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> Any:
         # `ready: false` for what no worker holds READY here (as a worker and Triton
         # answer it); a malformed version stays INVALID_ARGUMENT.
-        try:
-            self.router.table().choose(request.name, request.version, None)
-        except ServiceError as exc:
-            if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
-                return pb.ModelReadyResponse(ready=False)
-        return await self._forward("ModelReady", request, context)
+        not_ready = pb.ModelReadyResponse(ready=False)
+        return await self._forward("ModelReady", request, context, not_held=not_ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> Any:
         asked, table = request.version, self.router.table()

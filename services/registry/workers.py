@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,8 +27,8 @@ from services.registry.store import Store, Tx, now_us
 log = logging.getLogger(__name__)
 
 
-def _states(worker: rpb.Worker) -> list[tuple[str, int, int, str]]:
-    return sorted((v.model, v.version, v.state, v.error) for v in worker.versions)
+def _states(versions: Iterable[rpb.WorkerVersionState]) -> list[tuple[str, int, int, str]]:
+    return sorted((v.model, v.version, v.state, v.error) for v in versions)
 
 
 async def register(tx: Tx, worker: rpb.Worker, lease_seconds: float) -> rpb.Worker:
@@ -77,8 +78,8 @@ async def renew(
     if row is None:
         return None
     worker = rpb.Worker.FromString(row.proto)
-    if worker.observed_revision != observed_revision or _states(worker) != sorted(
-        (v.model, v.version, v.state, v.error) for v in versions
+    if worker.observed_revision != observed_revision or _states(worker.versions) != _states(
+        versions
     ):
         return None
     row.lease_expire_us = now_us() + row.lease_us
@@ -112,7 +113,7 @@ async def heartbeat(
     row.lease_expire_us = now_us() + row.lease_us
     after.lease_expire_time.FromMicroseconds(row.lease_expire_us)
     row.proto = after.SerializeToString()
-    changed = _states(before) != _states(after)
+    changed = _states(before.versions) != _states(after.versions)
     if changed:
         tx.put(after, after.name)
         await tx.audit(
