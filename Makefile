@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth bench-registry-scale
+.PHONY: run test lint proto venv clean bench bench-worker bench-gateway bench-trainer bench-events bench-online bench-auth bench-registry-scale bench-gateway-before-after
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench-auth: $(STAMP)
 bench-gateway: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/gateway.py
+
+# This checkout's gateway and worker against BEFORE's (a git revision, default HEAD~1),
+# side by side in one run: the throughput cells of bench-gateway and their ratios.
+bench-gateway-before-after: $(STAMP)
+	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
+	BEFORE=$(or $(BEFORE),HEAD~1) $(PY) bench/gateway_before_after.py
 
 bench-trainer: $(STAMP)
 	$(PY) bench/trainer.py

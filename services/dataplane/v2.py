@@ -6,6 +6,10 @@ and answer the Triton methods liveml does not offer with the same explanation.
 
 from __future__ import annotations
 
+# The parameter of a failed answer on a ModelStreamInfer stream that holds its gRPC
+# status code (int64): V2's stream answers carry only the error's text.
+STATUS = "liveml_status"
+
 EXTENSIONS = ("model_configuration", "statistics", "model_repository(index)")
 
 NOT_OFFERED = (

@@ -36,7 +36,7 @@ class Answered:
     # answer (or the deadline passed) — only the version's window counts that.
     replied: bool
     seconds: float = 0.0
-    request: bytes = b""  # the client's bytes, before the router appended anything
+    request: bytes = b""  # the client's bytes
     response: bytes = b""  # the worker's answer, when OK
     table: RoutingTable | None = None  # the table the request was sent by (for mirrors)
     mirrors: tuple[tuple[int, int], ...] = ()  # the route's (version, percent) mirrors
@@ -82,8 +82,7 @@ class Bookkeeping:
         for mirror, percent in answered.mirrors:
             if percent >= 100 or random.random() * 100 < percent:
                 workers = answered.table.workers(model, mirror, shadow=True)
-                request = wire.with_version(answered.request, mirror)
-                self.shadow.offer(model, mirror, request, answer, workers)
+                self.shadow.offer(model, mirror, answered.request, answer, workers)
 
     def _count_group(self, model: str, version: int, group: str, answer: bytes) -> None:
         """Fairness: what each group was predicted. The one decode on the request path,

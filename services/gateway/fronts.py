@@ -26,7 +26,7 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.gateway.v1 import gateway_pb2 as gpb
 from services.common.gen.liveml.gateway.v1 import gateway_pb2_grpc as gpb_grpc
-from services.dataplane import parameters, v2
+from services.dataplane import v2
 from services.dataplane.streams import OrderedStreams
 from services.gateway import metrics, statistics, wire
 from services.gateway.data import DataPlaneEvents
@@ -81,12 +81,7 @@ class InferenceFront:
                 log.exception("stream request failed")
                 message = f"internal error: {type(exc).__name__}: {exc}"
                 return _stream_failure(data, message, grpc.StatusCode.INTERNAL)
-            final = wire.length_delimited(1, b"triton_final_response") + wire.length_delimited(
-                2, b"\x08\x01"
-            )
-            return wire.length_delimited(
-                wire.INFER_RESPONSE, reply + wire.length_delimited(wire.PARAMETERS, final)
-            )
+            return wire.final_stream_response(reply)
 
         async for response in self.streams.serve(requests, answer):
             yield response
@@ -98,7 +93,7 @@ def _stream_failure(data: bytes, message: str, code: grpc.StatusCode) -> bytes:
     with contextlib.suppress(wire.WireError):
         request_id = wire.routing(data).id
     failed = pb.ModelInferResponse(id=request_id)
-    failed.parameters[parameters.STATUS].int64_param = code.value[0]
+    failed.parameters[v2.STATUS].int64_param = code.value[0]
     return pb.ModelStreamInferResponse(
         error_message=message, infer_response=failed
     ).SerializeToString()

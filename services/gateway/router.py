@@ -1,8 +1,9 @@
 """Routing and sending: choose a version and a worker for one request, send, retry.
 
 Inference requests arrive as bytes and leave as bytes: the router reads the routing
-fields, points the request at the chosen version by appending that field, sends it
-down a worker's long-lived stream and hands the worker's answer back unchanged. A
+fields, chooses a version, sends the client's bytes down a worker's long-lived stream
+with that version, the caller's deadline and the trace context beside them
+(`upstream.Outgoing`), and hands the worker's answer back unchanged. A
 request whose worker died, is draining or stalls is retried on another worker of the
 same version within the caller's deadline. What happens after the answer (metrics,
 windows, fairness, feedback, shadow copies) is `after.Bookkeeping`'s, called once.
@@ -22,11 +23,11 @@ from opentelemetry import propagate
 from services.common import decoding, telemetry
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
-from services.dataplane import parameters
+from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.gateway import metrics, wire
 from services.gateway.after import Answered, Bookkeeping
 from services.gateway.routing import RoutingTable
-from services.gateway.upstream import UpstreamDown, UpstreamPool, UpstreamStalled
+from services.gateway.upstream import Outgoing, UpstreamDown, UpstreamPool, UpstreamStalled
 
 # A worker's answer that says "not here" (draining, loading, or a version it no longer
 # or not yet holds, which the table believed READY there): another worker may have it.
@@ -76,9 +77,8 @@ class Router:
                 "the gateway has no routing table yet: the registry has not been reached"
             )
 
-    async def _send(
-        self, model: str, version: int, data: bytes, deadline: float
-    ) -> wire.StreamReply:
+    async def _send(self, model: str, outgoing: Outgoing, deadline: float) -> wpb.ForwardReply:
+        version = outgoing.version
         tried: set[str] = set()
         broken: set[str] = set()  # their stream failed: the next send opens a new one
         retried: set[str] = set()  # each worker gets at most one such second try
@@ -101,8 +101,8 @@ class Router:
             # Waiting out a frozen worker pays only when another one could answer.
             others = any(w not in tried for w in workers)
             try:
-                reply = wire.stream_reply(
-                    await upstream.send(data, remaining, stall=self.stall if others else None)
+                reply = await upstream.send(
+                    outgoing, remaining, stall=self.stall if others else None
                 )
             except UpstreamStalled as exc:
                 last = str(exc)
@@ -120,8 +120,8 @@ class Router:
                 raise ServiceError(
                     "deadline exceeded waiting for the worker", grpc.StatusCode.DEADLINE_EXCEEDED
                 ) from None
-            if reply.error and reply.status in ELSEWHERE:
-                last = reply.error
+            if reply.code in ELSEWHERE:
+                last = reply.message
                 metrics.RETRIES.labels(model).inc()
                 continue
             return reply
@@ -176,7 +176,7 @@ class Router:
         deadline = deadline or time.monotonic() + self.default_timeout
         version = 0
         failed: ServiceError | None = None
-        reply: wire.StreamReply | None = None
+        reply: wpb.ForwardReply | None = None
         metrics.REQUESTS.in_flight += 1
         try:
             while True:
@@ -184,18 +184,11 @@ class Router:
                 version = choice.version
                 if choice.redistributed:
                     metrics.REDISTRIBUTED.labels(model).inc()
-                # One copy of the request, whatever is appended: the chosen version, the
-                # trace context, and how long the caller still waits (the worker does
-                # not start what it can no longer answer in time).
-                remaining_us = int((deadline - time.monotonic()) * 1e6)
-                suffix = wire.int64_parameter(parameters.TIMEOUT, remaining_us)
-                if not routing.model_version:
-                    suffix += wire.version_field(version)
-                if traceparent:
-                    suffix += wire.string_parameter(parameters.TRACEPARENT, traceparent)
-                request = data + suffix
+                # The worker is told the version and how long the caller still waits
+                # (it does not start what it can no longer answer in time).
+                outgoing = Outgoing(data, version, deadline, traceparent)
                 try:
-                    reply = await self._send(model, version, request, deadline)
+                    reply = await self._send(model, outgoing, deadline)
                     break
                 except Unavailable:
                     # Every worker of the chosen version is draining or gone: the rollout
@@ -215,8 +208,8 @@ class Router:
             assert failed is not None  # any other exception has left already
             if version:  # failures before a version was chosen belong to no version
                 answered = Answered(routing, version, failed.code, replied=False)
-        elif reply.error:
-            failed = ServiceError(reply.error, CODES.get(reply.status, grpc.StatusCode.UNKNOWN))
+        elif reply.code:
+            failed = ServiceError(reply.message, CODES.get(reply.code, grpc.StatusCode.UNKNOWN))
             answered = Answered(routing, version, failed.code, replied=True)
         else:
             seconds = time.perf_counter() - started
@@ -227,7 +220,7 @@ class Router:
                 replied=True,
                 seconds=seconds,
                 request=data,
-                response=bytes(reply.response),
+                response=reply.response,
                 table=table,
                 mirrors=route.mirrors,
             )

@@ -52,7 +52,7 @@ MODULE = "services.gateway.shadow_process"
 class Copy:
     model: str
     version: int
-    request: bytes  # the request, already pointed at the mirror version
+    request: bytes  # the client's request (`version` answers it)
     primary: bytes  # the primary's serialized answer
     workers: tuple[tuple[str, str], ...]  # (address, framed listener's or "") to choose from
     offered: float  # time.monotonic() when offered: the clock is the host's, shared
@@ -103,7 +103,7 @@ class Shadow:
     def offer(
         self, model: str, version: int, request: bytes, primary: bytes, workers: Sequence[str]
     ) -> None:
-        """Copy `request` (pointed at the mirror `version`) to one of `workers`."""
+        """Copy the client's `request` to one of `workers`, for the mirror `version`."""
         labels = (model, str(version))
         if not workers:  # no worker holds the mirror READY: it failed to answer
             metrics.REQUESTS.record(*labels, "shadow", "ERROR", 0.0)

@@ -27,12 +27,11 @@ import grpc
 
 from services.common.outputs import agree, first_output
 from services.common.server import configure_logging
-from services.dataplane import frames, parameters, priority
-from services.gateway import wire
+from services.dataplane import frames, priority
 from services.gateway.links import Connector
 from services.gateway.metrics import Requests
 from services.gateway.shadow import REPORT_SECONDS, Copy, ShadowConfig, Tally
-from services.gateway.upstream import UpstreamPool
+from services.gateway.upstream import Outgoing, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -140,23 +139,23 @@ async def _drain(
         labels = (copy.model, str(copy.version))
         # A copy waits for a worker to start it until `max_wait` after its offer; one
         # that waited longer is dropped, here or by the worker.
-        left_us = int((copy.offered + config.max_wait - time.monotonic()) * 1e6)
-        if left_us <= 0:
+        wait_until = copy.offered + config.max_wait
+        if wait_until <= time.monotonic():
             counting.drop(labels)
             continue
         started = time.perf_counter()
         upstream = pool.pick([address for address, _ in copy.workers], set())
         assert upstream is not None  # the gateway sends no copy without a worker
-        request = copy.request + wire.int64_parameter(parameters.TIMEOUT, left_us)
+        outgoing = Outgoing(copy.request, copy.version, wait_until)
         try:
-            reply = wire.stream_reply(await upstream.send(request, config.timeout, shadow=True))
-            if reply.status == DEADLINE_EXCEEDED:
+            reply = await upstream.send(outgoing, config.timeout, shadow=True)
+            if reply.code == DEADLINE_EXCEEDED:
                 counting.drop(labels)
                 continue
-            if reply.error:
-                raise RuntimeError(reply.error)
+            if reply.code:
+                raise RuntimeError(reply.message)
             elapsed = time.perf_counter() - started
-            mine, theirs = first_output(bytes(reply.response)), first_output(copy.primary)
+            mine, theirs = first_output(reply.response), first_output(copy.primary)
         except Exception as exc:  # a failing mirror is counted, never raised
             counting.requests.record(*labels, "shadow", "ERROR", 0.0)
             log.debug("mirror %s v%d failed: %s", copy.model, copy.version, exc)

@@ -13,9 +13,11 @@ it one at a time, and each message costs both processes far more than the reques
 in it, so gathering them multiplies what a gateway and a worker sharing a core can
 serve. A lone client is learned to have no company, and its requests go out at once.
 
-Requests are numbered; replies come back in the order they completed, matched by
-number. When a stream breaks, everything waiting on it fails with `UpstreamDown`
-(and may be retried on another worker).
+Each request travels as a `ForwardedInference` (worker.proto): the client's bytes
+unchanged, the chosen version, what remains of the caller's deadline when the message
+is written, and the trace context. Requests are numbered; replies come back in the
+order they completed, matched by number. When a stream breaks, everything waiting
+on it fails with `UpstreamDown` (and may be retried on another worker).
 
 The pool follows membership and health, like Envoy's outlier detection: a worker
 whose transport fails is ejected at once (its connections closed, so a restarted
@@ -36,6 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.dataplane.gather import Gather
@@ -50,6 +53,16 @@ MAX_BATCH_BYTES = 4 << 20
 PROBE_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.5)
 # A worker with a request unanswered for longer than this is not answering.
 SILENT_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One request for a worker, and what the gateway tells it beside the bytes."""
+
+    request: bytes  # the client's serialized ModelInferRequest, unchanged
+    version: int  # the version that answers
+    deadline: float | None  # monotonic; the worker gets what remains of it
+    traceparent: str = ""
 
 
 class UpstreamDown(Exception):
@@ -79,8 +92,8 @@ class _Stream:
         self.gather = Gather(hold, MAX_BATCH)
         self.link = link
         self.sequence = first_sequence
-        self.queue: list[bytes] = []
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.queue: list[Outgoing] = []
+        self.waiting: dict[int, asyncio.Future[wpb.ForwardReply]] = {}
         self.sent_at: dict[int, float] = {}  # monotonic time each waiting request was sent
         self.wake = asyncio.Event()
         self.holding = False  # waiting for more requests to share the next message
@@ -89,12 +102,12 @@ class _Stream:
         self.writer = asyncio.create_task(self._write(), name=f"upstream write {address}")
         self.reader = asyncio.create_task(self._read(), name=f"upstream read {address}")
 
-    def send(self, data: bytes) -> asyncio.Future[bytes]:
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    def send(self, outgoing: Outgoing) -> asyncio.Future[wpb.ForwardReply]:
+        future: asyncio.Future[wpb.ForwardReply] = asyncio.get_running_loop().create_future()
         sequence = self.sequence + len(self.queue)
         self.waiting[sequence] = future
         self.sent_at[sequence] = time.monotonic()
-        self.queue.append(data)
+        self.queue.append(outgoing)
         self.wake.set()
         return future
 
@@ -109,14 +122,13 @@ class _Stream:
                     if self.broken:
                         return
                     count, size = 0, 0
-                    for data in self.queue:
-                        if count and (count >= MAX_BATCH or size + len(data) > MAX_BATCH_BYTES):
+                    for queued in self.queue:
+                        size += len(queued.request)
+                        if count and (count >= MAX_BATCH or size > MAX_BATCH_BYTES):
                             break
-                        count, size = count + 1, size + len(data)
+                        count += 1
                     batch, self.queue = self.queue[:count], self.queue[count:]
-                    message = wpb.ForwardRequest(
-                        first_sequence=self.sequence, requests=batch, shadow=self.shadow
-                    )
+                    message = _message(self.sequence, batch, self.shadow)
                     self.sequence += count
                     self.messages += 1
                     self.gather.sent(count, timed_out)
@@ -148,7 +160,7 @@ class _Stream:
                     future = self.waiting.pop(reply.sequence, None)
                     self.sent_at.pop(reply.sequence, None)
                     if future is not None and not future.done():
-                        future.set_result(reply.response)
+                        future.set_result(reply)
         except asyncio.CancelledError:
             reason = "stream cancelled"
         except Exception as exc:  # LinkError, or a reply that does not parse
@@ -169,7 +181,7 @@ class _Stream:
         if first and not self.closing:
             self.on_fail(cause)
 
-    def forget(self, future: asyncio.Future[bytes]) -> None:
+    def forget(self, future: asyncio.Future[wpb.ForwardReply]) -> None:
         """A caller gave up (deadline): its answer, if it comes, is dropped."""
         for sequence, waiting in list(self.waiting.items()):
             if waiting is future:
@@ -192,6 +204,20 @@ class _Stream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _message(first_sequence: int, batch: list[Outgoing], shadow: bool) -> wpb.ForwardRequest:
+    """The stream message for `batch`; each timeout is what remains of its deadline now."""
+    message = wpb.ForwardRequest(first_sequence=first_sequence, shadow=shadow)
+    add, now = message.inferences.add, time.monotonic()
+    for outgoing in batch:
+        inference = add(
+            request=outgoing.request, version=outgoing.version, traceparent=outgoing.traceparent
+        )
+        if outgoing.deadline is not None:
+            left = max(0, int((outgoing.deadline - now) * 1e9))
+            inference.timeout.seconds, inference.timeout.nanos = divmod(left, 1_000_000_000)
+    return message
 
 
 class Upstream:
@@ -245,19 +271,19 @@ class Upstream:
 
     async def send(
         self,
-        data: bytes,
+        outgoing: Outgoing,
         within: float | None,
         shadow: bool = False,
         stall: float | None = None,
-    ) -> bytes:
-        """One request's reply (a serialized ModelStreamInferResponse). With `stall`,
+    ) -> wpb.ForwardReply:
+        """One request's reply, waited for at most `within` s. With `stall`,
         raise UpstreamStalled once the request has waited that long on a stream that
         answered nothing meanwhile (a slow answer on a stream that answers others is
         waited for, until `within`)."""
         if self.closed:
             raise UpstreamDown(f"worker {self.address}: its connections were closed")
         stream = self._stream(shadow)
-        future = stream.send(data)
+        future = stream.send(outgoing)
         self.outstanding += 1
         try:
             async with asyncio.timeout(within):

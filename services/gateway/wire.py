@@ -1,21 +1,20 @@
-"""Reading and amending serialized V2 messages without decoding them.
+"""Reading serialized V2 requests, and wrapping V2 answers, without decoding tensors.
 
 The gateway forwards request bytes untouched: it reads only the routing fields
-(model name, version, id, parameters) by walking the top-level protobuf fields,
-and sets the chosen version by appending one field, which protobuf parsers take
-over any earlier value of a singular field. Tensors are never decoded or copied.
+(model name, version, id, parameters) by walking the top-level protobuf fields. A
+worker's answer (a serialized ModelInferResponse) goes back to a unary caller as it
+is, and to a streaming one inside the stream's envelope, which is built here around
+the bytes. Tensors are never decoded or copied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.dataplane import parameters
-
 # ModelInferRequest / ModelInferResponse field numbers (the public V2 definition).
 MODEL_NAME, MODEL_VERSION, ID, PARAMETERS = 1, 2, 3, 4
 # ModelStreamInferResponse.
-ERROR_MESSAGE, INFER_RESPONSE = 1, 2
+INFER_RESPONSE = 2
 # InferParameter oneof.
 BOOL_PARAM, INT64_PARAM, STRING_PARAM, DOUBLE_PARAM, UINT64_PARAM = 1, 2, 3, 4, 5
 
@@ -138,50 +137,17 @@ def length_delimited(number: int, payload: bytes) -> bytes:
     return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
 
 
-def version_field(version: int) -> bytes:
-    """A model_version field: appended to a request, it wins over any earlier one."""
-    return length_delimited(MODEL_VERSION, str(version).encode())
+# A response's `parameters` entry triton_final_response = true: the last (here, the
+# only) answer to a request on a stream, as a worker and Triton mark it.
+_FINAL = length_delimited(
+    PARAMETERS,
+    length_delimited(1, b"triton_final_response")
+    + length_delimited(2, bytes([BOOL_PARAM << 3, 1])),
+)
 
 
-def with_version(data: bytes, version: int) -> bytes:
-    """The request with model_version set (appended; the last value wins)."""
-    return data + version_field(version)
-
-
-def _parameter(key: str, value: bytes) -> bytes:
-    entry = length_delimited(1, key.encode()) + length_delimited(2, value)
-    return length_delimited(PARAMETERS, entry)
-
-
-def string_parameter(key: str, value: str) -> bytes:
-    """One more `parameters` entry (a string), to append to a request."""
-    return _parameter(key, length_delimited(STRING_PARAM, value.encode()))
-
-
-def int64_parameter(key: str, value: int) -> bytes:
-    """One more `parameters` entry (an int64), to append to a request."""
-    return _parameter(key, _encode_varint(INT64_PARAM << 3) + _encode_varint(value % 2**64))
-
-
-@dataclass
-class StreamReply:
-    """A worker's ModelStreamInferResponse, split without decoding the response."""
-
-    error: str
-    response: memoryview
-    status: int  # the worker's gRPC status code for an error (liveml_status), else 0
-
-
-def stream_reply(data: bytes) -> StreamReply:
-    error, response = "", memoryview(b"")
-    for number, _, value in fields(data):
-        if number == ERROR_MESSAGE and isinstance(value, memoryview):
-            error = bytes(value).decode(errors="replace")
-        elif number == INFER_RESPONSE and isinstance(value, memoryview):
-            response = value
-    status = 0
-    if error and response.nbytes:  # only errors are read further: for their status code
-        parsed = routing(bytes(response))
-        if parsed.parameters.get(parameters.STATUS, "").isdigit():
-            status = int(parsed.parameters[parameters.STATUS])
-    return StreamReply(error, response, status)
+def final_stream_response(response: bytes) -> bytes:
+    """A serialized ModelStreamInferResponse carrying `response` (a serialized
+    ModelInferResponse), marked final. A map entry appended to a message is one more
+    entry of the map, so the response's bytes are not decoded."""
+    return length_delimited(INFER_RESPONSE, response + _FINAL)

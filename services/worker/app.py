@@ -93,7 +93,7 @@ async def start(settings: WorkerSettings) -> Worker:
     )
     repository = Repository(executor, Threads(settings.intra_op_threads), settings.inline_us, book)
     servicer = InferenceServicer(repository, executor)
-    forward = ForwardServicer(servicer.stream_answer)
+    forward = ForwardServicer(servicer.infer)
     default = Batching(settings.max_batch_size, settings.max_queue_delay_ms / 1000)
 
     def register(grpc_server: aio.Server) -> Sequence[str]:

@@ -1,11 +1,13 @@
 """The worker's end of the gateway transport: the framed listener and the gRPC stream.
 
 Gateways reach a worker through its framed forward listener (`services.dataplane.frames`)
-or, when it offers none, the `liveml.worker.v1.WorkerService/Forward` gRPC stream;
-both carry the same messages and are answered by the same code. Requests arrive
-several to a message; each is answered as soon as it is done, and the answers ready
-at the moment a reply message is written go out together. At most `window` requests
-of a stream are in flight; reading pauses beyond that.
+or the `liveml.worker.v1.WorkerService/Forward` gRPC stream; both carry the messages
+of `protos/liveml/worker/v1/worker.proto` and are answered by the same code, which
+runs each request through the inference path the worker's own clients use, with the
+version, the caller's remaining time and the trace context the gateway sent beside
+it. Requests arrive several to a message; each is answered as soon as it is done,
+and the answers ready at the moment a reply message is written go out together. At
+most `window` requests of a stream are in flight; reading pauses beyond that.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from prometheus_client import Gauge
 
 from services.common.auth import RECHECK_SECONDS, AuthError, Principal, Role, bearer_token
 from services.common.data_auth import FeedAuthenticator
+from services.common.errors import ServiceError
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
-from services.dataplane import frames, parameters
+from services.dataplane import frames
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,9 @@ STREAMS = Gauge(
     "liveml_worker_forward_streams", "Open gateway streams, by link (frames or grpc).", ["link"]
 )
 
-# (request, is a shadow copy) -> the stream answer
-Answer = Callable[[pb.ModelInferRequest, bool], Awaitable[pb.ModelStreamInferResponse]]
+# (request, is a shadow copy, seconds the caller still waits, traceparent) -> the answer;
+# raises ServiceError for a failed request.
+Answer = Callable[[pb.ModelInferRequest, bool, float | None, str], Awaitable[pb.ModelInferResponse]]
 
 
 class ForwardServicer(wpb_grpc.WorkerServiceServicer):
@@ -45,15 +49,28 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
         self.window = window
         self._readers: set[asyncio.Task[None]] = set()
 
-    async def _answer(self, data: bytes, shadow: bool) -> pb.ModelStreamInferResponse:
+    async def _answer(
+        self, sequence: int, inference: wpb.ForwardedInference, shadow: bool
+    ) -> wpb.ForwardReply:
         try:
-            request = pb.ModelInferRequest.FromString(data)
+            request = pb.ModelInferRequest.FromString(inference.request)
         except DecodeError as exc:
-            return _failure(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}")
+            return _failure(
+                sequence, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}"
+            )
+        if inference.version:  # the gateway's choice, whatever the client's bytes say
+            request.model_version = str(inference.version)
+        within = None
+        if inference.HasField("timeout"):
+            within = inference.timeout.seconds + inference.timeout.nanos / 1e9
         try:
-            return await self.answer(request, shadow)
+            response = await self.answer(request, shadow, within, inference.traceparent)
+        except ServiceError as exc:
+            return _failure(sequence, exc.code, exc.message)
         except Exception as exc:  # every request gets an answer, whatever went wrong
-            return _failure(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            log.exception("forwarded request failed")
+            return _failure(sequence, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return wpb.ForwardReply(sequence=sequence, response=response.SerializeToString())
 
     def close(self) -> None:
         """Shutting down: stop reading; what was read is still answered, then the stream
@@ -86,12 +103,9 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
         room = asyncio.Semaphore(self.window)
         working: set[asyncio.Task[None]] = set()
 
-        async def one(sequence: int, data: bytes, shadow: bool) -> None:
+        async def one(sequence: int, inference: wpb.ForwardedInference, shadow: bool) -> None:
             try:
-                response = await self._answer(data, shadow)
-                done.append(
-                    wpb.ForwardReply(sequence=sequence, response=response.SerializeToString())
-                )
+                done.append(await self._answer(sequence, inference, shadow))
             finally:
                 room.release()
                 wake.set()
@@ -103,10 +117,10 @@ class ForwardServicer(wpb_grpc.WorkerServiceServicer):
         async def read() -> None:
             try:
                 async for message in requests:
-                    for offset, data in enumerate(message.requests):
+                    for offset, inference in enumerate(message.inferences):
                         await room.acquire()
                         task = asyncio.create_task(
-                            one(message.first_sequence + offset, data, message.shadow)
+                            one(message.first_sequence + offset, inference, message.shadow)
                         )
                         working.add(task)
                         task.add_done_callback(finished)
@@ -240,7 +254,5 @@ def _certificate_name(writer: asyncio.StreamWriter) -> str | None:
     return None
 
 
-def _failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:
-    failed = pb.ModelInferResponse()
-    failed.parameters[parameters.STATUS].int64_param = code.value[0]
-    return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+def _failure(sequence: int, code: grpc.StatusCode, message: str) -> wpb.ForwardReply:
+    return wpb.ForwardReply(sequence=sequence, code=code.value[0], message=message)

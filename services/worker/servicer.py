@@ -22,7 +22,7 @@ from services.common.errors import (
 from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.inference import model_config_pb2 as mc
-from services.dataplane import parameters, v2
+from services.dataplane import v2
 from services.dataplane.streams import OrderedStreams
 from services.worker import tensors
 from services.worker.executor import Executor
@@ -80,18 +80,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.streams.close()
 
     async def infer(
-        self, request: pb.ModelInferRequest, shadow: bool = False, within: float | None = None
+        self,
+        request: pb.ModelInferRequest,
+        shadow: bool = False,
+        within: float | None = None,
+        traceparent: str = "",
     ) -> pb.ModelInferResponse:
-        """`within`: seconds the caller waits (its gRPC deadline, or a gateway's
-        `liveml_timeout_us` parameter); what has not started running by then is not run."""
-        if parameters.TIMEOUT in request.parameters:
-            within = request.parameters[parameters.TIMEOUT].int64_param / 1e6
+        """The one inference path, for the worker's own clients and for gateways alike.
+
+        `within`: seconds the caller still waits (its gRPC deadline, or the timeout a
+        gateway forwards); what has not started running by then is not run.
+        `traceparent`: a gateway's trace context for this request (its stream is shared
+        by many requests, so the context travels with each one)."""
         expires = None if within is None else time.monotonic() + within
-        if telemetry.tracing_enabled() and parameters.TRACEPARENT in request.parameters:
-            # A gateway's request on a shared stream carries its own trace context.
-            parent = propagate.extract(
-                {"traceparent": request.parameters[parameters.TRACEPARENT].string_param}
-            )
+        if traceparent and telemetry.tracing_enabled():
+            parent = propagate.extract({"traceparent": traceparent})
             with trace.get_tracer("liveml").start_as_current_span(
                 "liveml.worker.infer", context=parent
             ):
@@ -138,15 +141,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for response in self.streams.serve(requests, answer):
             yield response
 
-    async def stream_answer(
-        self, request: pb.ModelInferRequest, shadow: bool = False
-    ) -> pb.ModelStreamInferResponse:
-        """One request's answer on a stream: a failure is an error_message, not an abort.
-
-        `shadow`: a gateway's copy for a mirror version, run at low priority.
-        """
+    async def stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        """One request's answer on a stream: a failure is an error_message, not an abort."""
         try:
-            response = await self.infer(request, shadow)
+            response = await self.infer(request)
         except ServiceError as exc:
             return stream_failure(request.id, exc)
         response.parameters["triton_final_response"].bool_param = True
@@ -259,8 +257,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def stream_failure(request_id: str, exc: ServiceError) -> pb.ModelStreamInferResponse:
     failed = pb.ModelInferResponse(id=request_id)
-    # The status code, so a gateway can tell a retryable failure from bad input.
-    failed.parameters[parameters.STATUS].int64_param = exc.code.value[0]
+    # The status code, which V2's stream answers have no field for: a client can tell
+    # a retryable failure from its own mistake.
+    failed.parameters[v2.STATUS].int64_param = exc.code.value[0]
     return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
 
 

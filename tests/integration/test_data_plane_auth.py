@@ -97,7 +97,7 @@ async def ingest(channel: aio.Channel, md: Any) -> None:
 
 async def forward(channel: aio.Channel, md: Any) -> None:
     request = wpb.ForwardRequest(first_sequence=1)
-    request.requests.append(infer_request("lin", X, "f1").SerializeToString())
+    request.inferences.add(request=infer_request("lin", X, "f1").SerializeToString())
     call = wpb_grpc.WorkerServiceStub(channel).Forward(iter([request]), metadata=md)
     reply = await _read(call)
     assert reply is not aio.EOF and reply.replies, reply

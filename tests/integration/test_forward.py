@@ -24,7 +24,6 @@ from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
 from services.common.windows import WindowBook
 from services.dataplane import frames
-from services.gateway import wire
 from services.gateway.after import Bookkeeping
 from services.gateway.feedback import FeedbackBook
 from services.gateway.links import GrpcLink, Links, reachable
@@ -32,7 +31,7 @@ from services.gateway.router import Router
 from services.gateway.routing import ModelRoute, RoutingTable
 from services.gateway.settings import GatewaySettings
 from services.gateway.shadow import Shadow, config_of
-from services.gateway.upstream import Upstream, UpstreamDown, UpstreamPool
+from services.gateway.upstream import Outgoing, Upstream, UpstreamDown, UpstreamPool
 from tests.conftest import free_port
 from tests.helpers import models
 from tests.helpers.cluster import infer_request
@@ -91,40 +90,77 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     started.proc.stop()
 
 
-def reply_of(data: bytes) -> pb.ModelStreamInferResponse:
-    return pb.ModelStreamInferResponse.FromString(data)
+def answer_of(reply: wpb.ForwardReply) -> pb.ModelInferResponse:
+    assert reply.code == 0, (reply.code, reply.message)
+    return pb.ModelInferResponse.FromString(reply.response)
+
+
+def inferences(*requests: bytes, version: int = 0) -> list[wpb.ForwardedInference]:
+    return [wpb.ForwardedInference(request=r, version=version) for r in requests]
+
+
+def to_clf(request_id: int | str, x: np.ndarray) -> Outgoing:
+    """A request for clf v1, as a gateway hands it to an upstream."""
+    return Outgoing(infer_request("clf", x, str(request_id)).SerializeToString(), 1, None)
+
+
+async def forward(
+    port: int, message: wpb.ForwardRequest, count: int
+) -> dict[int, wpb.ForwardReply]:
+    """Send one message down a gRPC Forward stream; its `count` replies by sequence."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = wpb_grpc.WorkerServiceStub(channel).Forward()  # type: ignore[no-untyped-call]
+        await call.write(message)
+        replies: dict[int, wpb.ForwardReply] = {}
+        while len(replies) < count:
+            got = await call.read()
+            replies.update({r.sequence: r for r in got.replies})
+        await call.done_writing()
+        assert await call.read() == aio.EOF
+    return replies
 
 
 async def test_each_request_is_answered_by_its_number(worker: Worker) -> None:
-    port = worker.port
     x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     good = infer_request("clf", x, "ok").SerializeToString()
     unknown = infer_request("nope", x, "missing").SerializeToString()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = wpb_grpc.WorkerServiceStub(channel).Forward()
-        await call.write(
-            wpb.ForwardRequest(first_sequence=7, requests=[good, b"\xff\xff", unknown])
-        )
-        replies: dict[int, bytes] = {}
-        while len(replies) < 3:
-            message = await call.read()
-            replies.update({r.sequence: r.response for r in message.replies})
-        await call.done_writing()
-        assert await call.read() == aio.EOF
-    assert set(replies) == {7, 8, 9}
-    answered = reply_of(replies[7])
-    assert not answered.error_message and answered.infer_response.id == "ok"
-    scores = np.frombuffer(answered.infer_response.raw_output_contents[0], dtype=np.float32)
-    assert scores.argmax() == 1  # x . RULE = 1 > 0
-    malformed, missing = reply_of(replies[8]), reply_of(replies[9])
-    assert malformed.error_message.startswith("malformed ModelInferRequest")
-    status = malformed.infer_response.parameters["liveml_status"].int64_param
-    assert status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "'nope' is not found" in missing.error_message
-    assert (
-        missing.infer_response.parameters["liveml_status"].int64_param
-        == (grpc.StatusCode.NOT_FOUND.value[0])
+    message = wpb.ForwardRequest(
+        first_sequence=7, inferences=inferences(good, b"\xff\xff", unknown)
     )
+    replies = await forward(worker.port, message, 3)
+    assert set(replies) == {7, 8, 9}
+    answered = answer_of(replies[7])
+    assert answered.id == "ok"
+    # The worker's answer as its own unary clients get it: no stream marker in it.
+    assert "triton_final_response" not in answered.parameters
+    scores = np.frombuffer(answered.raw_output_contents[0], dtype=np.float32)
+    assert scores.argmax() == 1  # x . RULE = 1 > 0
+    malformed, missing = replies[8], replies[9]
+    assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and not malformed.response
+    assert malformed.message.startswith("malformed ModelInferRequest")
+    assert missing.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "'nope' is not found" in missing.message
+
+
+async def test_the_forwarded_version_and_timeout_are_obeyed(worker: Worker) -> None:
+    """The version beside the bytes wins over the request's own model_version; a
+    request whose forwarded timeout has run out is not run."""
+    x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    says_v9 = infer_request("clf", x, "v9").SerializeToString()
+    says_v9 += pb.ModelInferRequest(model_version="9").SerializeToString()
+    chosen = wpb.ForwardedInference(request=says_v9, version=1)
+    as_sent = wpb.ForwardedInference(request=says_v9)
+    late = wpb.ForwardedInference(
+        request=infer_request("slow", x, "late").SerializeToString(), version=1
+    )
+    late.timeout.FromNanoseconds(0)
+    message = wpb.ForwardRequest(first_sequence=0, inferences=[chosen, as_sent, late])
+    replies = await forward(worker.port, message, 3)
+    answered = answer_of(replies[0])
+    assert answered.id == "v9" and answered.model_version == "1"
+    assert replies[1].code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "version 9" in replies[1].message, replies[1].message
+    assert replies[2].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], replies[2]
 
 
 @pytest.mark.parametrize("transport", ["frames", "grpc"])
@@ -133,19 +169,12 @@ async def test_concurrent_requests_share_messages(worker: Worker, transport: str
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((300, 1, 4)).astype(np.float32)
     try:
-        replies = await asyncio.gather(
-            *(
-                upstream.send(
-                    wire.with_version(infer_request("clf", x, str(i)).SerializeToString(), 1), 10
-                )
-                for i, x in enumerate(xs)
-            )
-        )
+        replies = await asyncio.gather(*(upstream.send(to_clf(i, x), 10) for i, x in enumerate(xs)))
         assert upstream._streams[False].messages < len(xs) / 4  # coalesced
     finally:
         await upstream.close()
-    for i, (x, data) in enumerate(zip(xs, replies, strict=True)):
-        answer = reply_of(data).infer_response
+    for i, (x, reply) in enumerate(zip(xs, replies, strict=True)):
+        answer = answer_of(reply)
         assert answer.id == str(i) and answer.model_version == "1"
         scores = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
         assert scores.argmax() == int(float((x @ models.RULE)[0]) > 0)
@@ -156,12 +185,12 @@ async def test_requests_arriving_one_at_a_time_gather_into_messages(worker: Work
     upstream = worker.upstream("frames", 0.05)
     x = np.zeros((1, 4), dtype=np.float32)
 
-    def request(i: int) -> bytes:
-        return wire.with_version(infer_request("clf", x, str(i)).SerializeToString(), 1)
+    def request(i: int) -> Outgoing:
+        return to_clf(i, x)
 
     try:
         lone = await upstream.send(request(0), 10)
-        assert reply_of(lone).infer_response.id == "0"
+        assert answer_of(lone).id == "0"
         stream = upstream._streams[False]
         sends = []
         for i in range(1, 301):  # 300 clients, whose requests arrive one at a time
@@ -174,7 +203,7 @@ async def test_requests_arriving_one_at_a_time_gather_into_messages(worker: Work
         replies = await asyncio.gather(*sends)
         # Alone until the first probe (16 sends), then gathered: without it, 301 messages.
         assert stream.messages <= 60, stream.messages
-        assert [reply_of(r).infer_response.id for r in replies] == [str(i) for i in range(1, 301)]
+        assert [answer_of(r).id for r in replies] == [str(i) for i in range(1, 301)]
         # Shadow copies travel on their own stream, so they never hold a primary back.
         await upstream.send(request(301), 10, shadow=True)
         assert upstream._streams[True] is not stream
@@ -191,13 +220,9 @@ async def test_shadow_copies_run_on_an_idle_priority_thread(worker: Worker) -> N
 
     assert idle_threads() == 0  # the shadow thread starts with the first copy
     x = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    data = wire.with_version(infer_request("clf", x, "copy").SerializeToString(), 1)
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = wpb_grpc.WorkerServiceStub(channel).Forward()  # type: ignore[no-untyped-call]
-        await call.write(wpb.ForwardRequest(first_sequence=0, requests=[data], shadow=True))
-        reply = (await call.read()).replies[0]
-        await call.done_writing()
-    answer = reply_of(reply.response).infer_response
+    data = infer_request("clf", x, "copy").SerializeToString()
+    message = wpb.ForwardRequest(inferences=inferences(data, version=1), shadow=True)
+    answer = answer_of((await forward(port, message, 1))[0])
     assert answer.id == "copy" and answer.model_version == "1"
     assert np.frombuffer(answer.raw_output_contents[0], np.float32).argmax() == 1
     assert idle_threads() == 1  # the copy ran on a thread that yields to everything else
@@ -208,7 +233,7 @@ async def test_a_dead_worker_fails_what_waits_on_it(worker: Worker, transport: s
     proc, port = worker.proc, worker.port
     upstream = worker.upstream(transport)
     x = np.zeros((1, 4), dtype=np.float32)
-    data = infer_request("clf", x).SerializeToString()
+    data = to_clf(0, x)
     try:
         await upstream.send(data, 10)
         proc.popen.kill()
@@ -228,20 +253,19 @@ async def test_framed_listener_answers_each_request_by_its_number(worker: Worker
     good = infer_request("clf", x, "ok").SerializeToString()
     reader, writer = await _frames_client(worker.forward_port)
     await frames.expect_preamble(reader)  # the worker accepted the connection
-    message = wpb.ForwardRequest(first_sequence=3, requests=[good, b"\xff\xff"])
+    message = wpb.ForwardRequest(first_sequence=3, inferences=inferences(good, b"\xff\xff"))
     writer.write(frames.PREAMBLE + frames.frame(message.SerializeToString()))
-    replies: dict[int, bytes] = {}
+    replies: dict[int, wpb.ForwardReply] = {}
     while len(replies) < 2:
         data = await frames.read(reader, 1 << 20)
         assert data is not None
-        replies.update(
-            {r.sequence: r.response for r in wpb.ForwardResponse.FromString(data).replies}
-        )
+        replies.update({r.sequence: r for r in wpb.ForwardResponse.FromString(data).replies})
     writer.write_eof()  # the gateway is done: the worker answers what it read, then closes
     assert await frames.read(reader, 1 << 20) is None
     writer.close()
-    assert reply_of(replies[3]).infer_response.id == "ok"
-    assert reply_of(replies[4]).error_message.startswith("malformed ModelInferRequest")
+    assert answer_of(replies[3]).id == "ok"
+    assert replies[4].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert replies[4].message.startswith("malformed ModelInferRequest")
 
 
 @pytest.mark.parametrize(
@@ -265,8 +289,8 @@ async def test_framed_listener_closes_on_a_broken_sender(
     wait_until(lambda: logged in "".join(worker.proc.output), 10, f"the log to say {logged!r}")
     upstream = worker.upstream("frames")
     try:
-        data = infer_request("clf", np.zeros((1, 4), np.float32), "after").SerializeToString()
-        assert reply_of(await upstream.send(data, 10)).infer_response.id == "after"
+        data = to_clf("after", np.zeros((1, 4), np.float32))
+        assert answer_of(await upstream.send(data, 10)).id == "after"
     finally:
         await upstream.close()
 
@@ -284,7 +308,7 @@ async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> 
     )  # fmt: skip
     port, forward_port = tls_worker.port, tls_worker.forward_port
     try:
-        data = infer_request("clf", np.zeros((1, 4), np.float32), "tls").SerializeToString()
+        data = to_clf("tls", np.zeros((1, 4), np.float32))
 
         def upstream(context: ssl.SSLContext) -> Upstream:
             return Upstream(
@@ -298,7 +322,7 @@ async def test_framed_listener_speaks_the_workers_mutual_tls(tmp_path: Path) -> 
 
         trusted = upstream(tls.client_context(ca.cert, client.cert, client.key))
         try:
-            assert reply_of(await trusted.send(data, 10)).infer_response.id == "tls"
+            assert answer_of(await trusted.send(data, 10)).id == "tls"
         finally:
             await trusted.close()
         anonymous = upstream(tls.client_context(ca.cert))  # no client certificate
@@ -323,12 +347,12 @@ def _unreachable_frames(worker: Worker) -> Links:
 
 async def test_an_unreachable_framed_listener_falls_back_to_grpc(worker: Worker) -> None:
     upstream = Upstream(f"127.0.0.1:{worker.port}", _unreachable_frames(worker))
-    data = infer_request("clf", np.zeros((1, 4), np.float32), "fb").SerializeToString()
+    data = to_clf("fb", np.zeros((1, 4), np.float32))
     try:
         with pytest.raises(UpstreamDown, match=r"cannot connect to 127\.0\.0\.1:\d+"):
             await upstream.send(data, 10)
         # The next stream takes the gRPC Forward call to the same worker.
-        assert reply_of(await upstream.send(data, 10)).infer_response.id == "fb"
+        assert answer_of(await upstream.send(data, 10)).id == "fb"
         assert isinstance(upstream._streams[False].link, GrpcLink)
     finally:
         await upstream.close()
@@ -369,7 +393,7 @@ async def test_a_dead_worker_is_ejected_probed_and_readmitted(worker: Worker) ->
     live, dead = f"127.0.0.1:{worker.port}", f"127.0.0.1:{free_port()}"
     framed = {live: f"127.0.0.1:{worker.forward_port}", dead: f"127.0.0.1:{free_port()}"}
     pool = UpstreamPool(lambda a: _links(a, framed[a]), probe=reachable)
-    data = infer_request("clf", np.zeros((1, 4), np.float32), "e").SerializeToString()
+    data = to_clf("e", np.zeros((1, 4), np.float32))
     server = None
     try:
         with pytest.raises(UpstreamDown, match=r"worker down: neither its framed listener"):
@@ -396,11 +420,11 @@ async def test_a_blocked_framed_listener_is_not_a_dead_worker(worker: Worker) ->
     """The framed port refuses but the gRPC port answers: a fallback to gRPC, no ejection."""
     address = f"127.0.0.1:{worker.port}"
     pool = UpstreamPool(lambda a: _links(a, f"127.0.0.1:{free_port()}"), probe=reachable)
-    data = infer_request("clf", np.zeros((1, 4), np.float32), "b").SerializeToString()
+    data = to_clf("b", np.zeros((1, 4), np.float32))
     try:
         with pytest.raises(UpstreamDown, match=r"cannot connect to 127\.0\.0\.1:\d+"):
             await pool.get(address).send(data, 10)
         assert not pool.ejected(address) and pool.ejections == 0
-        assert reply_of(await pool.get(address).send(data, 10)).infer_response.id == "b"
+        assert answer_of(await pool.get(address).send(data, 10)).id == "b"
     finally:
         await pool.close()

@@ -228,10 +228,8 @@ def _stream_errors(method: d.MethodDescriptor, replies: list[bytes]) -> list[str
                 faults.append(reply.error_message)
         elif method.output_type.full_name == wpb.ForwardResponse.DESCRIPTOR.full_name:
             for forwarded in wpb.ForwardResponse.FromString(data).replies:
-                answer = pb.ModelStreamInferResponse.FromString(forwarded.response)
-                status = answer.infer_response.parameters["liveml_status"].int64_param
-                if answer.error_message and status in FAULT_NUMBERS:
-                    faults.append(answer.error_message)
+                if forwarded.code in FAULT_NUMBERS:
+                    faults.append(forwarded.message)
     return faults
 
 

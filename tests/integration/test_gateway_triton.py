@@ -1,7 +1,8 @@
 """Unmodified tritonclient through the gateway: it cannot tell the gateway from a worker.
 
-The gateway forwards inference bytes and builds the streaming replies itself
-(`triton_final_response`), so a real client checks what our own stubs would not:
+The gateway forwards inference bytes and builds the streaming replies itself (marked
+`triton_final_response`, which unary answers do not carry), so a real client checks
+what our own stubs would not:
 health, metadata, config, unary and streaming inference, and the errors' status and
 text, with each answer computed by the version that says it answered.
 """
@@ -44,7 +45,9 @@ def answer(result, key):
     path = f"{ARGS['dir']}/{key}.npy"
     np.save(path, result.as_numpy("y"))
     response = result.get_response()
-    return [response.id, response.model_version, path]
+    final = response.parameters["triton_final_response"].bool_param if (
+        "triton_final_response" in response.parameters) else None
+    return [response.id, response.model_version, path, final]
 
 OUT["unary"] = [answer(c.infer("lin", [tensor(x)], model_version=v, request_id=f"u{v}"), f"u{v}")
                 for v in ("", "1", "2")]
@@ -105,9 +108,11 @@ async def test_tritonclient_cannot_tell_the_gateway_from_a_worker(tmp_path: Path
         for v in (1, 2)
     }
 
-    def check(answer: list[str], request_id: str, version: str | None) -> None:
-        got_id, got_version, path = answer
+    def check(answer: list[Any], request_id: str, version: str | None) -> None:
+        got_id, got_version, path, final = answer
         assert got_id == request_id and got_version in ("1", "2")
+        # Marked final on a stream, as a worker marks it; a unary answer is not.
+        assert final is (True if request_id.startswith("s") else None), answer
         assert version is None or got_version == version
         np.testing.assert_allclose(np.load(path), expected[int(got_version)], rtol=1e-6)
 

@@ -20,8 +20,6 @@ from services.common.gen.inference import grpc_predict_v2_pb2 as pb
 from services.common.gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from services.common.gen.liveml.worker.v1 import worker_pb2 as wpb
 from services.common.gen.liveml.worker.v1 import worker_pb2_grpc as wpb_grpc
-from services.dataplane import parameters
-from services.gateway import wire
 from services.gateway.links import Connector
 from services.gateway.shadow import Copy, ShadowConfig
 from services.gateway.shadow_process import Counting, _drain
@@ -29,7 +27,7 @@ from services.gateway.upstream import UpstreamPool
 from tests.helpers import models
 from tests.helpers.cluster import infer_request
 from tests.helpers.wait import async_wait_until
-from tests.integration.test_forward import Worker, reply_of, start_worker
+from tests.integration.test_forward import Worker, start_worker
 
 X = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
 
@@ -56,28 +54,29 @@ async def clf_statistics(port: int) -> pb.InferStatistics:
 
 
 def copy_of(model: str, request_id: str) -> bytes:
-    return wire.with_version(infer_request(model, X, request_id).SerializeToString(), 1)
+    return infer_request(model, X, request_id).SerializeToString()
 
 
 async def test_a_copy_not_started_in_time_is_refused_and_not_counted(worker: Worker) -> None:
     """A copy that waits for the shadow thread past its sender's time is refused then,
     never run later, and not counted against its version (the gateway counts it dropped)."""
-    late = copy_of("clf", "late") + wire.int64_parameter(parameters.TIMEOUT, 100_000)
+    long = wpb.ForwardedInference(request=copy_of("slower", "long"), version=1)
+    late = wpb.ForwardedInference(request=copy_of("clf", "late"), version=1)
+    late.timeout.FromMilliseconds(100)
     async with aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = wpb_grpc.WorkerServiceStub(channel).Forward()  # type: ignore[no-untyped-call]
-        message = wpb.ForwardRequest(requests=[copy_of("slower", "long"), late], shadow=True)
-        await call.write(message)
-        order: list[pb.ModelStreamInferResponse] = []
+        await call.write(wpb.ForwardRequest(inferences=[long, late], shadow=True))
+        order: list[wpb.ForwardReply] = []
         while len(order) < 2:
-            order += [reply_of(r.response) for r in (await call.read()).replies]
+            order += (await call.read()).replies
         await call.done_writing()
     refused, answered = order  # refused while the long copy ran, not after it
-    assert refused.infer_response.id == "late"
-    assert refused.error_message.startswith("the caller's deadline passed while the request waited")
-    assert refused.error_message.endswith("it was not run")
-    status = refused.infer_response.parameters["liveml_status"].int64_param
-    assert status == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-    assert not answered.error_message and answered.infer_response.id == "long"
+    assert refused.sequence == 1
+    assert refused.message.startswith("the caller's deadline passed while the request waited")
+    assert refused.message.endswith("it was not run")
+    assert refused.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert answered.sequence == 0 and answered.code == 0
+    assert pb.ModelInferResponse.FromString(answered.response).id == "long"
     inference = await clf_statistics(worker.port)
     assert inference.success.count == 0 and inference.fail.count == 0
 

@@ -11,18 +11,23 @@ from services.worker.forward import MAX_REPLY_BYTES, ForwardServicer
 ANSWER_BYTES = 1 << 20
 
 
-async def large_answer(request: pb.ModelInferRequest, shadow: bool) -> pb.ModelStreamInferResponse:
+async def large_answer(
+    request: pb.ModelInferRequest, shadow: bool, within: float | None, traceparent: str
+) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(id=request.id)
     response.raw_output_contents.append(bytes(ANSWER_BYTES))
-    return pb.ModelStreamInferResponse(infer_response=response)
+    return response
 
 
 async def test_answers_completing_together_are_split_across_reply_messages() -> None:
     forward = ForwardServicer(large_answer)
-    requests = [pb.ModelInferRequest(id=str(i)).SerializeToString() for i in range(12)]
+    requests = [
+        wpb.ForwardedInference(request=pb.ModelInferRequest(id=str(i)).SerializeToString())
+        for i in range(12)
+    ]
 
     async def one_message() -> AsyncIterator[wpb.ForwardRequest]:
-        yield wpb.ForwardRequest(first_sequence=0, requests=requests)
+        yield wpb.ForwardRequest(first_sequence=0, inferences=requests)
 
     messages = [m async for m in forward.serve(one_message(), "frames")]
     sequences = [r.sequence for m in messages for r in m.replies]

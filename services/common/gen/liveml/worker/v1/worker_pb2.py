@@ -22,21 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dliveml/worker/v1/worker.proto\x12\x10liveml.worker.v1\"a\n\x0e\x46orwardRequest\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x03(\x0c\x12\x0e\n\x06shadow\x18\x03 \x01(\x08\x12\x15\n\rauthorization\x18\x04 \x01(\t\"2\n\x0c\x46orwardReply\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08response\x18\x02 \x01(\x0c\"B\n\x0f\x46orwardResponse\x12/\n\x07replies\x18\x01 \x03(\x0b\x32\x1e.liveml.worker.v1.ForwardReply2e\n\rWorkerService\x12T\n\x07\x46orward\x12 .liveml.worker.v1.ForwardRequest\x1a!.liveml.worker.v1.ForwardResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dliveml/worker/v1/worker.proto\x12\x10liveml.worker.v1\x1a\x1egoogle/protobuf/duration.proto\"\x99\x01\n\x0e\x46orwardRequest\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x0e\n\x06shadow\x18\x03 \x01(\x08\x12\x15\n\rauthorization\x18\x04 \x01(\t\x12\x38\n\ninferences\x18\x05 \x03(\x0b\x32$.liveml.worker.v1.ForwardedInferenceJ\x04\x08\x02\x10\x03R\x08requests\"w\n\x12\x46orwardedInference\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"W\n\x0c\x46orwardReply\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\tJ\x04\x08\x02\x10\x03\"B\n\x0f\x46orwardResponse\x12/\n\x07replies\x18\x01 \x03(\x0b\x32\x1e.liveml.worker.v1.ForwardReply2e\n\rWorkerService\x12T\n\x07\x46orward\x12 .liveml.worker.v1.ForwardRequest\x1a!.liveml.worker.v1.ForwardResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liveml.worker.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORWARDREQUEST']._serialized_start=51
-  _globals['_FORWARDREQUEST']._serialized_end=148
-  _globals['_FORWARDREPLY']._serialized_start=150
-  _globals['_FORWARDREPLY']._serialized_end=200
-  _globals['_FORWARDRESPONSE']._serialized_start=202
-  _globals['_FORWARDRESPONSE']._serialized_end=268
-  _globals['_WORKERSERVICE']._serialized_start=270
-  _globals['_WORKERSERVICE']._serialized_end=371
+  _globals['_FORWARDREQUEST']._serialized_start=84
+  _globals['_FORWARDREQUEST']._serialized_end=237
+  _globals['_FORWARDEDINFERENCE']._serialized_start=239
+  _globals['_FORWARDEDINFERENCE']._serialized_end=358
+  _globals['_FORWARDREPLY']._serialized_start=360
+  _globals['_FORWARDREPLY']._serialized_end=447
+  _globals['_FORWARDRESPONSE']._serialized_start=449
+  _globals['_FORWARDRESPONSE']._serialized_end=515
+  _globals['_WORKERSERVICE']._serialized_start=517
+  _globals['_WORKERSERVICE']._serialized_end=618
 # @@protoc_insertion_point(module_scope)

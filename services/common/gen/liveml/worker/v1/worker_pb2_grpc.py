@@ -27,6 +27,32 @@ if _version_not_supported:
 
 class WorkerServiceStub:
     """The gateway-to-worker transport.
+
+    A gateway keeps one long-lived stream per worker (and one more for shadow copies).
+    A message carries every request that queued up while the previous message was being
+    written (and, under load, those the gateway briefly waited for), and a reply message
+    every answer that is ready, so a few messages carry many requests and the
+    per-message cost is paid once for all of them; a lone client's request travels by
+    itself.
+
+    The same two messages travel over one of two links, chosen by the gateway's
+    `--upstream-transport` setting (`frames`, the default: the framed link wherever a
+    worker offers one; `grpc`: always `Forward`):
+    - `Forward` below, a gRPC bidirectional stream on the worker's gRPC port;
+    - the framed link, on the worker's `--forward-port` (advertised to the registry as
+    the worker's `forward_address`): a TCP connection (TLS when the worker serves TLS,
+    with the same client certificates) on which each side first writes the 17 bytes
+    `liveml-forward/1\n` (the worker's tells the gateway it accepted the connection,
+    after TLS and the client certificate), then each message is a 4-byte big-endian
+    length and that many bytes of a serialized `ForwardRequest` (gateway to worker) or
+    `ForwardResponse` (worker to gateway). With token authentication the gateway's
+    first message carries only `authorization`. A framed read or write is one system
+    call, where Python's gRPC pays several hundred microseconds of CPU per message on
+    each side; the framing changes what a message costs, not what it says
+    (services/dataplane/frames.py implements it for both ends). A gateway that cannot
+    connect to a framed listener while the worker's gRPC port answers (a firewall
+    that passes only that port) uses `Forward` to that worker for 30 s, then tries
+    the framed link again.
     """
 
     def __init__(self, channel):
@@ -44,14 +70,37 @@ class WorkerServiceStub:
 
 class WorkerServiceServicer:
     """The gateway-to-worker transport.
+
+    A gateway keeps one long-lived stream per worker (and one more for shadow copies).
+    A message carries every request that queued up while the previous message was being
+    written (and, under load, those the gateway briefly waited for), and a reply message
+    every answer that is ready, so a few messages carry many requests and the
+    per-message cost is paid once for all of them; a lone client's request travels by
+    itself.
+
+    The same two messages travel over one of two links, chosen by the gateway's
+    `--upstream-transport` setting (`frames`, the default: the framed link wherever a
+    worker offers one; `grpc`: always `Forward`):
+    - `Forward` below, a gRPC bidirectional stream on the worker's gRPC port;
+    - the framed link, on the worker's `--forward-port` (advertised to the registry as
+    the worker's `forward_address`): a TCP connection (TLS when the worker serves TLS,
+    with the same client certificates) on which each side first writes the 17 bytes
+    `liveml-forward/1\n` (the worker's tells the gateway it accepted the connection,
+    after TLS and the client certificate), then each message is a 4-byte big-endian
+    length and that many bytes of a serialized `ForwardRequest` (gateway to worker) or
+    `ForwardResponse` (worker to gateway). With token authentication the gateway's
+    first message carries only `authorization`. A framed read or write is one system
+    call, where Python's gRPC pays several hundred microseconds of CPU per message on
+    each side; the framing changes what a message costs, not what it says
+    (services/dataplane/frames.py implements it for both ends). A gateway that cannot
+    connect to a framed listener while the worker's gRPC port answers (a firewall
+    that passes only that port) uses `Forward` to that worker for 30 s, then tries
+    the framed link again.
     """
 
     def Forward(self, request_iterator, context):
-        """A gateway's long-lived stream of inference requests. A message carries every
-        request that queued up while the previous message was being written (and, under
-        load, those the gateway briefly waited for), and a reply message every answer
-        that is ready, so a few gRPC messages carry many requests and gRPC's per-message
-        cost is paid once for all of them; a lone client's request travels by itself.
+        """A gateway's stream of inference requests; answers come back in the order they
+        completed, matched to their requests by sequence number.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +124,32 @@ def add_WorkerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
     """The gateway-to-worker transport.
+
+    A gateway keeps one long-lived stream per worker (and one more for shadow copies).
+    A message carries every request that queued up while the previous message was being
+    written (and, under load, those the gateway briefly waited for), and a reply message
+    every answer that is ready, so a few messages carry many requests and the
+    per-message cost is paid once for all of them; a lone client's request travels by
+    itself.
+
+    The same two messages travel over one of two links, chosen by the gateway's
+    `--upstream-transport` setting (`frames`, the default: the framed link wherever a
+    worker offers one; `grpc`: always `Forward`):
+    - `Forward` below, a gRPC bidirectional stream on the worker's gRPC port;
+    - the framed link, on the worker's `--forward-port` (advertised to the registry as
+    the worker's `forward_address`): a TCP connection (TLS when the worker serves TLS,
+    with the same client certificates) on which each side first writes the 17 bytes
+    `liveml-forward/1\n` (the worker's tells the gateway it accepted the connection,
+    after TLS and the client certificate), then each message is a 4-byte big-endian
+    length and that many bytes of a serialized `ForwardRequest` (gateway to worker) or
+    `ForwardResponse` (worker to gateway). With token authentication the gateway's
+    first message carries only `authorization`. A framed read or write is one system
+    call, where Python's gRPC pays several hundred microseconds of CPU per message on
+    each side; the framing changes what a message costs, not what it says
+    (services/dataplane/frames.py implements it for both ends). A gateway that cannot
+    connect to a framed listener while the worker's gRPC port answers (a firewall
+    that passes only that port) uses `Forward` to that worker for 30 s, then tries
+    the framed link again.
     """
 
     @staticmethod
