@@ -221,6 +221,8 @@ def main() -> int:
             "-1",
             "--log-level",
             "WARNING",
+            # The data plane without tokens (h2load sends none): bench-auth measures them.
+            "--allow-anonymous",
         ]
         worker_port, mirror_port, gateway_port = free_port(), free_port(), free_port()
         placement = [

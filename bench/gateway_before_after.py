@@ -77,7 +77,7 @@ async def wait_serving(port: int, model: str) -> None:
 
 def revision(tree: Path) -> str:
     return subprocess.run(
-        ["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+        ["git", "-C", str(tree), "log", "-1", "--format=%h"],
         capture_output=True,
         text=True,
         check=True,
@@ -95,6 +95,7 @@ def main() -> int:
         capture_output=True,
     )
     trees = {"before": before_tree, "after": ROOT}
+    revisions = {side: revision(tree) for side, tree in trees.items()}
     model_file = mlp(work / "v1.onnx", 64, 256, 10)
     reg_port = free_port()
     env = {
@@ -119,7 +120,8 @@ def main() -> int:
             asyncio.run(publish(reg_port, token, model, [model_file]))
             asyncio.run(route(reg_port, token, model, mirror=False))
         common = ["--registry", f"127.0.0.1:{reg_port}", "--registry-token", token]
-        common += ["--metrics-port", "-1", "--log-level", "WARNING"]
+        # The data plane without tokens (h2load sends none); what they cost is bench-auth's.
+        common += ["--metrics-port", "-1", "--log-level", "WARNING", "--allow-anonymous"]
         for side, model in SIDES.items():
             worker_port, gateway_port = free_port(), free_port()
             ports[side] = (worker_port, gateway_port)
@@ -153,8 +155,7 @@ def main() -> int:
             check=False,
             capture_output=True,
         )
-    report(cells, {side: revision(tree) for side, tree in trees.items() if tree.exists()},
-           before_rev)  # fmt: skip
+    report(cells, revisions, before_rev)
     return 0
 
 
@@ -168,8 +169,8 @@ def report(
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"grpcio {version('grpcio')}, onnxruntime {version('onnxruntime')}; load average "
         f"{os.getloadavg()[0]:.1f} at the end. before = {before_rev} "
-        f"({revisions.get('before', 'removed')}), after = this checkout "
-        f"({revisions.get('after', '?')}, plus any uncommitted changes). Median of "
+        f"({revisions['before']}), after = this checkout ({revisions['after']}, with any "
+        f"uncommitted changes). Median of "
         f"{ROUNDS} interleaved rounds of {SECONDS:g} s cells; p99 at 1 in flight pooled.",
         "",
         "| cell | " + " | ".join(f"{side} req/s" for side in SIDES) + " | after ÷ before |",
