@@ -37,7 +37,7 @@ from bench.h2bench import (
     free_port,
     mlp_request,
 )
-from bench.worker import key, measure, start
+from bench.worker import SECONDS, key, measure, start
 from tests.helpers.models import mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,6 @@ OUT = ROOT / "bench" / "out"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 MODES = [(False, 1), (False, 32), (True, 1), (True, 32)]
 ROUNDS = int(os.environ.get("LIVEML_BENCH_ROUNDS", "4"))
-SECONDS = float(os.environ.get("LIVEML_BENCH_SECONDS", "4"))
 SIDES = {"before": "mlp-before", "after": "mlp-after"}  # side -> the model it serves
 
 
