@@ -71,7 +71,13 @@ class WorkerSettings(ServerSettings, RegistryClientSettings, DataPlaneAuthSettin
     drain_grace: float = Field(
         2.0, ge=0, description="Seconds a retired version stays after its last request."
     )
-    heartbeat_seconds: float = Field(2.0, gt=0, description="Heartbeat interval to the registry.")
+    heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Heartbeat interval to the registry; the lease is three of them. A "
+        "state change or a moved rollout is reported at once, so a longer interval slows "
+        "no swap, only how soon a vanished worker's lease runs out.",
+    )
     scan_seconds: float = Field(
         1.0, gt=0, description="Standalone mode: model-dir rescan interval."
     )
