@@ -333,10 +333,14 @@ class SqlEventLog:
                     )
                 ).scalar_one()
                 limit = meta.first_sequence - 1 + _RETAIN_CHUNK
+                # No index on stored_us: the prefix that may go is scanned by sequence
+                # (at most _RETAIN_CHUNK events).
                 aged = (
                     await session.execute(
                         select(func.max(EventRow.sequence)).where(
-                            EventRow.stored_us < horizon, EventRow.sequence <= limit
+                            EventRow.stored_us < horizon,
+                            EventRow.sequence >= meta.first_sequence,
+                            EventRow.sequence <= limit,
                         )
                     )
                 ).scalar_one()
@@ -374,12 +378,17 @@ class SqlEventLog:
         async with self.store.read() as session:
             meta = (await session.execute(select(EventMeta).where(EventMeta.id == 1))).scalar_one()
             counted = select(EventRow.kind, func.count()).group_by(EventRow.kind)
-            times = select(func.min(EventRow.stored_us), func.max(EventRow.stored_us))
+            # The oldest and newest events' times, at the two ends of the sequence (its
+            # index, or the model's): stored_us has no index of its own.
+            times = select(EventRow.stored_us).limit(1)
             if model:
                 counted = counted.where(EventRow.model == model)
                 times = times.where(EventRow.model == model)
             counts = {int(k): int(n) for k, n in (await session.execute(counted)).all()}
-            oldest, newest = (await session.execute(times)).one()
+            oldest = (await session.execute(times.order_by(EventRow.sequence))).scalar_one_or_none()
+            newest = (
+                await session.execute(times.order_by(EventRow.sequence.desc()))
+            ).scalar_one_or_none()
         return Stats(
             backend=self.backend,
             counts=counts,
