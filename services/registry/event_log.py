@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, func, select, update
 
@@ -72,8 +72,12 @@ class _Statements:
 
     def rows(self, model: str, kinds: list[int]) -> tuple[str, tuple[Any, ...]]:
         """A reader's query (parameters: after, these, the limit) and its parameters."""
-        mark = (lambda n: "?") if self.in_list else (lambda n: f"${n}")
-        where, params = [f"sequence > {mark(1)}"], []
+
+        def mark(n: int) -> str:
+            return "?" if self.in_list else f"${n}"
+
+        where = [f"sequence > {mark(1)}"]
+        params: list[Any] = []
         if model:
             params.append(model)
             where.append(f"model = {mark(len(params) + 1)}")
@@ -229,7 +233,7 @@ class SqlEventLog:
             for i in range(0, len(keys), _KEYS_PER_QUERY):
                 part = keys[i : i + _KEYS_PER_QUERY]
                 found = await conn.exec_driver_sql(sql.known(len(part)), sql.keys(part))
-                known.update((str(k), int(s)) for k, s in found.all())
+                known.update(cast(list[tuple[str, int]], found.all()))
             result = Appended()
             sequences, duplicates = result.sequences, result.duplicates
             rows = []

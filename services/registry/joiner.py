@@ -143,7 +143,8 @@ class JoinState:
         """Whether no queue's oldest entry has expired nor any queue overflowed (the
         usual case, checked per event without walking the queues)."""
         limit = self.max_pending
-        for pending in (self.predictions, self.feedback):
+        queues: tuple[OrderedDict[Key, Any], ...] = (self.predictions, self.feedback)
+        for pending in queues:
             if pending and (len(pending) > limit or next(iter(pending.values())).time_us < horizon):
                 return False
         joined = self.joined

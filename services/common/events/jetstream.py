@@ -292,7 +292,7 @@ class JetStreamEvents:
     def _frames(self, events: Sequence[Encoded], reply: str, max_payload: int) -> bytes:
         """The chunk's HPUB commands, written out at once: publishing them one by one
         through the client costs more Python than everything else of an append."""
-        parts = []
+        parts: list[bytes] = []
         subjects = self._subjects
         prefix = f" {reply}-".encode()
         for i, event in enumerate(events):
