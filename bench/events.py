@@ -95,6 +95,9 @@ def prediction_bytes() -> tuple[bytes, bytes]:
     return request, answer.SerializeToString()
 
 
+PREDICTION = epb.EVENT_KIND_PREDICTION
+
+
 class Events:
     """Batches of distinct prediction events (every key new, as a gateway's are).
 
@@ -116,10 +119,14 @@ class Events:
         first = self.count + 1
         self.count += BATCH
         out = []
+        tag = wire.varint(wire.KEY << 3 | 2)
+        data = self.data
         for i in range(first, first + BATCH):
             key = f"{self.prefix}{i}"
-            data = self.data + wire.bytes_field(wire.KEY, key.encode())
-            out.append(Encoded(epb.EVENT_KIND_PREDICTION, "mlp", key, data))
+            raw = key.encode()
+            # The key's field by hand (keys are under 128 bytes: a one-byte length); the
+            # appender's CPU per event is measured in this process.
+            out.append(Encoded(PREDICTION, "mlp", key, b"%b%b%c%b" % (data, tag, len(raw), raw)))
         return out
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import OutOfRange
 from services.common.events import (
@@ -119,6 +121,51 @@ _STATEMENTS = {
 
 def _sql(dialect: str) -> _Statements:
     return _STATEMENTS[dialect]
+
+
+_T = TypeVar("_T")
+
+
+async def _on_sqlite_thread(conn: AsyncConnection, work: Callable[..., _T], *args: Any) -> _T:
+    """`work(sqlite3_connection, *args)` on the transaction's connection, on aiosqlite's
+    thread, in one trip (as SQLAlchemy's own aiosqlite adapter reaches that connection)."""
+    driver: Any = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
+    return cast(_T, await driver._execute(work, driver._conn, *args))
+
+
+def _fetch(
+    db: sqlite3.Connection, sql: _Statements, query: str, parameters: tuple[Any, ...]
+) -> tuple[int, list[Any], int]:
+    """A reader's poll on SQLite: the last sequence, the rows, the first sequence."""
+    last = int(db.execute(sql.last).fetchone()[0])
+    rows = db.execute(query, parameters).fetchall()
+    return last, rows, int(db.execute(sql.first).fetchone()[0])
+
+
+def _plan(
+    events: Sequence[Encoded], last: int, known: dict[str, int], stored_us: int
+) -> tuple[Appended, list[tuple[Any, ...]], int, int]:
+    """Sequences for the events after `last` (keys in `known` are duplicates): the
+    answer, the rows to insert, the new last sequence and the bytes they add."""
+    result = Appended()
+    sequences, duplicates = result.sequences, result.duplicates
+    rows = []
+    sequence = last
+    size = 0
+    for event in events:
+        seen = known.get(event.key)
+        if seen is not None:
+            sequences.append(seen)
+            duplicates.append(True)
+            continue
+        sequence += 1
+        known[event.key] = sequence  # a key twice in one batch is stored once
+        sequences.append(sequence)
+        duplicates.append(False)
+        n = len(event.data)
+        size += n
+        rows.append((sequence, event.kind, event.model, event.key, stored_us, n, event.data))
+    return result, rows, sequence, size
 
 
 def _parse(rows: Sequence[Any]) -> list[epb.Event]:
@@ -226,38 +273,39 @@ class SqlEventLog:
         stored_us = now_us()
         async with self.store.write_unversioned() as session:
             conn = await session.connection()
-            # PostgreSQL: the meta row's lock orders appends (SQLite: BEGIN IMMEDIATE did).
-            last = int((await conn.exec_driver_sql(sql.lock)).scalar_one())
-            keys = list({e.key for e in events})
-            known: dict[str, int] = {}
-            for i in range(0, len(keys), _KEYS_PER_QUERY):
-                part = keys[i : i + _KEYS_PER_QUERY]
-                found = await conn.exec_driver_sql(sql.known(len(part)), sql.keys(part))
-                known.update(cast(list[tuple[str, int]], found.all()))
-            result = Appended()
-            sequences, duplicates = result.sequences, result.duplicates
-            rows = []
-            sequence = last
-            size = 0
-            for event in events:
-                seen = known.get(event.key)
-                if seen is not None:
-                    sequences.append(seen)
-                    duplicates.append(True)
-                    continue
-                sequence += 1
-                known[event.key] = sequence  # a key twice in one batch is stored once
-                sequences.append(sequence)
-                duplicates.append(False)
-                n = len(event.data)
-                size += n
-                rows.append(
-                    (sequence, event.kind, event.model, event.key, stored_us, n, event.data)
-                )
-            if rows:
-                await conn.exec_driver_sql(sql.insert, rows)
-                await conn.exec_driver_sql(sql.advance, (sequence, size))
-        if rows:
+            if self.store.dialect == "sqlite":
+                # The whole append in one call on SQLite's own thread (BEGIN IMMEDIATE,
+                # taken above, holds the write lock): every statement through the async
+                # adapter is a few trips between threads.
+                def append(db: sqlite3.Connection) -> tuple[Appended, bool]:
+                    last = int(db.execute(sql.lock).fetchone()[0])
+                    keys = list({e.key for e in events})
+                    known: dict[str, int] = {}
+                    for i in range(0, len(keys), _KEYS_PER_QUERY):
+                        part = keys[i : i + _KEYS_PER_QUERY]
+                        known.update(db.execute(sql.known(len(part)), part).fetchall())
+                    result, rows, sequence, size = _plan(events, last, known, stored_us)
+                    if rows:
+                        db.executemany(sql.insert, rows)
+                        db.execute(sql.advance, (sequence, size))
+                    return result, bool(rows)
+
+                result, wrote = await _on_sqlite_thread(conn, append)
+            else:
+                # PostgreSQL: the meta row's lock orders appends.
+                last = int((await conn.exec_driver_sql(sql.lock)).scalar_one())
+                keys = list({e.key for e in events})
+                known: dict[str, int] = {}
+                for i in range(0, len(keys), _KEYS_PER_QUERY):
+                    part = keys[i : i + _KEYS_PER_QUERY]
+                    found = await conn.exec_driver_sql(sql.known(len(part)), sql.keys(part))
+                    known.update(cast(list[tuple[str, int]], found.all()))
+                result, rows, sequence, size = _plan(events, last, known, stored_us)
+                if rows:
+                    await conn.exec_driver_sql(sql.insert, rows)
+                    await conn.exec_driver_sql(sql.advance, (sequence, size))
+                wrote = bool(rows)
+        if wrote:
             self._wake()
         return result
 
@@ -301,9 +349,15 @@ class SqlEventLog:
             # Driver-level SQL and plain rows: the joiner reads every prediction back.
             async with self.store.read() as session:
                 conn = await session.connection()
-                last = int((await conn.exec_driver_sql(sql.last)).scalar_one())
-                rows = (await conn.exec_driver_sql(query, (after, *params, max_batch))).all()
-                first = int((await conn.exec_driver_sql(sql.first)).scalar_one())
+                parameters = (after, *params, max_batch)
+                if self.store.dialect == "sqlite":
+                    last, rows, first = await _on_sqlite_thread(
+                        conn, _fetch, sql, query, parameters
+                    )
+                else:
+                    last = int((await conn.exec_driver_sql(sql.last)).scalar_one())
+                    rows = list((await conn.exec_driver_sql(query, parameters)).all())
+                    first = int((await conn.exec_driver_sql(sql.first)).scalar_one())
             gap = retention_gap(after, first, Start.START_AFTER_SEQUENCE)
             if gap is not None:
                 raise OutOfRange(gap)
