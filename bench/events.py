@@ -336,6 +336,9 @@ def main() -> int:
         # bench/gateway.py.
         subprocess.run(["taskset", "-a", "-p", "-c", CLIENT_CORE, str(procs[0].pid)], check=True,
                        capture_output=True)  # fmt: skip
+        # h2load sends no token: the data plane open to anonymous callers (as the tests
+        # run it), alike for every gateway compared; bench/auth.py measures auth's cost.
+        os.environ["LIVEML_ALLOW_ANONYMOUS"] = "true"
         asyncio.run(publish(reg_port, token, "mlp", [model]))
         asyncio.run(route(reg_port, token, "mlp", mirror=False))
         common = ["--registry", f"127.0.0.1:{reg_port}", "--registry-token", token]
