@@ -8,7 +8,7 @@ import time
 import pytest
 
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
-from services.common.events.jetstream import _pub_ack
+from services.common.events.jetstream import _Client, _pub_ack
 from tests.helpers.events import drop_stream, example, read_all, require_nats, unique_nats
 
 pytestmark = pytest.mark.nats
@@ -64,3 +64,32 @@ async def test_an_append_after_the_stream_is_deleted_is_unavailable_at_once() ->
         assert time.monotonic() - started < stream.timeout / 2
     finally:
         await stream.close()
+
+
+async def test_acks_read_off_the_parser_whatever_the_reads_split() -> None:
+    """PubAcks to the publish inbox are read in a loop of their own; a read may end
+    anywhere (in a control line, in a payload), and other deliveries go to nats-py."""
+    acks = [
+        b'{"stream":"S", "seq":%d}' % n if n != 2 else b'{"stream":"S", "seq":2,"duplicate": true}'
+        for n in range(1, 5)
+    ]
+    wire = b"".join(
+        b"MSG _INBOX.x.7-%d 1  %d\r\n%s\r\n" % (i, len(a), a) for i, a in enumerate(acks)
+    )
+    other = b"MSG other.subject 9  5\r\nhello\r\n"  # a subscription that does not exist
+    data = wire + other + wire
+    expected = [(b"_INBOX.x.7-%d" % i, a) for i, a in enumerate(acks)] * 2
+    for cut in range(1, len(data)):
+        client = _Client()
+        client.ack_sid = 1
+        seen: list[tuple[bytes, bytes]] = []
+        client.on_ack = lambda subject, payload, headers, seen=seen: seen.append((subject, payload))
+        await client._ps.parse(data[:cut])
+        await client._ps.parse(data[cut:])
+        assert seen == expected, f"split at byte {cut}"
+        assert [_pub_ack(payload) for _, payload in seen[:4]] == [
+            (1, False),
+            (2, True),
+            (3, False),
+            (4, False),
+        ]
