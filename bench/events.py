@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import secrets
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,8 @@ GATEWAY_ROUNDS = int(
 )  # each cell once in each place
 GATEWAY_SECONDS = float(os.environ.get("LIVEML_BENCH_GATEWAY_SECONDS", "5"))
 APPENDERS = (1, 4)
-GOALS = {"sql": 20_000.0, "nats": 50_000.0}
+BASELINE = os.environ.get("LIVEML_BENCH_BASELINE", "")  # another checkout, e.g. /work/main
+GOALS = {"sql": 20_000.0, "sql-baseline": 20_000.0, "nats": 50_000.0}
 OFF, LOG_SQL, LOG_NATS = "logging off", "logging 100% (sql)", "logging 100% (nats)"
 # A second gateway with logging off, started last: its ratio to the first is the noise
 # (and any bias of start order) the other ratios carry.
@@ -91,6 +93,9 @@ def prediction_bytes() -> tuple[bytes, bytes]:
     answer.outputs.add(name="y", datatype=datatype, shape=shape)
     answer.raw_output_contents.append(raw)
     return request, answer.SerializeToString()
+
+
+PREDICTION = epb.EVENT_KIND_PREDICTION
 
 
 class Events:
@@ -114,10 +119,14 @@ class Events:
         first = self.count + 1
         self.count += BATCH
         out = []
+        tag = wire.varint(wire.KEY << 3 | 2)
+        data = self.data
         for i in range(first, first + BATCH):
             key = f"{self.prefix}{i}"
-            data = self.data + wire.bytes_field(wire.KEY, key.encode())
-            out.append(Encoded(epb.EVENT_KIND_PREDICTION, "mlp", key, data))
+            raw = key.encode()
+            # The key's field by hand (keys are under 128 bytes: a one-byte length); the
+            # appender's CPU per event is measured in this process.
+            out.append(Encoded(PREDICTION, "mlp", key, b"%b%b%c%b" % (data, tag, len(raw), raw)))
         return out
 
 
@@ -172,20 +181,36 @@ async def append_rate(
     return Cell(stored / elapsed, own / stored * 1e6, theirs / stored * 1e6)
 
 
+@dataclass
+class Registry:
+    port: int
+    pid: int
+    token: str
+
+
 async def appends(
-    registry_port: int, registry_pid: int, token: str
+    registry: Registry, baseline: Registry | None = None
 ) -> tuple[dict[tuple[str, int], list[Cell]], dict[str, list[float]]]:
     tag = secrets.token_hex(4)
-    channel = aio.insecure_channel(
-        f"127.0.0.1:{registry_port}", options=[("grpc.max_send_message_length", 64 << 20)]
-    )
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    channels = [aio.insecure_channel(f"127.0.0.1:{registry.port}", options=options)]
     streams: dict[str, EventStream] = {
-        "sql": RegistryEvents(channel, (("authorization", f"Bearer {token}"),)),
+        "sql": RegistryEvents(channels[0], (("authorization", f"Bearer {registry.token}"),)),
         "nats": JetStreamEvents(
             NATS_URL, stream=f"BENCH_{tag}", prefix=f"bench{tag}.events", timeout=30.0
         ),
     }
-    servers = {"sql": registry_pid, "nats": nats_pid()}
+    servers = {"sql": registry.pid, "nats": nats_pid()}
+    if baseline is not None:
+        # LIVEML_BENCH_BASELINE: a registry of another checkout, its cells interleaved
+        # with this one's (a change's before / after in the same minutes).
+        channels.append(aio.insecure_channel(f"127.0.0.1:{baseline.port}", options=options))
+        metadata = (("authorization", f"Bearer {baseline.token}"),)
+        streams["sql-baseline"] = RegistryEvents(channels[1], metadata)
+        servers["sql-baseline"] = baseline.pid
+    # LIVEML_BENCH_BACKENDS=sql (or nats): one backend only, e.g. under a profiler.
+    chosen = os.environ.get("LIVEML_BENCH_BACKENDS", "sql,sql-baseline,nats").split(",")
+    streams = {name: stream for name, stream in streams.items() if name in chosen}
     rates: dict[tuple[str, int], list[Cell]] = {}
     costs: dict[str, list[float]] = {}
     events = Events(tag)
@@ -206,12 +231,13 @@ async def appends(
             for name, stream in streams.items():
                 costs.setdefault(name, []).append(await logging_cost(stream))
     finally:
-        nats = streams["nats"]
-        assert isinstance(nats, JetStreamEvents)
-        with contextlib.suppress(Exception):
-            await (await nats._jetstream()).delete_stream(nats.stream)
-        await nats.close()
-        await channel.close()
+        nats = streams.get("nats")
+        if isinstance(nats, JetStreamEvents):
+            with contextlib.suppress(Exception):
+                await (await nats._jetstream()).delete_stream(nats.stream)
+            await nats.close()
+        for channel in channels:
+            await channel.close()
     return rates, costs
 
 
@@ -263,6 +289,8 @@ async def wait_serving(port: int) -> None:
 
 
 def main() -> int:
+    # `--appends-only`: the append part alone (a lever's before/after in a minute).
+    appends_only = "--appends-only" in sys.argv[1:]
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="liveml-bench-events-"))
     model = mlp(work / "v1.onnx", 64, 256, 10)
@@ -281,12 +309,36 @@ def main() -> int:
         token = (work / "admin.token").read_text().strip()
         os.sched_setaffinity(0, {int(CLIENT_CORE)})
         print("appends: batches of 500 prediction events ...", flush=True)
-        rates, costs = asyncio.run(appends(reg_port, procs[0].pid, token))
+        baseline = None
+        if BASELINE:
+            base_port = free_port()
+            base_env = {
+                **env,
+                "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/base.db",
+                "LIVEML_ADMIN_TOKEN_FILE": str(work / "base.token"),
+            }
+            base_args = [str(Path(BASELINE) / ".venv" / "bin" / "liveml"), *registry_args[1:]]
+            base_args[base_args.index(str(reg_port))] = str(base_port)
+            procs.append(start(base_args, base_port, base_env, SERVER_CORE))
+            base_token = (work / "base.token").read_text().strip()
+            baseline = Registry(base_port, procs[-1].pid, base_token)
+        registry = Registry(reg_port, procs[0].pid, token)
+        rates, costs = asyncio.run(appends(registry, baseline))
+        if baseline is not None:
+            done = procs.pop()
+            done.terminate()
+            done.wait(30)
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if appends_only:
+            report_appends(rates, costs)
+            return 0
         # The gateway part: the registry (every thread) moves to the client's core, as in
         # bench/gateway.py.
         subprocess.run(["taskset", "-a", "-p", "-c", CLIENT_CORE, str(procs[0].pid)], check=True,
                        capture_output=True)  # fmt: skip
+        # h2load sends no token: the data plane open to anonymous callers (as the tests
+        # run it), alike for every gateway compared; bench/auth.py measures auth's cost.
+        os.environ["LIVEML_ALLOW_ANONYMOUS"] = "true"
         asyncio.run(publish(reg_port, token, "mlp", [model]))
         asyncio.run(route(reg_port, token, "mlp", mirror=False))
         common = ["--registry", f"127.0.0.1:{reg_port}", "--registry-token", token]
@@ -373,13 +425,7 @@ async def drop_stream(name: str) -> None:
             await connection.close()
 
 
-def report(
-    rates: dict[tuple[str, int], list[Cell]],
-    costs: dict[str, list[float]],
-    cells: dict[str, list[Result]],
-    cpu: dict[str, list[float]],
-    logged: dict[str, tuple[float, float, float]],
-) -> None:
+def append_lines(rates: dict[tuple[str, int], list[Cell]]) -> list[str]:
     lines = [
         f"Appends: events/s, batches of {BATCH} prediction events; each cell {APPEND_SECONDS:g} s,"
         f" {APPEND_ROUNDS} interleaved rounds (median, and the range).",
@@ -398,6 +444,38 @@ def report(
             f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
             f"| {client:.0f}, {server:.0f} | ≥ {goal:,.0f} {mark} |"
         )
+    return lines
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; Python "
+        f"{platform.python_version()}; grpcio {version('grpcio')}, onnxruntime "
+        f"{version('onnxruntime')}, nats-py {version('nats-py')}, SQLAlchemy "
+        f"{version('sqlalchemy')}, aiosqlite {version('aiosqlite')}, SQLite "
+        f"{sqlite3.sqlite_version}"
+    )
+
+
+def report_appends(rates: dict[tuple[str, int], list[Cell]], costs: dict[str, list[float]]) -> None:
+    lines = append_lines(rates)
+    lines += ["", "CPU µs per prediction through PredictionLog (median of rounds):"]
+    lines += [f"- {name}: {statistics.median(values):.0f}" for name, values in costs.items()]
+    text = machine() + "\n\n" + "\n".join(lines)
+    print()
+    print(text)
+    (OUT / "events-appends.md").write_text(text + "\n")
+
+
+def report(
+    rates: dict[tuple[str, int], list[Cell]],
+    costs: dict[str, list[float]],
+    cells: dict[str, list[Result]],
+    cpu: dict[str, list[float]],
+    logged: dict[str, tuple[float, float, float]],
+) -> None:
+    lines = append_lines(rates)
     off = cells[OFF]
     lines += [
         "",
@@ -448,12 +526,7 @@ def report(
         implied = base / (base + extra)
         mark = "✓" if implied >= 0.9 else "✗"
         lines.append(f"| {name} | {extra:.0f} | {implied:.2f} | ≥ 0.9 {mark} |")
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-        f"grpcio {version('grpcio')}, onnxruntime {version('onnxruntime')}, nats-py "
-        f"{version('nats-py')}, SQLAlchemy {version('sqlalchemy')}, aiosqlite {version('aiosqlite')}"
-    )
-    text = machine + "\n\n" + "\n".join(lines)
+    text = machine() + "\n\n" + "\n".join(lines)
     print()
     print(text)
     (OUT / "events.md").write_text(text + "\n")

@@ -201,13 +201,18 @@ class EventRow(Base):
         Index("ix_events_model_sequence", "model", "sequence"),
         Index("ix_events_model_kind", "model", "kind"),
     )
-    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # On SQLite declared INTEGER, so it is the rowid: no separate primary-key index to
+    # write per event (migration 0010); 64 bits on both.
+    sequence: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
     kind: Mapped[int] = mapped_column(Integer, nullable=False)
     model: Mapped[str] = mapped_column(String(128), nullable=False)
     # The dedup key: unique for ever (JetStream's dedup window has no counterpart here).
     key: Mapped[str] = mapped_column(String(256), nullable=False, unique=True)
-    # When the registry stored it (its own clock): retention by age cuts here.
-    stored_us: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    # When the registry stored it (its own clock): retention by age cuts here. Not
+    # indexed: retention scans the bounded prefix it may remove, by sequence.
+    stored_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
     size: Mapped[int] = mapped_column(Integer, nullable=False)
     proto: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import OutOfRange
 from services.common.events import (
@@ -36,7 +39,6 @@ from services.common.events import (
     Start,
     Stats,
     retention_gap,
-    wire,
 )
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.registry.db import EventMeta, EventRow
@@ -49,9 +51,132 @@ _GROUP_EVENTS = 5000  # events written together at most (a batch bigger goes alo
 _RETAIN_CHUNK = 20_000  # events deleted per retention transaction
 # An idle follower sends its position this often, so a filtered reader's lag stays known.
 PROGRESS_SECONDS = 5.0
-EVENTS = cast(Table, EventRow.__table__)
-_FIRST = select(EventMeta.first_sequence).where(EventMeta.id == 1)
-_LAST = select(EventMeta.last_sequence).where(EventMeta.id == 1)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The append's statements in the driver's own parameter style."""
+
+    lock: str
+    insert: str
+    advance: str
+    first: str
+    last: str
+    in_list: bool  # SQLite: key IN (?, ?, ...); PostgreSQL: key = ANY($1), one array
+
+    def known(self, n: int) -> str:
+        if self.in_list:
+            return f"SELECT key, sequence FROM events WHERE key IN ({', '.join('?' * n)})"
+        return "SELECT key, sequence FROM events WHERE key = ANY($1::varchar[])"
+
+    def keys(self, keys: list[str]) -> tuple[Any, ...]:
+        return tuple(keys) if self.in_list else (keys,)
+
+    def rows(self, model: str, kinds: list[int]) -> tuple[str, tuple[Any, ...]]:
+        """A reader's query (parameters: after, these, the limit) and its parameters."""
+
+        def mark(n: int) -> str:
+            return "?" if self.in_list else f"${n}"
+
+        where = [f"sequence > {mark(1)}"]
+        params: list[Any] = []
+        if model:
+            params.append(model)
+            where.append(f"model = {mark(len(params) + 1)}")
+        if kinds and self.in_list:
+            params += kinds
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        elif kinds:
+            params.append(kinds)
+            where.append(f"kind = ANY({mark(len(params) + 1)}::int[])")
+        query = (
+            f"SELECT sequence, proto FROM events WHERE {' AND '.join(where)} "
+            f"ORDER BY sequence LIMIT {mark(len(params) + 2)}"
+        )
+        return query, tuple(params)
+
+
+_COLUMNS = "sequence, kind, model, key, stored_us, size, proto"
+_FIRST = "SELECT first_sequence FROM event_meta WHERE id = 1"
+_LAST = "SELECT last_sequence FROM event_meta WHERE id = 1"
+_STATEMENTS = {
+    "sqlite": _Statements(
+        lock="SELECT last_sequence FROM event_meta WHERE id = 1",
+        insert=f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        advance="UPDATE event_meta SET last_sequence = ?, bytes = bytes + ? WHERE id = 1",
+        first=_FIRST,
+        last=_LAST,
+        in_list=True,
+    ),
+    "postgresql": _Statements(
+        lock="SELECT last_sequence FROM event_meta WHERE id = 1 FOR UPDATE",
+        insert=f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        advance="UPDATE event_meta SET last_sequence = $1, bytes = bytes + $2 WHERE id = 1",
+        first=_FIRST,
+        last=_LAST,
+        in_list=False,
+    ),
+}
+
+
+def _sql(dialect: str) -> _Statements:
+    return _STATEMENTS[dialect]
+
+
+_T = TypeVar("_T")
+
+
+async def _on_sqlite_thread(conn: AsyncConnection, work: Callable[..., _T], *args: Any) -> _T:
+    """`work(sqlite3_connection, *args)` on the transaction's connection, on aiosqlite's
+    thread, in one trip (as SQLAlchemy's own aiosqlite adapter reaches that connection)."""
+    driver: Any = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
+    return cast(_T, await driver._execute(work, driver._conn, *args))
+
+
+def _fetch(
+    db: sqlite3.Connection, sql: _Statements, query: str, parameters: tuple[Any, ...]
+) -> tuple[int, list[Any], int]:
+    """A reader's poll on SQLite: the last sequence, the rows, the first sequence."""
+    last = int(db.execute(sql.last).fetchone()[0])
+    rows = db.execute(query, parameters).fetchall()
+    return last, rows, int(db.execute(sql.first).fetchone()[0])
+
+
+def _plan(
+    events: Sequence[Encoded], last: int, known: dict[str, int], stored_us: int
+) -> tuple[Appended, list[tuple[Any, ...]], int, int]:
+    """Sequences for the events after `last` (keys in `known` are duplicates): the
+    answer, the rows to insert, the new last sequence and the bytes they add."""
+    result = Appended()
+    sequences, duplicates = result.sequences, result.duplicates
+    rows = []
+    sequence = last
+    size = 0
+    for event in events:
+        seen = known.get(event.key)
+        if seen is not None:
+            sequences.append(seen)
+            duplicates.append(True)
+            continue
+        sequence += 1
+        known[event.key] = sequence  # a key twice in one batch is stored once
+        sequences.append(sequence)
+        duplicates.append(False)
+        n = len(event.data)
+        size += n
+        rows.append((sequence, event.kind, event.model, event.key, stored_us, n, event.data))
+    return result, rows, sequence, size
+
+
+def _parse(rows: Sequence[Any]) -> list[epb.Event]:
+    """Stored rows (sequence, proto) as events. The sequence is set after parsing:
+    appending its field to the bytes first copied every event once more."""
+    out = []
+    for sequence, proto in rows:
+        event = epb.Event.FromString(proto)
+        event.sequence = sequence
+        out.append(event)
+    return out
 
 
 class SqlEventLog:
@@ -141,53 +266,46 @@ class SqlEventLog:
                 done.set_result(alone)
 
     async def _write(self, events: Sequence[Encoded]) -> Appended:
+        # Driver-level SQL with rows as plain tuples: SQLAlchemy's per-row work (bind
+        # processing, compiled parameters, the result rows) cost the registry more CPU
+        # per event than SQLite's own insert did.
+        sql = _sql(self.store.dialect)
         stored_us = now_us()
         async with self.store.write_unversioned() as session:
-            meta = (
-                await session.execute(select(EventMeta).where(EventMeta.id == 1).with_for_update())
-            ).scalar_one()
-            keys = list({e.key for e in events})
-            known: dict[str, int] = {}
-            for i in range(0, len(keys), _KEYS_PER_QUERY):
-                found = await session.execute(
-                    select(EventRow.key, EventRow.sequence).where(
-                        EventRow.key.in_(keys[i : i + _KEYS_PER_QUERY])
-                    )
-                )
-                known.update((k, s) for k, s in found.all())
-            result = Appended()
-            rows = []
-            sequence = meta.last_sequence
-            size = 0
-            for event in events:
-                seen = known.get(event.key)
-                if seen is not None:
-                    result.sequences.append(seen)
-                    result.duplicates.append(True)
-                    continue
-                sequence += 1
-                known[event.key] = sequence  # a key twice in one batch is stored once
-                result.sequences.append(sequence)
-                result.duplicates.append(False)
-                size += len(event.data)
-                rows.append(
-                    {
-                        "sequence": sequence,
-                        "kind": event.kind,
-                        "model": event.model,
-                        "key": event.key,
-                        "stored_us": stored_us,
-                        "size": len(event.data),
-                        "proto": event.data,
-                    }
-                )
-            if rows:
-                # The table, not the mapped class: a Core executemany skips the ORM's
-                # per-row bulk bookkeeping (1.3 - 1.7x the appends per second).
-                await session.execute(insert(EVENTS), rows)
-                meta.last_sequence = sequence
-                meta.bytes += size
-        if rows:
+            conn = await session.connection()
+            if self.store.dialect == "sqlite":
+                # The whole append in one call on SQLite's own thread (BEGIN IMMEDIATE,
+                # taken above, holds the write lock): every statement through the async
+                # adapter is a few trips between threads.
+                def append(db: sqlite3.Connection) -> tuple[Appended, bool]:
+                    last = int(db.execute(sql.lock).fetchone()[0])
+                    keys = list({e.key for e in events})
+                    known: dict[str, int] = {}
+                    for i in range(0, len(keys), _KEYS_PER_QUERY):
+                        part = keys[i : i + _KEYS_PER_QUERY]
+                        known.update(db.execute(sql.known(len(part)), part).fetchall())
+                    result, rows, sequence, size = _plan(events, last, known, stored_us)
+                    if rows:
+                        db.executemany(sql.insert, rows)
+                        db.execute(sql.advance, (sequence, size))
+                    return result, bool(rows)
+
+                result, wrote = await _on_sqlite_thread(conn, append)
+            else:
+                # PostgreSQL: the meta row's lock orders appends.
+                last = int((await conn.exec_driver_sql(sql.lock)).scalar_one())
+                keys = list({e.key for e in events})
+                known: dict[str, int] = {}
+                for i in range(0, len(keys), _KEYS_PER_QUERY):
+                    part = keys[i : i + _KEYS_PER_QUERY]
+                    found = await conn.exec_driver_sql(sql.known(len(part)), sql.keys(part))
+                    known.update(cast(list[tuple[str, int]], found.all()))
+                result, rows, sequence, size = _plan(events, last, known, stored_us)
+                if rows:
+                    await conn.exec_driver_sql(sql.insert, rows)
+                    await conn.exec_driver_sql(sql.advance, (sequence, size))
+                wrote = bool(rows)
+        if wrote:
             self._wake()
         return result
 
@@ -217,11 +335,8 @@ class SqlEventLog:
             after = last
         elif start == Start.START_OLDEST:
             after = first - 1
-        query = select(EventRow.sequence, EventRow.proto).order_by(EventRow.sequence)
-        if model:
-            query = query.where(EventRow.model == model)
-        if kinds:
-            query = query.where(EventRow.kind.in_(list(kinds)))
+        sql = _sql(self.store.dialect)
+        query, params = sql.rows(model, list(kinds))
         reported = time.monotonic()
         told = after  # the reader knows it has everything through here
         while True:
@@ -231,12 +346,18 @@ class SqlEventLog:
             # ran meanwhile is seen). One transaction for the three: in SQLite it is one
             # snapshot (rows and bounds agree), in PostgreSQL each statement sees what
             # committed before it began; a session each would cost more than the reads.
+            # Driver-level SQL and plain rows: the joiner reads every prediction back.
             async with self.store.read() as session:
-                last = (await session.execute(_LAST)).scalar_one()
-                rows = (
-                    await session.execute(query.where(EventRow.sequence > after).limit(max_batch))
-                ).all()
-                first = (await session.execute(_FIRST)).scalar_one()
+                conn = await session.connection()
+                parameters = (after, *params, max_batch)
+                if self.store.dialect == "sqlite":
+                    last, rows, first = await _on_sqlite_thread(
+                        conn, _fetch, sql, query, parameters
+                    )
+                else:
+                    last = int((await conn.exec_driver_sql(sql.last)).scalar_one())
+                    rows = list((await conn.exec_driver_sql(query, parameters)).all())
+                    first = int((await conn.exec_driver_sql(sql.first)).scalar_one())
             gap = retention_gap(after, first, Start.START_AFTER_SEQUENCE)
             if gap is not None:
                 raise OutOfRange(gap)
@@ -246,7 +367,7 @@ class SqlEventLog:
             # Events it does not want (other kinds or models) move `after` on without a
             # batch; a progress mark tells the reader, so its position can follow.
             if rows or (through > told and time.monotonic() - reported >= PROGRESS_SECONDS):
-                parsed = [epb.Event.FromString(wire.with_sequence(p, s)) for s, p in rows]
+                parsed = _parse(rows)
                 yield Batch(parsed, through, first, max(last, through))
                 reported, told = time.monotonic(), through
             after = through
@@ -270,10 +391,14 @@ class SqlEventLog:
                     )
                 ).scalar_one()
                 limit = meta.first_sequence - 1 + _RETAIN_CHUNK
+                # No index on stored_us: the prefix that may go is scanned by sequence
+                # (at most _RETAIN_CHUNK events).
                 aged = (
                     await session.execute(
                         select(func.max(EventRow.sequence)).where(
-                            EventRow.stored_us < horizon, EventRow.sequence <= limit
+                            EventRow.stored_us < horizon,
+                            EventRow.sequence >= meta.first_sequence,
+                            EventRow.sequence <= limit,
                         )
                     )
                 ).scalar_one()
@@ -311,12 +436,17 @@ class SqlEventLog:
         async with self.store.read() as session:
             meta = (await session.execute(select(EventMeta).where(EventMeta.id == 1))).scalar_one()
             counted = select(EventRow.kind, func.count()).group_by(EventRow.kind)
-            times = select(func.min(EventRow.stored_us), func.max(EventRow.stored_us))
+            # The oldest and newest events' times, at the two ends of the sequence (its
+            # index, or the model's): stored_us has no index of its own.
+            times = select(EventRow.stored_us).limit(1)
             if model:
                 counted = counted.where(EventRow.model == model)
                 times = times.where(EventRow.model == model)
             counts = {int(k): int(n) for k, n in (await session.execute(counted)).all()}
-            oldest, newest = (await session.execute(times)).one()
+            oldest = (await session.execute(times.order_by(EventRow.sequence))).scalar_one_or_none()
+            newest = (
+                await session.execute(times.order_by(EventRow.sequence.desc()))
+            ).scalar_one_or_none()
         return Stats(
             backend=self.backend,
             counts=counts,

@@ -42,14 +42,21 @@ class EventService:
     @abort_on_error
     async def AppendEvents(self, request: rpb.AppendEventsRequest, context: Ctx) -> Any:
         principal = current_principal()
+        ingest_only = bool(principal and principal.role == Role.INGEST)
+        models: set[str] = set()  # checked already (a batch is mostly one model's)
+        encoded = []
         for i, event in enumerate(request.events):
             events.check(event, i)
-            names.check_id("model", event.model)
-            if principal and principal.role == Role.INGEST and event.kind != epb.EVENT_KIND_EXAMPLE:
+            model = event.model
+            if model not in models:
+                names.check_id("model", model)
+                models.add(model)
+            kind = event.kind
+            if ingest_only and kind != epb.EVENT_KIND_EXAMPLE:
                 raise PermissionDenied(
                     f"events[{i}]: role ingest may append EVENT_KIND_EXAMPLE events only"
                 )
-        encoded = [events.encode(e) for e in request.events]
+            encoded.append(events.Encoded(kind, model, event.key, event.SerializeToString()))
         appended = await append_counted(self.events, encoded)
         return rpb.AppendEventsResponse(
             sequences=appended.sequences,

@@ -3,10 +3,12 @@ protocol's framing, events over NATS's payload limit, and PubAck answers."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
-from services.common.events.jetstream import _pub_ack
+from services.common.events.jetstream import _Client, _pub_ack
 from tests.helpers.events import drop_stream, example, read_all, require_nats, unique_nats
 
 pytestmark = pytest.mark.nats
@@ -15,6 +17,10 @@ pytestmark = pytest.mark.nats
 def test_pub_acks_as_the_server_writes_them() -> None:
     assert _pub_ack(b'{"stream":"S", "seq":12}') == (12, False)
     assert _pub_ack(b'{"stream":"S", "seq":12,"duplicate": true}') == (12, True)
+    # nats-server's own spacing (the one-match path), with and without a domain.
+    assert _pub_ack(b'{"stream":"S","seq":7}') == (7, False)
+    assert _pub_ack(b'{"stream":"S","seq":7,"duplicate": true}') == (7, True)
+    assert _pub_ack(b'{"stream":"S","domain":"hub","seq":7,"duplicate":true}') == (7, True)
     refused = _pub_ack(b'{"error":{"code":400,"description":"maximum messages exceeded"}}')
     assert isinstance(refused, ServiceError) and "maximum messages exceeded" in str(refused)
     assert isinstance(_pub_ack(b"not json"), Unavailable)
@@ -41,3 +47,49 @@ async def test_keys_with_line_breaks_and_oversized_events() -> None:
         assert events[0].key == "a\r\nHPUB x y 1 1\r\n"  # the event keeps its own key
     finally:
         await drop_stream(stream)
+
+
+async def test_an_append_after_the_stream_is_deleted_is_unavailable_at_once() -> None:
+    """The acks are taken off nats-py's parser: the server's 503 (no stream for the
+    subject) still fails the append with UNAVAILABLE, well before its timeout."""
+    require_nats()
+    stream = unique_nats()
+    try:
+        assert (await stream.append([example(1), example(2)])).stored == 2
+        await (await stream._jetstream()).delete_stream(stream.stream)
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            await stream.append([example(3)])
+        assert "no stream" in caught.value.message
+        assert time.monotonic() - started < stream.timeout / 2
+    finally:
+        await stream.close()
+
+
+async def test_acks_read_off_the_parser_whatever_the_reads_split() -> None:
+    """PubAcks to the publish inbox are read in a loop of their own; a read may end
+    anywhere (in a control line, in a payload), and other deliveries go to nats-py."""
+    acks = [
+        b'{"stream":"S", "seq":%d}' % n if n != 2 else b'{"stream":"S", "seq":2,"duplicate": true}'
+        for n in range(1, 5)
+    ]
+    wire = b"".join(
+        b"MSG _INBOX.x.7-%d 1  %d\r\n%s\r\n" % (i, len(a), a) for i, a in enumerate(acks)
+    )
+    other = b"MSG other.subject 9  5\r\nhello\r\n"  # a subscription that does not exist
+    data = wire + other + wire
+    expected = [(b"_INBOX.x.7-%d" % i, a) for i, a in enumerate(acks)] * 2
+    for cut in range(1, len(data)):
+        client = _Client()
+        client.ack_sid = 1
+        seen: list[tuple[bytes, bytes]] = []
+        client.on_ack = lambda subject, payload, headers, seen=seen: seen.append((subject, payload))
+        await client._ps.parse(data[:cut])
+        await client._ps.parse(data[cut:])
+        assert seen == expected, f"split at byte {cut}"
+        assert [_pub_ack(payload) for _, payload in seen[:4]] == [
+            (1, False),
+            (2, True),
+            (3, False),
+            (4, False),
+        ]
