@@ -8,22 +8,22 @@ import time
 import pytest
 
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
-from services.common.events.jetstream import _Client, _pub_ack
+from services.common.events.jetstream_acks import AckClient, pub_ack
 from tests.helpers.events import drop_stream, example, read_all, require_nats, unique_nats
 
 pytestmark = pytest.mark.nats
 
 
 def test_pub_acks_as_the_server_writes_them() -> None:
-    assert _pub_ack(b'{"stream":"S", "seq":12}') == (12, False)
-    assert _pub_ack(b'{"stream":"S", "seq":12,"duplicate": true}') == (12, True)
+    assert pub_ack(b'{"stream":"S", "seq":12}') == (12, False)
+    assert pub_ack(b'{"stream":"S", "seq":12,"duplicate": true}') == (12, True)
     # nats-server's own spacing (the one-match path), with and without a domain.
-    assert _pub_ack(b'{"stream":"S","seq":7}') == (7, False)
-    assert _pub_ack(b'{"stream":"S","seq":7,"duplicate": true}') == (7, True)
-    assert _pub_ack(b'{"stream":"S","domain":"hub","seq":7,"duplicate":true}') == (7, True)
-    refused = _pub_ack(b'{"error":{"code":400,"description":"maximum messages exceeded"}}')
+    assert pub_ack(b'{"stream":"S","seq":7}') == (7, False)
+    assert pub_ack(b'{"stream":"S","seq":7,"duplicate": true}') == (7, True)
+    assert pub_ack(b'{"stream":"S","domain":"hub","seq":7,"duplicate":true}') == (7, True)
+    refused = pub_ack(b'{"error":{"code":400,"description":"maximum messages exceeded"}}')
     assert isinstance(refused, ServiceError) and "maximum messages exceeded" in str(refused)
-    assert isinstance(_pub_ack(b"not json"), Unavailable)
+    assert isinstance(pub_ack(b"not json"), Unavailable)
 
 
 async def test_keys_with_line_breaks_and_oversized_events() -> None:
@@ -80,14 +80,14 @@ async def test_acks_read_off_the_parser_whatever_the_reads_split() -> None:
     data = wire + other + wire
     expected = [(b"_INBOX.x.7-%d" % i, a) for i, a in enumerate(acks)] * 2
     for cut in range(1, len(data)):
-        client = _Client()
+        client = AckClient()
         client.ack_sid = 1
         seen: list[tuple[bytes, bytes]] = []
         client.on_ack = lambda subject, payload, headers, seen=seen: seen.append((subject, payload))
         await client._ps.parse(data[:cut])
         await client._ps.parse(data[cut:])
         assert seen == expected, f"split at byte {cut}"
-        assert [_pub_ack(payload) for _, payload in seen[:4]] == [
+        assert [pub_ack(payload) for _, payload in seen[:4]] == [
             (1, False),
             (2, True),
             (3, False),
