@@ -65,6 +65,9 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.controller.stop()  # hands leadership over without waiting for the lease
+        if self.store.leases is not None:
+            with contextlib.suppress(Exception):  # the restart grace covers what is lost
+                await self.store.leases.flush()
         await self.events.stop()
         await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
@@ -151,7 +154,9 @@ async def start(settings: RegistrySettings) -> Registry:
         settings.artifact_dir, secrets.artifact_keys, settings.max_artifact_bytes
     )
     async with store.write("registry") as tx:
+        # Covers the renewals a registry that died held in memory, not yet written.
         await workers.renew_all(tx, settings.restart_grace_seconds)
+    leases = workers.Leases(store, settings.lease_flush_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
     alerts = Alerts(store, settings.alert_webhook)
@@ -214,6 +219,7 @@ async def start(settings: RegistrySettings) -> Registry:
             name="lease sweep",
         ),
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+        *([asyncio.create_task(leases.run(), name="lease flush")] if leases.flush_seconds else []),
         asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
@@ -229,6 +235,9 @@ def serve(settings: RegistrySettings) -> int:
             for task in registry.tasks:
                 task.cancel()
             await registry.controller.stop()
+            if registry.store.leases is not None:
+                with contextlib.suppress(Exception):  # the restart grace covers it
+                    await registry.store.leases.flush()
             await registry.events.stop()
             await registry.feed.stop()  # ends open watches so the server can stop
 

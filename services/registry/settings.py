@@ -75,6 +75,12 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
     restart_grace_seconds: float = Field(
         30.0, ge=0, description="Lease every known worker gets when the registry starts, seconds."
     )
+    lease_flush_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often lease renewals held in memory are written (one UPDATE for "
+        "all), seconds; a lease lapses this much after it ran out. 0 = write each at once.",
+    )
     watch_progress_seconds: float = Field(
         5.0, gt=0, description="Progress message interval of an idle watch, seconds."
     )

@@ -77,6 +77,7 @@ class Feed:
     async def start(self) -> None:
         self.hub.notify((await self.store.revision())[0])
         self._tasks.append(asyncio.create_task(self._poll(), name="watch-poll"))
+        self._tasks.append(asyncio.create_task(self._hand_on(), name="watch-hand-on"))
         if self.store.dialect == "postgresql":
             self._tasks.append(asyncio.create_task(self._listen(), name="watch-listen"))
 
@@ -124,6 +125,59 @@ class Feed:
             except Exception as exc:
                 log.warning("LISTEN connection lost (%s); polling meanwhile, reconnecting", exc)
                 await asyncio.sleep(1)
+
+    async def _hand_on(self) -> None:
+        """Hand the credential and worker events other registry processes commit to the
+        store's event listeners (the token table, the leases held in memory); this
+        process's own reach them at commit."""
+        last = self.hub.revision
+        while not self.hub.closed:
+            await self.hub.wait_beyond(last, 30.0)
+            if self.hub.revision <= last:
+                continue
+            try:
+                last = await self._hand_on_after(last)
+            except Exception as exc:  # read again at the next change or poll
+                log.warning("change feed: reading credential and worker events failed: %s", exc)
+                await asyncio.sleep(self.poll_seconds)
+
+    async def _hand_on_after(self, last: int) -> int:
+        while True:
+            async with self.store.read() as session:
+                current, compacted = (
+                    await session.execute(select(Meta.revision, Meta.compacted_revision))
+                ).one()
+                rows = (
+                    await session.execute(
+                        select(ChangeRow.revision, ChangeRow.proto)
+                        .where(
+                            ChangeRow.revision > last,
+                            ChangeRow.kind.in_(("credential", "worker")),
+                        )
+                        .order_by(ChangeRow.revision, ChangeRow.seq)
+                        .limit(EVENTS_BATCH)
+                    )
+                ).all()
+            if last < compacted:
+                for reset in self.store.reset_listeners:
+                    reset()
+            local = self.store.local_revisions
+            remote = [rpb.WatchEvent.FromString(p) for r, p in rows if r not in local]
+            if remote:
+                for on_events in self.store.event_listeners:
+                    on_events(remote, False)
+            if len(rows) < EVENTS_BATCH:
+                return max(last, int(current))
+            if rows[0][0] == rows[-1][0]:
+                # One revision larger than a batch (a mass expiry): forget everything
+                # rather than read it in pieces.
+                for reset in self.store.reset_listeners:
+                    reset()
+                last = int(rows[-1][0])
+            else:
+                # Its last revision may continue past the batch: read it again whole
+                # (handing an event on twice only forgets twice).
+                last = int(rows[-1][0]) - 1
 
     async def snapshot(self) -> tuple[int, list[rpb.WatchEvent]]:
         """Everything the data plane needs, at one revision."""
