@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -202,8 +204,19 @@ async def start(settings: RegistrySettings) -> Registry:
     registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
+    # (when, revision) at each compaction: history is kept by time, not only by count,
+    # so a watcher connected all along never falls behind it at a busy moment.
+    marks: collections.deque[tuple[float, int]] = collections.deque()
+
     async def compact() -> None:
-        await store.compact(settings.watch_keep_revisions)
+        now = time.monotonic()
+        marks.append((now, (await store.revision())[0]))
+        through = None
+        while marks and marks[0][0] <= now - settings.watch_keep_seconds:
+            through = marks.popleft()[1]
+        if through is None:
+            return  # not yet as old as what is kept
+        await store.compact(settings.watch_keep_revisions, through)
 
     async def expire_runs() -> None:
         async with store.read() as session:

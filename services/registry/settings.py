@@ -88,7 +88,13 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
         1.0, gt=0, description="How often the change feed is polled (a fallback to NOTIFY)."
     )
     watch_keep_revisions: int = Field(
-        10_000, ge=10, description="Change-feed revisions kept before compaction."
+        10_000, ge=10, description="Change-feed revisions kept at least (however old)."
+    )
+    watch_keep_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Change-feed history kept at least, seconds: a revision is compacted "
+        "away once it is older than this and not among the newest --watch-keep-revisions.",
     )
     controller_seconds: float = Field(
         1.0, gt=0, description="How often the rollout controller looks at canaries, seconds."

@@ -277,11 +277,15 @@ class Store:
             row = (await session.execute(select(Meta.revision, Meta.compacted_revision))).one()
             return int(row[0]), int(row[1])
 
-    async def compact(self, keep: int) -> int:
-        """Drop change-feed rows older than the newest `keep` revisions; return the new floor."""
+    async def compact(self, keep: int, through: int | None = None) -> int:
+        """Drop change-feed rows older than the newest `keep` revisions (and, given
+        `through`, no newer than it); return the new floor."""
         async with self._writes() as session, session.begin():
             meta = (await session.execute(select(Meta).with_for_update())).scalar_one()
-            floor = max(meta.compacted_revision, meta.revision - keep)
+            floor = meta.revision - keep
+            if through is not None:
+                floor = min(floor, through)
+            floor = max(meta.compacted_revision, floor)
             if floor > meta.compacted_revision:
                 await session.execute(delete(ChangeRow).where(ChangeRow.revision <= floor))
                 meta.compacted_revision = floor
