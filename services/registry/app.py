@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +67,9 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.controller.stop()  # hands leadership over without waiting for the lease
+        if self.store.leases is not None:
+            with contextlib.suppress(Exception):  # the restart grace covers what is lost
+                await self.store.leases.flush()
         await self.events.stop()
         await self.feed.stop()  # ends open watches first, so the server can stop at once
         await self.running.stop(grace)
@@ -151,7 +156,9 @@ async def start(settings: RegistrySettings) -> Registry:
         settings.artifact_dir, secrets.artifact_keys, settings.max_artifact_bytes
     )
     async with store.write("registry") as tx:
+        # Covers the renewals a registry that died held in memory, not yet written.
         await workers.renew_all(tx, settings.restart_grace_seconds)
+    leases = workers.Leases(store, settings.lease_flush_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
     alerts = Alerts(store, settings.alert_webhook)
@@ -197,8 +204,19 @@ async def start(settings: RegistrySettings) -> Registry:
     registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
+    # (when, revision) at each compaction: history is kept by time, not only by count,
+    # so a watcher connected all along never falls behind it at a busy moment.
+    marks: collections.deque[tuple[float, int]] = collections.deque()
+
     async def compact() -> None:
-        await store.compact(settings.watch_keep_revisions)
+        now = time.monotonic()
+        marks.append((now, (await store.revision())[0]))
+        through = None
+        while marks and marks[0][0] <= now - settings.watch_keep_seconds:
+            through = marks.popleft()[1]
+        if through is None:
+            return  # not yet as old as what is kept
+        await store.compact(settings.watch_keep_revisions, through)
 
     async def expire_runs() -> None:
         async with store.read() as session:
@@ -214,6 +232,7 @@ async def start(settings: RegistrySettings) -> Registry:
             name="lease sweep",
         ),
         asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+        *([asyncio.create_task(leases.run(), name="lease flush")] if leases.flush_seconds else []),
         asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]
@@ -229,6 +248,9 @@ def serve(settings: RegistrySettings) -> int:
             for task in registry.tasks:
                 task.cancel()
             await registry.controller.stop()
+            if registry.store.leases is not None:
+                with contextlib.suppress(Exception):  # the restart grace covers it
+                    await registry.store.leases.flush()
             await registry.events.stop()
             await registry.feed.stop()  # ends open watches so the server can stop
 

@@ -136,6 +136,8 @@ class TokenPrincipal(Principal):
 
     token_id: str = ""
     worker_id: str = ""
+    # Bound at creation (never moves) rather than on first use.
+    worker_id_fixed: bool = False
 
 
 def new_secret(token_id: str) -> str:
@@ -236,12 +238,87 @@ def _when(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class _Token:
+    """What a call's check needs of a token row (a copy: rows belong to sessions)."""
+
+    id: str
+    secret_hash: str
+    role: int
+    display_name: str
+    revoked: bool
+    expire_us: int | None
+    worker_id: str
+    worker_id_fixed: bool
+
+    @classmethod
+    def of(cls, row: TokenRow) -> _Token:
+        return cls(
+            row.id,
+            row.secret_hash,
+            row.role,
+            row.display_name,
+            bool(row.revoked),
+            row.expire_us,
+            row.worker_id or "",
+            bool(row.worker_id_fixed),
+        )
+
+
 class TokenAuthenticator:
-    """Bearer tokens from the database; client certificates by a configured CN -> role map."""
+    """Bearer tokens from the database; client certificates by a configured CN -> role map.
+
+    Tokens are checked against an in-memory copy of the tokens table, not a database
+    read per call (and per open stream every RECHECK_SECONDS): a token is read once,
+    on its first use, and then kept current by this process's own writes (a revocation
+    here is in the table before RevokeToken answers) and by the change feed's
+    credential events for what other registry processes wrote (`follow`, in the
+    feed's latency). A token the table does not know is looked up in the database.
+    """
 
     def __init__(self, store: Store, certificates: Mapping[str, Role] | None = None) -> None:
         self._store = store
         self._certificates = dict(certificates or {})
+        self._tokens: dict[str, _Token] = {}
+        # Bumped by every change the table learns: a lookup that read the database
+        # before a change landed must not put its older row back.
+        self._epoch = 0
+        store.row_listeners.append(self._learn_rows)
+        store.event_listeners.append(self._learn_events)
+        store.reset_listeners.append(self._forget_all)
+
+    def _forget_all(self) -> None:
+        self._epoch += 1
+        self._tokens.clear()
+
+    def _learn_rows(self, rows: list[object]) -> None:
+        for row in rows:
+            if isinstance(row, TokenRow):
+                self._epoch += 1
+                self._tokens[row.id] = _Token.of(row)
+
+    def _learn_events(self, events: list[rpb.WatchEvent], local: bool) -> None:
+        if local:
+            return  # this process's writes arrive as rows, binding included
+        for event in events:
+            if event.WhichOneof("resource") == "credential":
+                # Another registry wrote it: read it again at its next use.
+                self._epoch += 1
+                self._tokens.pop(simple_id(event.credential.name), None)
+
+    async def _token(self, token_id: str) -> _Token | None:
+        known = self._tokens.get(token_id)
+        if known is not None:
+            return known
+        epoch = self._epoch
+        async with self._store.read() as session:
+            row = await session.get(TokenRow, token_id)
+        if row is None:
+            return None
+        found = _Token.of(row)
+        if epoch == self._epoch:
+            self._tokens[token_id] = found
+        return found
 
     async def authenticate(self, token: str | None, peer_identity: str | None) -> Principal:
         if token is None:
@@ -254,8 +331,7 @@ class TokenAuthenticator:
         token_id = token_id_of(token)
         if token_id is None:
             raise AuthError("the bearer token is not valid")
-        async with self._store.read() as session:
-            row = await session.get(TokenRow, token_id)
+        row = await self._token(token_id)
         if row is None or not secrets.compare_digest(row.secret_hash, hash_secret(token)):
             raise AuthError("the bearer token is not valid")
         if row.revoked:
@@ -268,17 +344,22 @@ class TokenAuthenticator:
             f"tokens/{row.id} ({row.display_name})",
             PROTO_TO_ROLE[row.role],
             token_id=row.id,
-            worker_id=row.worker_id or "",
+            worker_id=row.worker_id,
+            worker_id_fixed=row.worker_id_fixed,
         )
 
     async def still_valid(self, principal: Principal) -> str | None:
         """None while the token of an open stream stands, else why it does not."""
         if not isinstance(principal, TokenPrincipal):
             return None
-        async with self._store.read() as session:
-            row = await session.get(TokenRow, principal.token_id)
+        row = await self._token(principal.token_id)
         if row is None or row.revoked:
             return f"{principal.name} has been revoked"
         if row.expire_us is not None and row.expire_us <= now_us():
             return f"{principal.name} expired at {_when(row.expire_us)}"
         return None
+
+
+def simple_id(name: str) -> str:
+    """`tokens/abc` -> `abc`."""
+    return name.rsplit("/", 1)[-1]

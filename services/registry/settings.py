@@ -75,6 +75,12 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
     restart_grace_seconds: float = Field(
         30.0, ge=0, description="Lease every known worker gets when the registry starts, seconds."
     )
+    lease_flush_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often lease renewals held in memory are written (one UPDATE for "
+        "all), seconds; a lease lapses this much after it ran out. 0 = write each at once.",
+    )
     watch_progress_seconds: float = Field(
         5.0, gt=0, description="Progress message interval of an idle watch, seconds."
     )
@@ -82,7 +88,13 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
         1.0, gt=0, description="How often the change feed is polled (a fallback to NOTIFY)."
     )
     watch_keep_revisions: int = Field(
-        10_000, ge=10, description="Change-feed revisions kept before compaction."
+        10_000, ge=10, description="Change-feed revisions kept at least (however old)."
+    )
+    watch_keep_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Change-feed history kept at least, seconds: a revision is compacted "
+        "away once it is older than this and not among the newest --watch-keep-revisions.",
     )
     controller_seconds: float = Field(
         1.0, gt=0, description="How often the rollout controller looks at canaries, seconds."

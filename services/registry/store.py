@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,11 +31,15 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import audit
 from services.registry.audit_chain import AuditChain
-from services.registry.db import AuditRow, ChangeRow, Meta
+from services.registry.db import AuditRow, ChangeRow, Meta, TokenRow
+
+if TYPE_CHECKING:
+    from services.registry.workers import Leases
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,22 @@ class Tx:
             self.chain.advance(*self._advance_to)
 
 
+# Rows whose committed state this process keeps in memory (security.TokenTable): a
+# write session collects the ones it flushed, and the store hands them on after commit.
+_TRACKED = (TokenRow,)
+
+
+class _WriteSession(Session):
+    """A write session that remembers the tracked rows it flushed (strongly: the
+    identity map alone would let a flushed row be collected before the commit)."""
+
+
+@event.listens_for(_WriteSession, "after_flush")
+def _collect(session: Session, _context: Any) -> None:
+    touched = session.info.setdefault("touched", [])
+    touched.extend(o for o in (*session.new, *session.dirty) if isinstance(o, _TRACKED))
+
+
 class Store:
     """The database of one registry process."""
 
@@ -162,11 +182,28 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _sqlite_transactions(self.engine)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Every session knows its store (workers.live asks it for renewals held).
+        info = {"store": self}
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         self._writes = async_sessionmaker(
-            self.engine.execution_options(liveml_write=True), expire_on_commit=False
+            self.engine.execution_options(liveml_write=True),
+            expire_on_commit=False,
+            sync_session_class=_WriteSession,
+            info=info,
         )
         self.listeners: list[Callable[[int], None]] = []
+        # After each commit of this process: the tracked rows it wrote (TokenRow), and
+        # the change-feed events it published. The feed (watch.Feed) hands on events
+        # that other registry processes committed through `event_listeners` too, with
+        # local=False.
+        self.row_listeners: list[Callable[[list[Any]], None]] = []
+        self.event_listeners: list[Callable[[list[rpb.WatchEvent], bool], None]] = []
+        # Called when the feed lost track (fell behind compaction): forget what is kept.
+        self.reset_listeners: list[Callable[[], None]] = []
+        # Revisions this process committed (the feed skips them: already handed on).
+        self.local_revisions: set[int] = set()
+        # Lease renewals held in memory (workers.Leases), set by the registry at start.
+        self.leases: Leases | None = None
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (run on every start)."""
@@ -209,17 +246,30 @@ class Store:
                     text("SELECT pg_notify(:channel, :payload)"),
                     {"channel": NOTIFY_CHANNEL, "payload": str(revision)},
                 )
+        self._committed(session)
         if tx.events:
+            if len(self.local_revisions) > 10_000:
+                self.local_revisions.clear()  # only recent ones are ever asked about
+            self.local_revisions.add(revision)
+            for on_events in self.event_listeners:
+                on_events(tx.events, True)
             for listener in self.listeners:
                 listener(revision)
         for hook in tx.after_commit:
             hook()
+
+    def _committed(self, session: AsyncSession) -> None:
+        touched = session.info.pop("touched", None)
+        if touched:
+            for on_rows in self.row_listeners:
+                on_rows(touched)
 
     @asynccontextmanager
     async def write_unversioned(self) -> AsyncIterator[AsyncSession]:
         """A write that the change feed does not carry (windows, leases): no revision."""
         async with self._writes() as session, session.begin():
             yield session
+        self._committed(session)
 
     async def revision(self) -> tuple[int, int]:
         """(current revision, compacted revision)."""
@@ -227,11 +277,15 @@ class Store:
             row = (await session.execute(select(Meta.revision, Meta.compacted_revision))).one()
             return int(row[0]), int(row[1])
 
-    async def compact(self, keep: int) -> int:
-        """Drop change-feed rows older than the newest `keep` revisions; return the new floor."""
+    async def compact(self, keep: int, through: int | None = None) -> int:
+        """Drop change-feed rows older than the newest `keep` revisions (and, given
+        `through`, no newer than it); return the new floor."""
         async with self._writes() as session, session.begin():
             meta = (await session.execute(select(Meta).with_for_update())).scalar_one()
-            floor = max(meta.compacted_revision, meta.revision - keep)
+            floor = meta.revision - keep
+            if through is not None:
+                floor = min(floor, through)
+            floor = max(meta.compacted_revision, floor)
             if floor > meta.compacted_revision:
                 await session.execute(delete(ChangeRow).where(ChangeRow.revision <= floor))
                 meta.compacted_revision = floor

@@ -7,6 +7,11 @@ order, whole revisions at a time. When nothing changes it gets a progress messag
 so it can resume from a recent revision after a reconnect. Watchers are woken by
 writes in this process, by PostgreSQL NOTIFY from other registry processes, and by
 polling as a fallback.
+
+One reader per process reads each change from the database once, into a cache of
+recent responses (`_Batch`) that every watcher at that point of the feed is handed —
+the same message object, not a read of its own — as Kubernetes' API server serves
+watches from its watch cache. Only a watcher older than the cache reads the database.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -29,6 +36,18 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_BATCH = 500
 EVENTS_BATCH = 1000
+# Reads of the feed the cache keeps (each one or more whole revisions).
+CACHE_BATCHES = 2000
+
+
+@dataclass
+class _Batch:
+    """What one read of the feed found: the events of revisions after `after` up to
+    and including `upto`, as the one response every watcher at `after` is sent."""
+
+    after: int
+    upto: int
+    response: rpb.WatchResponse
 
 
 class ChangeHub:
@@ -70,13 +89,23 @@ class Feed:
         self.poll_seconds = poll_seconds
         store.listeners.append(self.hub.notify)
         self._tasks: list[asyncio.Task[None]] = []
+        # The cache: reads in order, contiguous (each one's `after` the last one's
+        # `upto`), indexed by `after`; `position` is how far it has read.
+        self._batches: deque[_Batch] = deque()
+        self._by_after: dict[int, _Batch] = {}
+        self.position = 0
+        self._advanced = asyncio.Event()
+        self.reads = 0  # database reads of the feed by the reader (for tests)
+        self.fallback_reads = 0  # by watchers older than the cache
         self._watching = 0
         self._no_watchers = asyncio.Event()
         self._no_watchers.set()
 
     async def start(self) -> None:
-        self.hub.notify((await self.store.revision())[0])
+        self.position = (await self.store.revision())[0]
+        self.hub.notify(self.position)
         self._tasks.append(asyncio.create_task(self._poll(), name="watch-poll"))
+        self._tasks.append(asyncio.create_task(self._read(), name="watch-read"))
         if self.store.dialect == "postgresql":
             self._tasks.append(asyncio.create_task(self._listen(), name="watch-listen"))
 
@@ -84,6 +113,7 @@ class Feed:
         """End every watch, letting each finish its database read (not cancelling it
         mid-query, which would leave the connection to a store that is closing)."""
         self.hub.close()
+        self._wake()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self._no_watchers.wait()
@@ -124,6 +154,100 @@ class Feed:
             except Exception as exc:
                 log.warning("LISTEN connection lost (%s); polling meanwhile, reconnecting", exc)
                 await asyncio.sleep(1)
+
+    async def _read(self) -> None:
+        """Read each change once, into the cache, and hand the credential and worker
+        events other registry processes committed to the store's event listeners (the
+        token table, the leases held in memory; this process's own reach them at
+        commit)."""
+        while not self.hub.closed:
+            await self.hub.wait_beyond(self.position, 30.0)
+            if self.hub.revision <= self.position:
+                continue
+            try:
+                await self._read_more()
+            except Exception as exc:  # read again at the next change or poll
+                log.warning("change feed: reading changes failed: %s", exc)
+                await asyncio.sleep(self.poll_seconds)
+
+    async def _read_more(self) -> None:
+        while True:
+            self.reads += 1
+            current, compacted, events = await self._changes_after(self.position)
+            if self.position < compacted:
+                # Changes were compacted before they were read: whoever keeps state
+                # from the feed starts over, and watchers here go to the database.
+                for reset in self.store.reset_listeners:
+                    reset()
+                self._batches.clear()
+                self._by_after.clear()
+                self.position = current
+                self._wake()
+                return
+            newest = events[-1].revision if events else 0
+            # A full read may have left revisions for the next one; otherwise all up to
+            # `current` are in (read before the rows, which may hold newer ones still).
+            full = bool(events) and newest < current
+            upto = newest if full else max(self.position, current, newest)
+            if upto <= self.position:
+                return
+            local = self.store.local_revisions
+            remote = [
+                e
+                for e in events
+                if e.revision not in local
+                and (
+                    e.WhichOneof("resource") in ("credential", "worker")
+                    or e.resource_name.startswith("workers/")
+                )
+            ]
+            if remote:
+                for on_events in self.store.event_listeners:
+                    on_events(remote, False)
+            batch = _Batch(
+                self.position,
+                upto,
+                rpb.WatchResponse(kind=rpb.WatchResponse.KIND_EVENTS, revision=upto, events=events),
+            )
+            self._batches.append(batch)
+            self._by_after[batch.after] = batch
+            while len(self._batches) > CACHE_BATCHES:
+                del self._by_after[self._batches.popleft().after]
+            self.position = upto
+            self._wake()
+            if not full:
+                return
+
+    def _wake(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    def _cached_after(self, last: int) -> _Batch | None:
+        """The cached read that follows `last`, trimmed to what is after it; None if
+        `last` is older than the cache (or newer than what it has read)."""
+        batch = self._by_after.get(last)
+        if batch is not None:
+            return batch
+        if not self._batches or last < self._batches[0].after or last >= self.position:
+            return None
+        # `last` falls inside a read (a snapshot's revision): that read, from `last` on.
+        for batch in self._batches:
+            if batch.after < last < batch.upto:
+                kept = [e for e in batch.response.events if e.revision > last]
+                response = rpb.WatchResponse(
+                    kind=rpb.WatchResponse.KIND_EVENTS, revision=batch.upto, events=kept
+                )
+                return _Batch(last, batch.upto, response)
+        return None
+
+    async def _wait_beyond(self, last: int, within: float) -> bool:
+        if self.position > last or self.hub.closed:
+            return True
+        advanced = self._advanced
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await advanced.wait()
+        return self.position > last
 
     async def snapshot(self) -> tuple[int, list[rpb.WatchEvent]]:
         """Everything the data plane needs, at one revision."""
@@ -218,16 +342,29 @@ class Feed:
                         snapshot_complete=start + SNAPSHOT_BATCH >= len(events),
                     )
                 last = revision
-            current, compacted, events = await self._changes_after(last)
-            if last < compacted:
-                last = None  # fell behind compaction: start over from a snapshot
+            cached = self._cached_after(last)
+            if cached is not None:
+                last = cached.upto
+                if cached.response.events:
+                    yield cached.response
                 continue
-            if events:
-                last = events[-1].revision
-                yield rpb.WatchResponse(
-                    kind=rpb.WatchResponse.KIND_EVENTS, revision=last, events=events
-                )
+            if last < self.position:
+                # Older than the cache: from the database.
+                self.fallback_reads += 1
+                current, compacted, events = await self._changes_after(last)
+                if last < compacted:
+                    last = None  # fell behind compaction: start over from a snapshot
+                    continue
+                if events:
+                    last = events[-1].revision
+                    yield rpb.WatchResponse(
+                        kind=rpb.WatchResponse.KIND_EVENTS, revision=last, events=events
+                    )
+                else:
+                    last = max(last, current)
                 continue
-            if not await self.hub.wait_beyond(max(last, current), progress_seconds):
-                last = max(last, current)
+            if not await self._wait_beyond(last, progress_seconds):
+                # All changes up to the reader's position are read: nothing for this
+                # watcher up to there.
+                last = max(last, self.position)
                 yield rpb.WatchResponse(kind=rpb.WatchResponse.KIND_PROGRESS, revision=last)

@@ -5,6 +5,13 @@ that reports a different version state (LOADING -> READY, a FAILED load and its
 error) is published on the change feed and audited. Only the sweep expires a lease,
 and a registry that finds itself stalled renews every lease instead (`renew_all`):
 a worker is judged on heartbeats the registry had the chance to read.
+
+Renewals are held in memory (`Leases`) and persisted lazily, all of them in one
+UPDATE every `--lease-flush-seconds`: a quiet heartbeat costs no database write. The
+sweep writes what is held before it judges, and counts a lease as lapsed only a flush
+interval after it ran out (a renewal may wait that long in another replica's memory);
+renewals a registry held when it died are covered by the lease every known worker gets
+when a registry starts (`--restart-grace-seconds`).
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import BigInteger, bindparam, case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.auth import Role, current_principal
 from services.common.errors import InvalidArgument, NotFound
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
@@ -71,6 +80,16 @@ async def renew(
     versions: list[rpb.WorkerVersionState],
     observed_revision: int = 0,
 ) -> rpb.Worker | None:
+    """A lease renewal written at once (see `_renew`)."""
+    return (await _renew(session, name, versions, observed_revision))[0]
+
+
+async def _renew(
+    session: AsyncSession,
+    name: str,
+    versions: list[rpb.WorkerVersionState],
+    observed_revision: int = 0,
+) -> tuple[rpb.Worker | None, int]:
     """A heartbeat that changes nothing anyone watches — the same version states, the
     same observed revision — is a lease renewal: the lease moves, and nothing else (no
     revision, no change event, no audit, no wait on the revision row's lock). None when
@@ -78,16 +97,16 @@ async def renew(
     takes it in a versioned write."""
     row = await session.get(WorkerRow, names.simple("workers", name))
     if row is None:
-        return None
+        return None, 0
     worker = rpb.Worker.FromString(row.proto)
     if worker.observed_revision != observed_revision or _states(worker.versions) != _states(
         versions
     ):
-        return None
+        return None, 0
     row.lease_expire_us = now_us() + row.lease_us
     worker.lease_expire_time.FromMicroseconds(row.lease_expire_us)
     row.proto = worker.SerializeToString()
-    return worker
+    return worker, row.lease_us
 
 
 async def heartbeat(
@@ -137,7 +156,17 @@ async def live(session: AsyncSession) -> list[rpb.Worker]:
     (and publishes that): readiness, snapshots and the change feed agree, and a
     heartbeat late by a moment does not make a version flicker out of READY."""
     rows = (await session.execute(select(WorkerRow).order_by(WorkerRow.id))).scalars().all()
-    return [rpb.Worker.FromString(r.proto) for r in rows]
+    store: Store | None = session.info.get("store")
+    held = store.leases if store is not None else None
+    listed = []
+    for r in rows:
+        worker = rpb.Worker.FromString(r.proto)
+        # The lease column moves without the proto (lazily persisted renewals), and this
+        # process may hold a renewal newer than both.
+        expire = max(r.lease_expire_us, held.held(r.id) if held is not None else 0)
+        worker.lease_expire_time.FromMicroseconds(expire)
+        listed.append(worker)
+    return listed
 
 
 async def ready_counts(session: AsyncSession, model: str, seen_revision: int = 0) -> dict[int, int]:
@@ -181,6 +210,156 @@ async def any_expired(session: AsyncSession, cutoff_us: int | None = None) -> bo
     cutoff = now_us() if cutoff_us is None else cutoff_us
     query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < cutoff).limit(1)
     return (await session.execute(query)).first() is not None
+
+
+async def lapsed_ids(session: AsyncSession, cutoff_us: int) -> list[str]:
+    """Workers whose lease as written ran out before `cutoff_us`."""
+    query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < cutoff_us)
+    return list((await session.execute(query)).scalars())
+
+
+@dataclass
+class _Known:
+    """What a quiet heartbeat is compared with: the worker as last read or written."""
+
+    states: list[tuple[str, int, int, str]]
+    observed_revision: int
+    lease_us: int
+
+
+def acts_as_itself(worker_id: str) -> bool:
+    """Whether the caller may heartbeat as `worker_id` without asking the database: no
+    worker credential (admins, auth off), or one bound to exactly this worker. Anything
+    else takes the database path, where worker_identity decides and says why."""
+    # Imported here: security imports store, which imports this module for typing.
+    from services.registry.security import TokenPrincipal
+
+    principal = current_principal()
+    if principal is None or principal.role is not Role.WORKER:
+        return True
+    if isinstance(principal, TokenPrincipal):
+        return principal.worker_id == worker_id
+    return principal.name == f"cert:{worker_id}"
+
+
+class Leases:
+    """Lease renewals held in memory and written in one UPDATE every `flush_seconds`.
+
+    A heartbeat is answered from memory when it reports what this process knows of the
+    worker (the same version states, the same observed revision). What it knows comes
+    from the database (a renewal read there first, `renew`) and is forgotten whenever
+    the change feed carries an event of the worker, from this process or another, so
+    a worker that changed, left or expired is read again. `flush_seconds` 0 writes
+    every renewal at once (no memory).
+    """
+
+    def __init__(self, store: Store, flush_seconds: float) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._known: dict[str, _Known] = {}
+        self._pending: dict[str, int] = {}  # worker id -> lease expiry not yet written
+        # Being written: still held until the write commits (the sweep must not judge
+        # a worker by the database while its renewal is on the way there).
+        self._flushing: dict[str, int] = {}
+        self._epoch: dict[str, int] = {}  # bumped when a worker is forgotten
+        self.flushed = 0  # renewals written (for tests and logs)
+        store.leases = self
+        store.event_listeners.append(self._learn_events)
+        store.reset_listeners.append(self._known.clear)
+
+    @property
+    def margin_us(self) -> int:
+        """How long a renewal may wait in a registry's memory before it is written."""
+        return int(self.flush_seconds * 1e6)
+
+    def held(self, worker_id: str) -> int:
+        """The lease renewed in memory (0: none), counting one being written."""
+        return max(self._pending.get(worker_id, 0), self._flushing.get(worker_id, 0))
+
+    def _learn_events(self, events: list[rpb.WatchEvent], local: bool) -> None:
+        for event in events:
+            if event.WhichOneof("resource") == "worker" or (
+                event.type == rpb.WatchEvent.TYPE_DELETE
+                and event.resource_name.startswith("workers/")
+            ):
+                worker_id = event.resource_name.rsplit("/", 1)[-1]
+                self._known.pop(worker_id, None)
+                self._epoch[worker_id] = self._epoch.get(worker_id, 0) + 1
+
+    def quiet(
+        self, worker_id: str, versions: list[rpb.WorkerVersionState], observed_revision: int
+    ) -> int | None:
+        """The new lease expiry if this heartbeat is a renewal this process can answer
+        from memory; else None (the database decides)."""
+        if not self.flush_seconds:
+            return None
+        known = self._known.get(worker_id)
+        if (
+            known is None
+            or known.observed_revision != observed_revision
+            or known.states != _states(versions)
+        ):
+            return None
+        expire = now_us() + known.lease_us
+        self._pending[worker_id] = expire
+        return expire
+
+    async def renew(
+        self,
+        session: AsyncSession,
+        name: str,
+        versions: list[rpb.WorkerVersionState],
+        observed_revision: int = 0,
+    ) -> rpb.Worker | None:
+        """`renew` from the database, remembering the worker for the next heartbeats."""
+        worker_id = names.simple("workers", name)
+        epoch = self._epoch.get(worker_id, 0)
+        renewed, lease_us = await _renew(session, name, versions, observed_revision)
+        if renewed is not None and self._epoch.get(worker_id, 0) == epoch:
+            self._known[worker_id] = _Known(_states(versions), observed_revision, lease_us)
+        return renewed
+
+    async def flush(self) -> int:
+        """Write the renewals held; how many. A lease only ever moves forward here (a
+        registry's restart grace may have given a longer one)."""
+        if not self._pending or self._flushing:
+            return 0  # nothing to write, or a write under way (the next one takes it)
+        pending, self._pending = self._pending, {}
+        self._flushing = pending
+        expire = bindparam("expire", type_=BigInteger)
+        statement = (
+            update(WorkerRow)
+            .where(WorkerRow.id == bindparam("worker_id"))
+            .values(
+                lease_expire_us=case(
+                    (WorkerRow.lease_expire_us < expire, expire),
+                    else_=WorkerRow.lease_expire_us,
+                )
+            )
+        )
+        try:
+            async with self.store.write_unversioned() as session:
+                connection = await session.connection()
+                await connection.execute(
+                    statement, [{"worker_id": w, "expire": e} for w, e in pending.items()]
+                )
+        except BaseException:
+            # Kept for the next flush (newer renewals taken meanwhile win).
+            for worker_id, when in pending.items():
+                self._pending[worker_id] = max(when, self._pending.get(worker_id, 0))
+            raise
+        finally:
+            self._flushing = {}
+        self.flushed += len(pending)
+        return len(pending)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                await self.flush()
+            except Exception as exc:  # retried at the next tick, nothing lost
+                log.warning("writing lease renewals failed: %s", exc)
 
 
 class LeaseSweep:
@@ -236,11 +415,22 @@ class LeaseSweep:
                 await renew_all(tx, 0.0)
             return
         # Judged as of waking: a stall from here on cannot make a lease look lapsed.
+        leases = self.store.leases
+        held = leases.held if leases is not None else (lambda _: 0)
+        # A renewal another replica holds may reach the database up to a flush interval
+        # late, so a lease written there lapses that much later; one this process holds
+        # counts as it stands.
+        written_cutoff = cutoff_us - (leases.margin_us if leases is not None else 0)
+
+        def renewed(worker_id: str) -> bool:
+            return held(worker_id) >= cutoff_us
+
         async with self.store.read() as session:
-            if not await any_expired(session, cutoff_us):
-                return
+            lapsed = await lapsed_ids(session, written_cutoff)
+        if all(renewed(worker_id) for worker_id in lapsed):
+            return
         async with self.store.write("registry") as tx:
-            gone = await expire(tx, cutoff_us)
+            gone = await expire(tx, written_cutoff, keep=renewed)
         for name in gone:
             log.info("worker %s left: lease expired", name)
 
@@ -256,15 +446,19 @@ async def remove(tx: Tx, name: str) -> None:
     await tx.audit("DeleteWorker", before.name, before, None)
 
 
-async def expire(tx: Tx, cutoff_us: int | None = None) -> list[str]:
-    """Remove workers whose lease ran out before `cutoff_us` (default: now); they leave
-    the routing picture."""
+async def expire(
+    tx: Tx, cutoff_us: int | None = None, keep: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Remove workers whose lease ran out before `cutoff_us` (default: now), except those
+    `keep` names (renewed in memory); they leave the routing picture."""
     cutoff = now_us() if cutoff_us is None else cutoff_us
-    rows = (
-        (await tx.session.execute(select(WorkerRow).where(WorkerRow.lease_expire_us < cutoff)))
-        .scalars()
-        .all()
-    )
+    rows = [
+        row
+        for row in (
+            await tx.session.execute(select(WorkerRow).where(WorkerRow.lease_expire_us < cutoff))
+        ).scalars()
+        if keep is None or not keep(row.id)
+    ]
     gone = []
     for row in rows:
         before = rpb.Worker.FromString(row.proto)

@@ -251,3 +251,34 @@ async def test_a_quiet_heartbeat_renews_the_lease_and_nothing_else(
     assert changed.events[0].revision == revision + 1
     assert changed.events[0].worker.versions[0].error == "out of memory"
     call.cancel()
+
+
+async def test_one_read_of_a_change_serves_every_watcher(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Watchers at the same point of the feed are handed one cached read of a change
+    (the same message), not a database read each; one resuming from an older revision
+    is served from the cache too."""
+    await setup_iris(registry, tmp_path)
+    client = registry.client()
+    feed = registry.registry.feed
+    calls = [client.Watch(rpb.WatchRequest(since_revision=0)) for _ in range(12)]
+    for call in calls:
+        await next_kind(call, KIND.KIND_SNAPSHOT)
+    reads, fallback = feed.reads, feed.fallback_reads
+    await client.UpdateRollout(rollout((1, 70), (2, 30)))
+    seen = [await next_kind(call, KIND.KIND_EVENTS) for call in calls]
+    assert {s.revision for s in seen} == {seen[0].revision}
+    assert all([t.percent for t in s.events[0].rollout.targets] == [70, 30] for s in seen)
+    # One read for the change (a second at most, for a revision after it), not twelve.
+    assert feed.reads - reads <= 2, feed.reads - reads
+    assert feed.fallback_reads == fallback
+    for call in calls:
+        call.cancel()
+
+    # Resuming just before the change: from the cache, no database read of its own.
+    resumed = client.Watch(rpb.WatchRequest(since_revision=seen[0].revision - 1))
+    again = await next_kind(resumed, KIND.KIND_EVENTS)
+    assert [t.percent for t in again.events[0].rollout.targets] == [70, 30]
+    assert feed.fallback_reads == fallback
+    resumed.cancel()
