@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +36,7 @@ from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, wait_for_database
 from services.registry.training_servicer import TrainingServicer
-from services.registry.watch import Feed
+from services.registry.watch import Feed, FeedCompaction
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +202,7 @@ async def start(settings: RegistrySettings) -> Registry:
     registry = Registry(settings, store, feed, running, controller, events)
     metrics.watch(controller)
 
-    # (when, revision) at each compaction: history is kept by time, not only by count,
-    # so a watcher connected all along never falls behind it at a busy moment.
-    marks: collections.deque[tuple[float, int]] = collections.deque()
-
-    async def compact() -> None:
-        now = time.monotonic()
-        marks.append((now, (await store.revision())[0]))
-        through = None
-        while marks and marks[0][0] <= now - settings.watch_keep_seconds:
-            through = marks.popleft()[1]
-        if through is None:
-            return  # not yet as old as what is kept
-        await store.compact(settings.watch_keep_revisions, through)
+    compaction = FeedCompaction(store, settings.watch_keep_revisions, settings.watch_keep_seconds)
 
     async def expire_runs() -> None:
         async with store.read() as session:
@@ -231,7 +217,7 @@ async def start(settings: RegistrySettings) -> Registry:
             workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2)).run(),
             name="lease sweep",
         ),
-        asyncio.create_task(_every(60.0, "change-feed compaction", compact)),
+        asyncio.create_task(_every(60.0, "change-feed compaction", compaction.run_once)),
         *([asyncio.create_task(leases.run(), name="lease flush")] if leases.flush_seconds else []),
         asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),

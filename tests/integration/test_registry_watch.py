@@ -11,6 +11,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.registry.watch import FeedCompaction
 from tests.helpers.models import linear
 from tests.helpers.registry import RunningRegistry, registry_settings, running_registry
 from tests.helpers.wait import async_wait_until
@@ -282,3 +283,34 @@ async def test_one_read_of_a_change_serves_every_watcher(
     assert [t.percent for t in again.events[0].rollout.targets] == [70, 30]
     assert feed.fallback_reads == fallback
     resumed.cancel()
+
+
+async def test_history_is_kept_by_time_as_well_as_by_count(db_url: str, tmp_path: Path) -> None:
+    """A revision goes only once it is older than --watch-keep-seconds and not among the
+    newest --watch-keep-revisions: a watcher resuming from one not yet that old resumes,
+    no snapshot."""
+    settings = registry_settings(db_url, tmp_path, watch_keep_revisions=10)
+    async with running_registry(settings) as registry:
+        store = registry.registry.store
+        compaction = FeedCompaction(store, keep_revisions=10, keep_seconds=300)
+        await setup_iris(registry, tmp_path)
+        client = registry.client()
+        assert await compaction.tick(1000.0) is None  # nothing is 300 s old yet
+        marked = (await store.revision())[0]
+        for percent in range(1, 31):
+            await client.UpdateRollout(rollout((1, 100 - percent), (2, percent)))
+        # 30 revisions later, 299 s on: only the count would drop the marked revision.
+        assert await compaction.tick(1299.0) is None
+        call = client.Watch(rpb.WatchRequest(since_revision=marked))
+        first = await next_kind(call, KIND.KIND_EVENTS)
+        assert first.revision > marked  # resumed: the changes since, not a snapshot
+        call.cancel()
+        # 300 s after the first mark: history through it goes, the newest 10 stay.
+        now = (await store.revision())[0]
+        floor = await compaction.tick(1300.0)
+        assert floor == marked < now - 10
+        call = client.Watch(rpb.WatchRequest(since_revision=marked - 1))
+        assert (await asyncio.wait_for(call.read(), 10)).kind == KIND.KIND_SNAPSHOT
+        call.cancel()
+        # The next tick 300 s later drops all but the newest 10.
+        assert await compaction.tick(1600.0) == now - 10
