@@ -41,13 +41,16 @@ async def events_cluster(root: Path, backend: str) -> AsyncIterator[tuple[Cluste
         nats, port = nats_server(root)
         env["LIVEML_EVENT_STREAM"] = f"nats://127.0.0.1:{port}"
         flags = ["--event-stream", env["LIVEML_EVENT_STREAM"]]
+    c: Cluster | None = None
     try:
         async with cluster(root, **env) as c:
             c.nats = nats  # type: ignore[attr-defined]
             yield c, flags
     finally:
-        if nats is not None:
-            nats.stop()
+        # A test may have restarted it (`c.nats` is then the new process): stop that one.
+        running = getattr(c, "nats", nats) if c is not None else nats
+        for proc in {id(p): p for p in (nats, running) if p is not None}.values():
+            proc.stop()
 
 
 async def stream_events(c: Cluster, model: str, kind: int) -> list[epb.Event]:
