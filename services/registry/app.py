@@ -31,6 +31,7 @@ from services.registry.artifacts import ArtifactStore
 from services.registry.audit_chain import AuditChain
 from services.registry.audit_legacy import rechain_legacy
 from services.registry.controller import Controller
+from services.registry.leases import Leases
 from services.registry.secrets import Secrets, SecretsError, resolved_secrets, supplied_admin_token
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
@@ -156,7 +157,7 @@ async def start(settings: RegistrySettings) -> Registry:
     async with store.write("registry") as tx:
         # Covers the renewals a registry that died held in memory, not yet written.
         await workers.renew_all(tx, settings.restart_grace_seconds)
-    leases = workers.Leases(store, settings.lease_flush_seconds)
+    leases = Leases(store, settings.lease_flush_seconds)
     feed = Feed(store, settings.watch_poll_seconds)
     await feed.start()
     alerts = Alerts(store, settings.alert_webhook)

@@ -37,6 +37,7 @@ from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.event_rpcs import EventService
 from services.registry.event_stream import EventParts
+from services.registry.leases import acts_as_itself
 from services.registry.names import page
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, now_us
@@ -377,8 +378,8 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
         worker_id = names.simple("workers", request.name)
         leases = self.store.leases
-        if leases is not None and workers.acts_as_itself(worker_id):
-            # A renewal this process can answer from memory (workers.Leases).
+        if leases is not None and acts_as_itself(worker_id):
+            # A renewal this process can answer from memory (leases.Leases).
             expire = leases.quiet(worker_id, list(request.versions), request.observed_revision)
             if expire is not None:
                 reply = rpb.HeartbeatResponse()

@@ -39,7 +39,7 @@ from services.registry.audit_chain import AuditChain
 from services.registry.db import AuditRow, ChangeRow, Meta, TokenRow
 
 if TYPE_CHECKING:
-    from services.registry.workers import Leases
+    from services.registry.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Store:
         self.reset_listeners: list[Callable[[], None]] = []
         # Revisions this process committed (the feed skips them: already handed on).
         self.local_revisions: set[int] = set()
-        # Lease renewals held in memory (workers.Leases), set by the registry at start.
+        # Lease renewals held in memory (leases.Leases), set by the registry at start.
         self.leases: Leases | None = None
 
     async def migrate(self) -> None:

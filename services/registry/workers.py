@@ -6,7 +6,7 @@ error) is published on the change feed and audited. Only the sweep expires a lea
 and a registry that finds itself stalled renews every lease instead (`renew_all`):
 a worker is judged on heartbeats the registry had the chance to read.
 
-Renewals are held in memory (`Leases`) and persisted lazily, all of them in one
+Renewals are held in memory (`leases.Leases`) and persisted lazily, all of them in one
 UPDATE every `--lease-flush-seconds`: a quiet heartbeat costs no database write. The
 sweep writes what is held before it judges, and counts a lease as lapsed only a flush
 interval after it ran out (a renewal may wait that long in another replica's memory);
@@ -21,12 +21,10 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, bindparam, case, delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.auth import Role, current_principal
 from services.common.errors import InvalidArgument, NotFound
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import names
@@ -38,7 +36,7 @@ log = logging.getLogger(__name__)
 STALL_TICK_SECONDS = 0.1  # how often the sweep's ticker looks whether the loop stood still
 
 
-def _states(versions: Iterable[rpb.WorkerVersionState]) -> list[tuple[str, int, int, str]]:
+def states_of(versions: Iterable[rpb.WorkerVersionState]) -> list[tuple[str, int, int, str]]:
     return sorted((v.model, v.version, v.state, v.error) for v in versions)
 
 
@@ -80,11 +78,11 @@ async def renew(
     versions: list[rpb.WorkerVersionState],
     observed_revision: int = 0,
 ) -> rpb.Worker | None:
-    """A lease renewal written at once (see `_renew`)."""
-    return (await _renew(session, name, versions, observed_revision))[0]
+    """A lease renewal written at once (see `renew_row`)."""
+    return (await renew_row(session, name, versions, observed_revision))[0]
 
 
-async def _renew(
+async def renew_row(
     session: AsyncSession,
     name: str,
     versions: list[rpb.WorkerVersionState],
@@ -99,7 +97,7 @@ async def _renew(
     if row is None:
         return None, 0
     worker = rpb.Worker.FromString(row.proto)
-    if worker.observed_revision != observed_revision or _states(worker.versions) != _states(
+    if worker.observed_revision != observed_revision or states_of(worker.versions) != states_of(
         versions
     ):
         return None, 0
@@ -134,7 +132,7 @@ async def heartbeat(
     row.lease_expire_us = now_us() + row.lease_us
     after.lease_expire_time.FromMicroseconds(row.lease_expire_us)
     row.proto = after.SerializeToString()
-    changed = _states(before.versions) != _states(after.versions)
+    changed = states_of(before.versions) != states_of(after.versions)
     if changed:
         tx.put(after, after.name)
         await tx.audit(
@@ -216,150 +214,6 @@ async def lapsed_ids(session: AsyncSession, cutoff_us: int) -> list[str]:
     """Workers whose lease as written ran out before `cutoff_us`."""
     query = select(WorkerRow.id).where(WorkerRow.lease_expire_us < cutoff_us)
     return list((await session.execute(query)).scalars())
-
-
-@dataclass
-class _Known:
-    """What a quiet heartbeat is compared with: the worker as last read or written."""
-
-    states: list[tuple[str, int, int, str]]
-    observed_revision: int
-    lease_us: int
-
-
-def acts_as_itself(worker_id: str) -> bool:
-    """Whether the caller may heartbeat as `worker_id` without asking the database: no
-    worker credential (admins, auth off), or one bound to exactly this worker. Anything
-    else takes the database path, where worker_identity decides and says why."""
-    # Imported here: security imports store, which imports this module for typing.
-    from services.registry.security import TokenPrincipal
-
-    principal = current_principal()
-    if principal is None or principal.role is not Role.WORKER:
-        return True
-    if isinstance(principal, TokenPrincipal):
-        return principal.worker_id == worker_id
-    return principal.name == f"cert:{worker_id}"
-
-
-class Leases:
-    """Lease renewals held in memory and written in one UPDATE every `flush_seconds`.
-
-    A heartbeat is answered from memory when it reports what this process knows of the
-    worker (the same version states, the same observed revision). What it knows comes
-    from the database (a renewal read there first, `renew`) and is forgotten whenever
-    the change feed carries an event of the worker, from this process or another, so
-    a worker that changed, left or expired is read again. `flush_seconds` 0 writes
-    every renewal at once (no memory).
-    """
-
-    def __init__(self, store: Store, flush_seconds: float) -> None:
-        self.store = store
-        self.flush_seconds = flush_seconds
-        self._known: dict[str, _Known] = {}
-        self._pending: dict[str, int] = {}  # worker id -> lease expiry not yet written
-        # Being written: still held until the write commits (the sweep must not judge
-        # a worker by the database while its renewal is on the way there).
-        self._flushing: dict[str, int] = {}
-        self._epoch: dict[str, int] = {}  # bumped when a worker is forgotten
-        self.flushed = 0  # renewals written (for tests and logs)
-        store.leases = self
-        store.event_listeners.append(self._learn_events)
-        store.reset_listeners.append(self._known.clear)
-
-    @property
-    def margin_us(self) -> int:
-        """How long a renewal may wait in a registry's memory before it is written."""
-        return int(self.flush_seconds * 1e6)
-
-    def held(self, worker_id: str) -> int:
-        """The lease renewed in memory (0: none), counting one being written."""
-        return max(self._pending.get(worker_id, 0), self._flushing.get(worker_id, 0))
-
-    def _learn_events(self, events: list[rpb.WatchEvent], local: bool) -> None:
-        for event in events:
-            if event.WhichOneof("resource") == "worker" or (
-                event.type == rpb.WatchEvent.TYPE_DELETE
-                and event.resource_name.startswith("workers/")
-            ):
-                worker_id = event.resource_name.rsplit("/", 1)[-1]
-                self._known.pop(worker_id, None)
-                self._epoch[worker_id] = self._epoch.get(worker_id, 0) + 1
-
-    def quiet(
-        self, worker_id: str, versions: list[rpb.WorkerVersionState], observed_revision: int
-    ) -> int | None:
-        """The new lease expiry if this heartbeat is a renewal this process can answer
-        from memory; else None (the database decides)."""
-        if not self.flush_seconds:
-            return None
-        known = self._known.get(worker_id)
-        if (
-            known is None
-            or known.observed_revision != observed_revision
-            or known.states != _states(versions)
-        ):
-            return None
-        expire = now_us() + known.lease_us
-        self._pending[worker_id] = expire
-        return expire
-
-    async def renew(
-        self,
-        session: AsyncSession,
-        name: str,
-        versions: list[rpb.WorkerVersionState],
-        observed_revision: int = 0,
-    ) -> rpb.Worker | None:
-        """`renew` from the database, remembering the worker for the next heartbeats."""
-        worker_id = names.simple("workers", name)
-        epoch = self._epoch.get(worker_id, 0)
-        renewed, lease_us = await _renew(session, name, versions, observed_revision)
-        if renewed is not None and self._epoch.get(worker_id, 0) == epoch:
-            self._known[worker_id] = _Known(_states(versions), observed_revision, lease_us)
-        return renewed
-
-    async def flush(self) -> int:
-        """Write the renewals held; how many. A lease only ever moves forward here (a
-        registry's restart grace may have given a longer one)."""
-        if not self._pending or self._flushing:
-            return 0  # nothing to write, or a write under way (the next one takes it)
-        pending, self._pending = self._pending, {}
-        self._flushing = pending
-        expire = bindparam("expire", type_=BigInteger)
-        statement = (
-            update(WorkerRow)
-            .where(WorkerRow.id == bindparam("worker_id"))
-            .values(
-                lease_expire_us=case(
-                    (WorkerRow.lease_expire_us < expire, expire),
-                    else_=WorkerRow.lease_expire_us,
-                )
-            )
-        )
-        try:
-            async with self.store.write_unversioned() as session:
-                connection = await session.connection()
-                await connection.execute(
-                    statement, [{"worker_id": w, "expire": e} for w, e in pending.items()]
-                )
-        except BaseException:
-            # Kept for the next flush (newer renewals taken meanwhile win).
-            for worker_id, when in pending.items():
-                self._pending[worker_id] = max(when, self._pending.get(worker_id, 0))
-            raise
-        finally:
-            self._flushing = {}
-        self.flushed += len(pending)
-        return len(pending)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            try:
-                await self.flush()
-            except Exception as exc:  # retried at the next tick, nothing lost
-                log.warning("writing lease renewals failed: %s", exc)
 
 
 class LeaseSweep:
