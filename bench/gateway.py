@@ -177,6 +177,16 @@ async def wait_serving(port: int) -> None:
             await asyncio.sleep(0.2)
 
 
+def registry_env(work: Path) -> dict[str, str]:
+    """A benchmark registry's settings: SQLite, artifacts and admin token in `work`."""
+    return {
+        "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/r.db",
+        "LIVEML_ARTIFACT_DIR": str(work / "a"),
+        "LIVEML_ADMIN_TOKEN_FILE": str(work / "admin.token"),
+        "LIVEML_LOG_LEVEL": "WARNING",
+    }
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="liveml-bench-"))
@@ -186,12 +196,7 @@ def main() -> int:
         mlp(work / "v3.onnx", 64, 2048, 10, seed=2),  # the failing one (corrupted below)
     ]
     reg_port = free_port()
-    env = {
-        "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/r.db",
-        "LIVEML_ARTIFACT_DIR": str(work / "a"),
-        "LIVEML_ADMIN_TOKEN_FILE": str(work / "admin.token"),
-        "LIVEML_LOG_LEVEL": "WARNING",
-    }
+    env = registry_env(work)
     procs = [
         start(
             [LIVEML, "registry", "serve", "--port", str(reg_port), "--metrics-port", "-1"],

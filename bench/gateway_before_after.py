@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gateway import pooled, publish, route
+from bench.gateway import pooled, publish, registry_env, route
 from bench.h2bench import (
     CLIENT_CORE,
     SERVER_CORE,
@@ -97,12 +97,7 @@ def main() -> int:
     revisions = {side: revision(tree) for side, tree in trees.items()}
     model_file = mlp(work / "v1.onnx", 64, 256, 10)
     reg_port = free_port()
-    env = {
-        "LIVEML_DATABASE_URL": f"sqlite+aiosqlite:///{work}/r.db",
-        "LIVEML_ARTIFACT_DIR": str(work / "a"),
-        "LIVEML_ADMIN_TOKEN_FILE": str(work / "admin.token"),
-        "LIVEML_LOG_LEVEL": "WARNING",
-    }
+    env = registry_env(work)
     procs = [
         start(
             liveml(ROOT, "registry", "serve", "--port", str(reg_port), "--metrics-port", "-1"),
