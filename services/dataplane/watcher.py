@@ -73,10 +73,15 @@ class RegistryWatcher:
         stub: rpb_grpc.RegistryServiceStub,
         metadata: Metadata,
         on_change: Callable[[Picture], None],
+        models: Iterable[str] = (),
+        kinds: Iterable[int] = (),
     ) -> None:
         self.stub = stub
         self.metadata = metadata
         self.on_change = on_change
+        # What of the feed to ask for (WatchRequest.models, .kinds); empty = everything.
+        self.models = sorted(models)
+        self.kinds = list(kinds)
         self.picture = Picture()
         self.revision = 0
         self.connected = asyncio.Event()
@@ -101,13 +106,16 @@ class RegistryWatcher:
         self.revision = response.revision
 
     async def run(self) -> None:
-        """Follow the feed forever, resuming from the last revision after interruptions."""
+        """Follow the feed forever, resuming from the last revision after interruptions
+        (among them the registry ending a watch that fell behind, RESOURCE_EXHAUSTED:
+        every message before that status has been handled, so its revision is right)."""
         delay = 0.2
         while True:
             try:
-                call = self.stub.Watch(
-                    rpb.WatchRequest(since_revision=self.revision), metadata=self.metadata
+                request = rpb.WatchRequest(
+                    since_revision=self.revision, models=self.models, kinds=self.kinds
                 )
+                call = self.stub.Watch(request, metadata=self.metadata)
                 async for response in call:
                     delay = 0.2
                     self.connected.set()

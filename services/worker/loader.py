@@ -87,7 +87,17 @@ class RegistryLoader:
         self.metadata = registry_client.auth_metadata(
             registry_client.read_token(settings.registry_token, settings.registry_token_file)
         )
-        self.watcher = RegistryWatcher(self.stub, self.metadata, lambda _: self._wake.set())
+        # A worker reads rollouts, versions and credentials of the models it serves,
+        # never other workers: it asks the feed for only those (at fleet scale every
+        # worker's state change was otherwise sent to every worker).
+        kind = rpb.WatchRequest.Kind
+        self.watcher = RegistryWatcher(
+            self.stub,
+            self.metadata,
+            lambda _: self._wake.set(),
+            models=self.models,
+            kinds=(kind.KIND_ROLLOUT, kind.KIND_VERSION, kind.KIND_CREDENTIAL),
+        )
         self._wake = asyncio.Event()
         self._report = asyncio.Event()
         self._loading: dict[Key, asyncio.Task[None]] = {}
