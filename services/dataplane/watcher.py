@@ -74,7 +74,7 @@ class RegistryWatcher:
         metadata: Metadata,
         on_change: Callable[[Picture], None],
         models: Iterable[str] = (),
-        kinds: Iterable[int] = (),
+        kinds: Iterable[rpb.WatchRequest.Kind] = (),
     ) -> None:
         self.stub = stub
         self.metadata = metadata
@@ -84,6 +84,11 @@ class RegistryWatcher:
         self.kinds = list(kinds)
         self.picture = Picture()
         self.revision = 0
+        # The revision of the last snapshot or change applied: what a worker reports as
+        # seen. Progress messages move `revision` past changes this watcher's filter
+        # left out; a heartbeat reporting that would stop being a quiet renewal every
+        # time anything anywhere changed (and the heartbeat is itself a change).
+        self.applied_revision = 0
         self.connected = asyncio.Event()
         # Set once a whole snapshot has arrived (the picture, tokens included, is known).
         self.synced = asyncio.Event()
@@ -96,12 +101,13 @@ class RegistryWatcher:
             self._pending.apply(response.events)
             if response.snapshot_complete:
                 self.picture, self._pending = self._pending, None
-                self.revision = response.revision
+                self.revision = self.applied_revision = response.revision
                 self.synced.set()
                 self.on_change(self.picture)
             return
         if response.events:
             self.picture.apply(response.events)
+            self.applied_revision = response.revision
             self.on_change(self.picture)
         self.revision = response.revision
 

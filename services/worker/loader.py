@@ -156,7 +156,7 @@ class RegistryLoader:
             models=sorted(self.models),
             capacity=self.settings.capacity,
             versions=self._states(),
-            observed_revision=self.watcher.revision,
+            observed_revision=self.watcher.applied_revision,
         )
         lease = Duration()
         lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
@@ -191,7 +191,7 @@ class RegistryLoader:
                     rpb.HeartbeatRequest(
                         name=self.name,
                         versions=self._states(),
-                        observed_revision=self.watcher.revision,
+                        observed_revision=self.watcher.applied_revision,
                     ),
                     metadata=self.metadata,
                     timeout=10,

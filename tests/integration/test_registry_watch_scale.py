@@ -17,9 +17,16 @@ from grpc import aio
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.dataplane.watcher import Picture, RegistryWatcher
 from services.registry.watch import FeedCompaction
 from tests.helpers.models import linear
-from tests.helpers.registry import Client, RunningRegistry, registry_settings, running_registry
+from tests.helpers.registry import (
+    Client,
+    RunningRegistry,
+    auth,
+    registry_settings,
+    running_registry,
+)
 from tests.helpers.wait import async_wait_until
 from tests.integration.test_registry_catalog import push
 from tests.integration.test_registry_rollouts import rollout
@@ -311,3 +318,51 @@ async def test_a_watcher_that_stops_reading_is_ended_and_holds_up_no_one(
         assert first.events[0].revision == revisions[-1] + 1
         resumed.cancel()
         await channel.close()
+
+
+async def test_a_workers_watch_sees_its_models_and_reports_only_what_it_applied(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The data plane's watcher as a worker runs it (its models; rollouts, versions,
+    credentials): no other model, no workers; progress moves `revision` past other
+    models' changes, `applied_revision` (what its heartbeats report as seen, so they
+    stay quiet renewals) moves only with a change it applied."""
+    settings = registry_settings(db_url, tmp_path, watch_progress_seconds=0.1)
+    async with running_registry(settings) as registry:
+        await setup_iris(registry, tmp_path)
+        await setup_wine(registry, tmp_path)
+        client = registry.client()
+        await register_iris_worker(client)
+        changes = 0
+
+        def changed(_: Picture) -> None:
+            nonlocal changes
+            changes += 1
+
+        watcher = RegistryWatcher(
+            client.stub,
+            auth(registry.admin_token),
+            changed,
+            models=["iris"],
+            kinds=[WK.KIND_ROLLOUT, WK.KIND_VERSION, WK.KIND_CREDENTIAL],
+        )
+        running = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(watcher.synced.wait(), 10)
+            picture = watcher.picture
+            assert sorted(picture.versions) == [("iris", 1), ("iris", 2)]
+            assert not picture.rollouts and not picture.workers and not picture.models
+            assert picture.credentials  # the admin token's
+            synced_at = watcher.applied_revision
+            for percent in (50, 100, 50):
+                await client.UpdateRollout(wine_rollout(percent))
+            newest = (await registry.registry.store.revision())[0]
+            await async_wait_until(lambda: watcher.revision >= newest, 10, "progress past wine")
+            assert watcher.applied_revision == synced_at and changes == 1
+            written = (await client.UpdateRollout(rollout((1, 100)))).rollout.revision
+            await async_wait_until(lambda: "iris" in watcher.picture.rollouts, 10, "iris rollout")
+            assert watcher.applied_revision == written and list(watcher.picture.rollouts) == [
+                "iris"
+            ]
+        finally:
+            running.cancel()
