@@ -13,8 +13,9 @@ recent responses (`_Batch`) that every watcher at that point of the feed is hand
 the same message object, not a read of its own — as Kubernetes' API server serves
 watches from its watch cache. Only a watcher older than the cache reads the database.
 A filtered watcher (WatchRequest.models, .kinds: `watch_filter`) is handed that read
-cut to its filter, cut once per read and filter; while everything that changes is
-filtered out it still gets progress messages at its interval.
+cut to its filter, cut once per read and filter when it is read, and is woken only
+by a read with something for it; while everything that changes is filtered out it
+still gets progress messages at its interval.
 
 A watcher never holds the reader or another watcher up: each pulls from the cache
 at its own pace, so one whose client stops reading only stops pulling (the
@@ -31,21 +32,21 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import security, workers
+from services.registry import feed_snapshot
 from services.registry.change_hub import ChangeHub
-from services.registry.db import ChangeRow, Meta, ModelRow, RolloutRow, TokenRow, VersionRow
+from services.registry.db import ChangeRow, Meta
 from services.registry.feed_compaction import FeedCompaction
-from services.registry.store import NOTIFY_CHANNEL, Store, now_us
+from services.registry.store import NOTIFY_CHANNEL, Store
 from services.registry.watch_filter import WatchFilter
 from services.registry.watch_slow import SlowWatchers
 
-__all__ = ["ChangeHub", "Feed", "FeedCompaction", "WatchFilter"]  # the last three re-exported
+# ChangeHub, FeedCompaction and WatchFilter are re-exported (their modules split off this one).
+__all__ = ["ChangeHub", "Feed", "FeedCompaction", "WatchFilter"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,28 @@ class _Batch:
         return response
 
 
+@dataclass
+class _Interest:
+    """The watchers of one filter. Each read is cut for it when read, so they are woken
+    only by a read with something for them (or their progress interval), not by every
+    change of the fleet: thousands of workers watching their own models would
+    otherwise all wake for each change of any."""
+
+    watchers: int = 0
+    # Every read after `since` was cut for this filter; `relevant` is the `upto` of the
+    # newest one that kept anything.
+    since: int = 0
+    relevant: int = 0
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def nothing_after(self, last: int) -> bool:
+        return last >= self.since and self.relevant <= last
+
+    def wake(self) -> None:
+        self.woken.set()
+        self.woken = asyncio.Event()
+
+
 class Feed:
     """Serves watches from one store, kept awake by a hub."""
 
@@ -91,6 +114,8 @@ class Feed:
         self._by_after: dict[int, _Batch] = {}
         self.position = 0
         self._advanced = asyncio.Event()
+        # Filtered watchers by filter (an unfiltered one waits on `_advanced`).
+        self._interests: dict[WatchFilter, _Interest] = {}
         self.reads = 0  # database reads of the feed by the reader (for tests)
         self.fallback_reads = 0  # by watchers older than the cache
         self._watching = 0
@@ -110,6 +135,7 @@ class Feed:
         mid-query, which would leave the connection to a store that is closing)."""
         self.hub.close()
         self._wake()
+        self._wake_interests()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self._no_watchers.wait()
@@ -179,6 +205,7 @@ class Feed:
                 self._by_after.clear()
                 self.position = current
                 self._wake()
+                self._wake_interests()
                 return
             newest = events[-1].revision if events else 0
             # A full read may have left revisions for the next one; otherwise all up to
@@ -209,6 +236,10 @@ class Feed:
             self._by_after[batch.after] = batch
             while len(self._batches) > CACHE_BATCHES:
                 del self._by_after[self._batches.popleft().after]
+            for wanted, interest in self._interests.items():
+                if batch.cut(wanted).events:
+                    interest.relevant = upto
+                    interest.wake()
             self.position = upto
             self._wake()
             if not full:
@@ -217,6 +248,12 @@ class Feed:
     def _wake(self) -> None:
         self._advanced.set()
         self._advanced = asyncio.Event()
+
+    def _wake_interests(self) -> None:
+        """Every filtered watcher walks the feed again (it is stopping, or was reset)."""
+        for interest in self._interests.values():
+            interest.since = self.position
+            interest.wake()
 
     def _cached_after(self, last: int) -> _Batch | None:
         """The cached read that follows `last`, trimmed to what is after it; None if
@@ -236,58 +273,26 @@ class Feed:
                 return _Batch(last, batch.upto, response)
         return None
 
-    async def _wait_beyond(self, last: int, within: float) -> bool:
-        if self.position > last or self.hub.closed:
+    async def _wait_beyond(self, last: int, within: float, interest: _Interest | None) -> bool:
+        """Whether there is more for a watcher at `last` within `within` seconds: any
+        read past it, or for a filtered one, a read with something for its filter."""
+
+        def more() -> bool:
+            if interest is None:
+                return self.position > last
+            return not interest.nothing_after(last)
+
+        if more() or self.hub.closed:
             return True
-        advanced = self._advanced
+        woken = self._advanced if interest is None else interest.woken
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await advanced.wait()
-        return self.position > last
+                await woken.wait()
+        return more()
 
     async def snapshot(self) -> tuple[int, list[rpb.WatchEvent]]:
         """Everything the data plane needs, at one revision."""
-        async with self.store.read() as session:
-            if self.store.dialect == "postgresql":
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            revision = (await session.execute(select(Meta.revision))).scalar_one()
-            events: list[rpb.WatchEvent] = []
-
-            def put(kind: str, resource: Any) -> None:
-                event = rpb.WatchEvent(
-                    revision=revision, type=rpb.WatchEvent.TYPE_PUT, resource_name=resource.name
-                )
-                getattr(event, kind).CopyFrom(resource)
-                events.append(event)
-
-            for proto in (
-                await session.execute(select(ModelRow.proto).order_by(ModelRow.id))
-            ).scalars():
-                put("model", rpb.Model.FromString(proto))
-            for proto in (
-                await session.execute(select(VersionRow.proto).order_by(VersionRow.id))
-            ).scalars():
-                put("version", rpb.Version.FromString(proto))
-            for proto in (
-                await session.execute(select(RolloutRow.proto).order_by(RolloutRow.model_id))
-            ).scalars():
-                put("rollout", rpb.Rollout.FromString(proto))
-            for worker in await workers.live(session):
-                put("worker", worker)
-            now = now_us()
-            for row in (
-                await session.execute(select(TokenRow).where(TokenRow.revoked.is_(False)))
-            ).scalars():
-                if row.expire_us is None or row.expire_us > now:
-                    credential = security.credential_proto(row)
-                    event = rpb.WatchEvent(
-                        revision=revision,
-                        type=rpb.WatchEvent.TYPE_PUT,
-                        resource_name=credential.name,
-                    )
-                    event.credential.CopyFrom(credential)
-                    events.append(event)
-            return int(revision), events
+        return await feed_snapshot.snapshot(self.store)
 
     async def _changes_after(self, revision: int) -> tuple[int, int, list[rpb.WatchEvent]]:
         """(current revision, compacted revision, events after `revision`, whole revisions)."""
@@ -316,18 +321,33 @@ class Feed:
         current, compacted = await self.store.revision()
         # None = start with a snapshot: from scratch, compacted away, or from another database.
         last = None if since <= 0 or since < compacted or since > current else since
+        wanted = wanted or WatchFilter()
+        interest = None
+        if not wanted.everything:
+            interest = self._interests.get(wanted)
+            if interest is None:
+                interest = self._interests[wanted] = _Interest(since=self.position)
+            interest.watchers += 1
         self._watching += 1
         self._no_watchers.clear()
         try:
-            async for response in self._follow(last, progress_seconds, wanted or WatchFilter()):
+            async for response in self._follow(last, progress_seconds, wanted, interest):
                 yield response
         finally:
             self._watching -= 1
             if not self._watching:
                 self._no_watchers.set()
+            if interest is not None:
+                interest.watchers -= 1
+                if not interest.watchers:
+                    del self._interests[wanted]
 
     async def _follow(
-        self, last: int | None, progress_seconds: float, wanted: WatchFilter
+        self,
+        last: int | None,
+        progress_seconds: float,
+        wanted: WatchFilter,
+        interest: _Interest | None,
     ) -> AsyncGenerator[rpb.WatchResponse, None]:
         # When this watcher was last sent anything: a progress message is due
         # `progress_seconds` after it, whether the feed was idle or busy only with
@@ -347,6 +367,9 @@ class Feed:
                 last, sent = revision, time.monotonic()
             response: rpb.WatchResponse | None = None
             idle = False
+            if interest is not None and interest.nothing_after(last):
+                # Every read since `last` was cut for this filter and kept nothing.
+                last = max(last, self.position)
             cached = self._cached_after(last)
             if cached is not None:
                 last = cached.upto
@@ -364,7 +387,7 @@ class Feed:
                 )
             else:
                 due = progress_seconds - (time.monotonic() - sent)
-                if due > 0 and await self._wait_beyond(last, due):
+                if due > 0 and await self._wait_beyond(last, due, interest):
                     continue
                 # All changes up to the reader's position are read: nothing for this
                 # watcher up to there.
