@@ -3,12 +3,14 @@ and one watcher that stops reading (issue #22, "Watch fan-out that scales").
 
 One command (`python bench/watch_fanout.py`): a registry process (SQLite), `--models`
 models with a rollout each, and cells interleaved round by round in the same run,
-each `--seconds` long with rollout changes at `--rate` per second spread over the
-models:
+each `--seconds` long with changes at `--rate` per second: rollout changes spread
+over the models (`--changes rollouts`), or heartbeats of `--models` simulated workers
+each flipping a version's state (`--changes heartbeats`, a fleet during a rollout):
 
 - none: no watcher (what a change costs the registry by itself);
-- unfiltered: `--watchers` watchers of the whole feed;
-- filtered: as many watchers, each of one model (`models=[m{i % models}]`);
+- unfiltered: `--watchers` watchers of the whole feed (gateways);
+- filtered: as many watchers, each of one model (`models=[m{i % models}]`; with
+  `--changes heartbeats`, as workers watch: also `kinds` rollout, version, credential);
 - unfiltered+stuck: the unfiltered cell plus one watcher that never reads its stream
   (own connection, a 16 KB HTTP/2 window: real flow control), ended by the registry
   after LIVEML_WATCH_SLOW_SECONDS (2 s here).
@@ -53,11 +55,24 @@ CELLS = ("none", "unfiltered", "filtered", "unfiltered+stuck")
 SLOW_SECONDS = 2.0
 
 
-class Watcher:
-    """One watch stream, recording when each rollout change (by revision) arrived."""
+WORKER_KINDS = [
+    rpb.WatchRequest.KIND_ROLLOUT,
+    rpb.WatchRequest.KIND_VERSION,
+    rpb.WatchRequest.KIND_CREDENTIAL,
+]
 
-    def __init__(self, stub: rpb_grpc.RegistryServiceStub, md: Any, models: list[str]) -> None:
-        self.call = stub.Watch(rpb.WatchRequest(models=models), metadata=md)
+
+class Watcher:
+    """One watch stream, recording when each change (by revision) arrived."""
+
+    def __init__(
+        self,
+        stub: rpb_grpc.RegistryServiceStub,
+        md: Any,
+        models: list[str],
+        kinds: list[rpb.WatchRequest.Kind],
+    ) -> None:
+        self.call = stub.Watch(rpb.WatchRequest(models=models, kinds=kinds), metadata=md)
         self.seen: dict[int, float] = {}
         self.synced = asyncio.Event()
         self.responses = 0
@@ -73,6 +88,9 @@ class Watcher:
                     self.responses += 1
                     for event in response.events:
                         self.seen[event.revision] = now
+                        for state in event.worker.versions:
+                            if state.error.startswith("#"):
+                                self.seen[-int(state.error[1:]) - 1] = now
         except (aio.AioRpcError, asyncio.CancelledError):
             pass
 
@@ -81,15 +99,55 @@ class Watcher:
         self.task.cancel()
 
 
+async def change(
+    stub: rpb_grpc.RegistryServiceStub, md: Any, args: argparse.Namespace, i: int, fleet: list[str]
+) -> tuple[int, str]:
+    """The i-th change: (its key in Watcher.seen, the model it is of; "" for a worker's)."""
+    model = f"m{i % args.models}"
+    flip = (i // args.models) % 2
+    if args.changes == "heartbeats":
+        state = (rpb.VERSION_LOAD_STATE_READY, rpb.VERSION_LOAD_STATE_LOADING)[flip]
+        # A heartbeat answers no revision: the change is told by a marker in its state.
+        await stub.Heartbeat(
+            rpb.HeartbeatRequest(
+                name=fleet[i % len(fleet)],
+                versions=[
+                    rpb.WorkerVersionState(model=model, version=1, state=state, error=f"#{i}")
+                ],
+            ),
+            metadata=md,
+        )
+        return -i - 1, ""
+    targets = [rpb.TrafficTarget(version=1, percent=100 - 50 * flip)]
+    if flip:
+        targets.append(rpb.TrafficTarget(version=2, percent=50))
+    reply = await stub.UpdateRollout(
+        rpb.UpdateRolloutRequest(
+            rollout=rpb.Rollout(name=f"models/{model}/rollout", targets=targets)
+        ),
+        metadata=md,
+    )
+    return int(reply.rollout.revision), model
+
+
 async def cell(
-    name: str, stub: rpb_grpc.RegistryServiceStub, md: Any, args: argparse.Namespace, pid: int
+    name: str,
+    stub: rpb_grpc.RegistryServiceStub,
+    md: Any,
+    args: argparse.Namespace,
+    pid: int,
+    fleet: list[str],
 ) -> dict[str, Any]:
     models = [f"m{i}" for i in range(args.models)]
+    kinds = WORKER_KINDS if args.changes == "heartbeats" else []
     watchers: list[tuple[Watcher, str | None]] = []
     if name != "none":
         for i in range(args.watchers):
             model = models[i % len(models)] if name == "filtered" else None
-            watchers.append((Watcher(stub, md, [f"models/{model}"] if model else []), model))
+            if model is None:
+                watchers.append((Watcher(stub, md, [], []), None))
+            else:
+                watchers.append((Watcher(stub, md, [f"models/{model}"], kinds), model))
         await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w, _ in watchers)), 60)
     stuck_channel = stuck = None
     if name.endswith("+stuck"):
@@ -107,19 +165,9 @@ async def cell(
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     period = 1 / args.rate
     for i in range(int(args.seconds * args.rate)):
-        model = models[i % len(models)]
-        percent = (i // len(models)) % 2 * 50
-        targets = [rpb.TrafficTarget(version=1, percent=100 - percent)]
-        if percent:
-            targets.append(rpb.TrafficTarget(version=2, percent=percent))
         began = time.monotonic()
-        reply = await stub.UpdateRollout(
-            rpb.UpdateRolloutRequest(
-                rollout=rpb.Rollout(name=f"models/{model}/rollout", targets=targets)
-            ),
-            metadata=md,
-        )
-        sent.append((reply.rollout.revision, model, began))
+        revision, model = await change(stub, md, args, i, fleet)
+        sent.append((revision, model, began))
         await asyncio.sleep(max(0.0, began + period - time.monotonic()))  # pacing
     # Every watcher that should see the last change saw it (or 10 s passed).
     last, last_model, _ = sent[-1]
@@ -152,9 +200,10 @@ async def cell(
         got, status = 0, "never stuck: still open after it read every change"
         try:
             async with asyncio.timeout(10):
+                newest = max(k for w, _ in watchers for k in w.seen)  # rollouts' keys
                 while (response := await stuck.read()) is not aio.EOF:
                     got += 1
-                    if response.revision >= last:
+                    if response.revision >= newest:
                         break
         except aio.AioRpcError as exc:
             status = f"{exc.code().name}: {exc.details()}"
@@ -184,10 +233,23 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for seed in (1, 2):
                 data = linear(root / f"v{i}-{seed}.onnx", seed=seed).read_bytes()
                 await stub.CreateVersion(stream(upload(f"models/m{i}", data)), metadata=md)
+        fleet: list[str] = []
+        if args.changes == "heartbeats":
+            for i in range(args.models):
+                reply = await stub.RegisterWorker(
+                    rpb.RegisterWorkerRequest(
+                        worker=rpb.Worker(address=f"127.0.0.1:{20000 + i}", models=[f"m{i}"])
+                    ),
+                    metadata=md,
+                )
+                fleet.append(reply.worker.name)
+            # Their leases (the server's default) are renewed by the changes themselves.
         rounds: list[list[dict[str, Any]]] = []
         for r in range(args.rounds):
             order = CELLS if r % 2 == 0 else (CELLS[0], *reversed(CELLS[1:]))
-            results = {name: await cell(name, stub, md, args, proc.popen.pid) for name in order}
+            results = {
+                name: await cell(name, stub, md, args, proc.popen.pid, fleet) for name in order
+            }
             base = results["none"]["registry_cpu_ms_per_change"]
             for row in results.values():
                 row["fanout_cpu_ms_per_change"] = round(row["registry_cpu_ms_per_change"] - base, 3)
@@ -202,8 +264,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {"rounds": rounds}
 
 
-def median(rounds: list[list[dict[str, Any]]], cell: str, key: str) -> float:
-    return statistics.median(r[CELLS.index(cell)][key] for r in rounds)
+def median(rounds: list[list[dict[str, Any]]], cell: str, key: str) -> float | None:
+    values = [r[CELLS.index(cell)][key] for r in rounds]
+    return statistics.median(values) if None not in values else None
 
 
 def main() -> int:
@@ -213,22 +276,39 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=25.0, help="changes per second")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each cell")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--changes", choices=("rollouts", "heartbeats"), default="rollouts")
     args = parser.parse_args()
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(run(args, Path(tmp)))
     rounds = result["rounds"]
-    fan = {c: median(rounds, c, "fanout_cpu_ms_per_change") for c in CELLS}
+    fan: dict[str, Any] = {c: median(rounds, c, "fanout_cpu_ms_per_change") for c in CELLS}
+    p99: dict[str, Any] = {c: median(rounds, c, "seen_p99_ms") for c in CELLS[1:]}
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of cell a's CPU per change minus cell b's (same round)."""
+        key = "registry_cpu_ms_per_change"
+        return round(
+            statistics.median(r[CELLS.index(a)][key] - r[CELLS.index(b)][key] for r in rounds), 3
+        )
+
     result["summary"] = {
+        "median_paired_cpu_ms_per_change_unfiltered_minus_filtered": paired(
+            "unfiltered", "filtered"
+        ),
+        "median_paired_cpu_ms_per_change_stuck_minus_unfiltered": paired(
+            "unfiltered+stuck", "unfiltered"
+        ),
+        "median_responses_per_change": {
+            c: median(rounds, c, "responses_per_change") for c in CELLS[1:]
+        },
         "median_fanout_cpu_ms_per_change": fan,
-        "median_seen_p99_ms": {c: median(rounds, c, "seen_p99_ms") for c in CELLS[1:]},
+        "median_seen_p99_ms": p99,
         "ratio_fanout_cpu_unfiltered_over_filtered": round(fan["unfiltered"] / fan["filtered"], 2)
         if fan["filtered"] > 0
         else None,
         "ratio_seen_p99_stuck_over_unfiltered": round(
-            median(rounds, "unfiltered+stuck", "seen_p99_ms")
-            / median(rounds, "unfiltered", "seen_p99_ms"),
-            2,
+            p99["unfiltered+stuck"] / p99["unfiltered"], 2
         ),
     }
     result["args"] = {k: v for k, v in vars(args).items() if k != "target"}

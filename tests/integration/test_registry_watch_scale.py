@@ -240,7 +240,7 @@ async def test_progress_while_busy_with_other_models_and_no_snapshot_while_conne
         # At 0.2 s, while wine changed about every few ms: a message at least every ~second.
         times = [began] + [t for t, _ in got]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert max(gaps) < 1.0, gaps
+        assert max(gaps) < 1.5, gaps
         assert len(got) >= (ended - began) / 0.2 / 3, (len(got), ended - began)
 
 
@@ -261,7 +261,7 @@ def stuck_client(registry: RunningRegistry) -> tuple[aio.Channel, Client]:
 async def test_a_watcher_that_stops_reading_is_ended_and_holds_up_no_one(
     db_url: str, tmp_path: Path
 ) -> None:
-    settings = registry_settings(db_url, tmp_path, watch_slow_seconds=1.0)
+    settings = registry_settings(db_url, tmp_path, watch_slow_seconds=2.0)
     async with running_registry(settings) as registry:
         await setup_iris(registry, tmp_path)
         client = registry.client()
@@ -298,8 +298,8 @@ async def test_a_watcher_that_stops_reading_is_ended_and_holds_up_no_one(
         assert feed.slow_watchers.ended == 1
         assert set(written) <= set(seen)  # every change, none missed
         delays.sort()
-        # Never held up by the stuck one's write (that waits 1 s before it is ended).
-        assert delays[-1] < 1.0, delays[-5:]
+        # Never held up by the stuck one's write (that waits 2 s before it is ended).
+        assert delays[-1] < 2.0, delays[-5:]
         # Its handler is gone while its client still reads nothing: no task, no queue held.
         await async_wait_until(lambda: feed._watching == 1, 5, "the stuck watch to end")
 
@@ -310,7 +310,7 @@ async def test_a_watcher_that_stops_reading_is_ended_and_holds_up_no_one(
                 revisions.append(response.revision)
         assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         details = failed.value.details() or ""
-        assert "watcher fell behind: its stream went unread for 1 s" in details, details
+        assert "watcher fell behind: its stream went unread for 2 s" in details, details
         assert f"this stream's last message has revision {revisions[-1]}" in details, details
         assert revisions == sorted(revisions) and len(revisions) > 10
         resumed = stuck_one.Watch(rpb.WatchRequest(since_revision=revisions[-1]))
