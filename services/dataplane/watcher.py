@@ -73,12 +73,22 @@ class RegistryWatcher:
         stub: rpb_grpc.RegistryServiceStub,
         metadata: Metadata,
         on_change: Callable[[Picture], None],
+        models: Iterable[str] = (),
+        kinds: Iterable[rpb.WatchRequest.Kind] = (),
     ) -> None:
         self.stub = stub
         self.metadata = metadata
         self.on_change = on_change
+        # What of the feed to ask for (WatchRequest.models, .kinds); empty = everything.
+        self.models = sorted(models)
+        self.kinds = list(kinds)
         self.picture = Picture()
         self.revision = 0
+        # The revision of the last snapshot or change applied: what a worker reports as
+        # seen. Progress messages move `revision` past changes this watcher's filter
+        # left out; a heartbeat reporting that would stop being a quiet renewal every
+        # time anything anywhere changed (and the heartbeat is itself a change).
+        self.applied_revision = 0
         self.connected = asyncio.Event()
         # Set once a whole snapshot has arrived (the picture, tokens included, is known).
         self.synced = asyncio.Event()
@@ -91,23 +101,27 @@ class RegistryWatcher:
             self._pending.apply(response.events)
             if response.snapshot_complete:
                 self.picture, self._pending = self._pending, None
-                self.revision = response.revision
+                self.revision = self.applied_revision = response.revision
                 self.synced.set()
                 self.on_change(self.picture)
             return
         if response.events:
             self.picture.apply(response.events)
+            self.applied_revision = response.revision
             self.on_change(self.picture)
         self.revision = response.revision
 
     async def run(self) -> None:
-        """Follow the feed forever, resuming from the last revision after interruptions."""
+        """Follow the feed forever, resuming from the last revision after interruptions
+        (among them the registry ending a watch that fell behind, RESOURCE_EXHAUSTED:
+        every message before that status has been handled, so its revision is right)."""
         delay = 0.2
         while True:
             try:
-                call = self.stub.Watch(
-                    rpb.WatchRequest(since_revision=self.revision), metadata=self.metadata
+                request = rpb.WatchRequest(
+                    since_revision=self.revision, models=self.models, kinds=self.kinds
                 )
+                call = self.stub.Watch(request, metadata=self.metadata)
                 async for response in call:
                     delay = 0.2
                     self.connected.set()

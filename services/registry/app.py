@@ -158,7 +158,7 @@ async def start(settings: RegistrySettings) -> Registry:
         # Covers the renewals a registry that died held in memory, not yet written.
         await workers.renew_all(tx, settings.restart_grace_seconds)
     leases = Leases(store, settings.lease_flush_seconds)
-    feed = Feed(store, settings.watch_poll_seconds)
+    feed = Feed(store, settings.watch_poll_seconds, settings.watch_slow_seconds)
     await feed.start()
     alerts = Alerts(store, settings.alert_webhook)
     controller = Controller(

@@ -27,6 +27,7 @@ from services.registry import (
     rollouts,
     security,
     training_runs,
+    watch_filter,
     windows,
     worker_identity,
     workers,
@@ -346,18 +347,11 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
         # Token hashes go only to the data plane's servers (and admins), which check
         # callers against them; a viewer watching the picture is not told them.
         credentials = caller is None or caller.role in security.CREDENTIAL_WATCHERS
-        async for response in self.feed.watch(
-            request.since_revision, interval or self.settings.watch_progress_seconds
-        ):
-            if not credentials:
-                kept = [e for e in response.events if e.WhichOneof("resource") != "credential"]
-                if len(kept) != len(response.events):
-                    # A copy: the feed may hand the same message to every watcher.
-                    trimmed = rpb.WatchResponse()
-                    trimmed.CopyFrom(response)
-                    del trimmed.events[:]
-                    trimmed.events.extend(kept)
-                    response = trimmed
+        wanted = watch_filter.parse(request, credentials)
+        responses = self.feed.watch(
+            request.since_revision, interval or self.settings.watch_progress_seconds, wanted
+        )
+        async for response in self.feed.slow_watchers.bounded(responses, context):
             yield response
 
     # --- workers ----------------------------------------------------------------------------

@@ -84,6 +84,13 @@ class RegistrySettings(ServerSettings, EventStreamSettings):
     watch_progress_seconds: float = Field(
         5.0, gt=0, description="Progress message interval of an idle watch, seconds."
     )
+    watch_slow_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A watch whose client has not read for this long (a write still waiting "
+        "on HTTP/2 flow control) is ended with RESOURCE_EXHAUSTED after what it was sent; "
+        "its client resumes from the last revision it received.",
+    )
     watch_poll_seconds: float = Field(
         1.0, gt=0, description="How often the change feed is polled (a fallback to NOTIFY)."
     )

@@ -12,6 +12,15 @@ One reader per process reads each change from the database once, into a cache of
 recent responses (`_Batch`) that every watcher at that point of the feed is handed —
 the same message object, not a read of its own — as Kubernetes' API server serves
 watches from its watch cache. Only a watcher older than the cache reads the database.
+A filtered watcher (WatchRequest.models, .kinds: `watch_filter`) is handed that read
+cut to its filter, cut once per read and filter when it is read, and is woken only
+by a read with something for it; while everything that changes is filtered out it
+still gets progress messages at its interval.
+
+A watcher never holds the reader or another watcher up: each pulls from the cache
+at its own pace, so one whose client stops reading only stops pulling (the
+servicer ends it once a write has waited --watch-slow-seconds); what it is owed
+stays in the shared cache, never in a queue of its own.
 """
 
 from __future__ import annotations
@@ -21,17 +30,23 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import security, workers
-from services.registry.db import ChangeRow, Meta, ModelRow, RolloutRow, TokenRow, VersionRow
-from services.registry.store import NOTIFY_CHANNEL, Store, now_us
+from services.registry import feed_snapshot
+from services.registry.change_hub import ChangeHub
+from services.registry.db import ChangeRow, Meta
+from services.registry.feed_compaction import FeedCompaction
+from services.registry.store import NOTIFY_CHANNEL, Store
+from services.registry.watch_filter import WatchFilter
+from services.registry.watch_slow import SlowWatchers
+
+# ChangeHub, FeedCompaction and WatchFilter are re-exported (their modules split off this one).
+__all__ = ["ChangeHub", "Feed", "FeedCompaction", "WatchFilter"]
 
 log = logging.getLogger(__name__)
 
@@ -49,45 +64,48 @@ class _Batch:
     after: int
     upto: int
     response: rpb.WatchResponse
+    # The response cut to each filter a watcher here asked for (made once per filter).
+    cuts: dict[WatchFilter, rpb.WatchResponse] = field(default_factory=dict)
+
+    def cut(self, wanted: WatchFilter) -> rpb.WatchResponse:
+        if wanted.everything:
+            return self.response
+        response = self.cuts.get(wanted)
+        if response is None:
+            response = self.cuts[wanted] = wanted.cut(self.response)
+        return response
 
 
-class ChangeHub:
-    """The newest revision this process knows of, and a way to wait for a newer one."""
+@dataclass
+class _Interest:
+    """The watchers of one filter. Each read is cut for it when read, so they are woken
+    only by a read with something for them (or their progress interval), not by every
+    change of the fleet: thousands of workers watching their own models would
+    otherwise all wake for each change of any."""
 
-    def __init__(self) -> None:
-        self.revision = 0
-        self.closed = False
-        self._changed = asyncio.Event()
+    watchers: int = 0
+    # Every read after `since` was cut for this filter; `relevant` is the `upto` of the
+    # newest one that kept anything.
+    since: int = 0
+    relevant: int = 0
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def close(self) -> None:
-        """Wake every watcher for good: the server is stopping."""
-        self.closed = True
-        self._changed.set()
+    def nothing_after(self, last: int) -> bool:
+        return last >= self.since and self.relevant <= last
 
-    def notify(self, revision: int) -> None:
-        if revision > self.revision:
-            self.revision = revision
-            self._changed.set()
-            self._changed = asyncio.Event()
-
-    async def wait_beyond(self, revision: int, within: float) -> bool:
-        if self.revision > revision or self.closed:
-            return True
-        changed = self._changed
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await changed.wait()
-        return self.revision > revision
+    def wake(self) -> None:
+        self.woken.set()
+        self.woken = asyncio.Event()
 
 
 class Feed:
     """Serves watches from one store, kept awake by a hub."""
 
-    def __init__(self, store: Store, poll_seconds: float = 1.0) -> None:
+    def __init__(self, store: Store, poll_seconds: float = 1.0, slow_seconds: float = 10.0) -> None:
         self.store = store
         self.hub = ChangeHub()
         self.poll_seconds = poll_seconds
+        self.slow_watchers = SlowWatchers(slow_seconds)
         store.listeners.append(self.hub.notify)
         self._tasks: list[asyncio.Task[None]] = []
         # The cache: reads in order, contiguous (each one's `after` the last one's
@@ -96,6 +114,8 @@ class Feed:
         self._by_after: dict[int, _Batch] = {}
         self.position = 0
         self._advanced = asyncio.Event()
+        # Filtered watchers by filter (an unfiltered one waits on `_advanced`).
+        self._interests: dict[WatchFilter, _Interest] = {}
         self.reads = 0  # database reads of the feed by the reader (for tests)
         self.fallback_reads = 0  # by watchers older than the cache
         self._watching = 0
@@ -115,6 +135,7 @@ class Feed:
         mid-query, which would leave the connection to a store that is closing)."""
         self.hub.close()
         self._wake()
+        self._wake_interests()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self._no_watchers.wait()
@@ -184,6 +205,7 @@ class Feed:
                 self._by_after.clear()
                 self.position = current
                 self._wake()
+                self._wake_interests()
                 return
             newest = events[-1].revision if events else 0
             # A full read may have left revisions for the next one; otherwise all up to
@@ -214,6 +236,10 @@ class Feed:
             self._by_after[batch.after] = batch
             while len(self._batches) > CACHE_BATCHES:
                 del self._by_after[self._batches.popleft().after]
+            for wanted, interest in self._interests.items():
+                if batch.cut(wanted).events:
+                    interest.relevant = upto
+                    interest.wake()
             self.position = upto
             self._wake()
             if not full:
@@ -222,6 +248,12 @@ class Feed:
     def _wake(self) -> None:
         self._advanced.set()
         self._advanced = asyncio.Event()
+
+    def _wake_interests(self) -> None:
+        """Every filtered watcher walks the feed again (it is stopping, or was reset)."""
+        for interest in self._interests.values():
+            interest.since = self.position
+            interest.wake()
 
     def _cached_after(self, last: int) -> _Batch | None:
         """The cached read that follows `last`, trimmed to what is after it; None if
@@ -241,58 +273,26 @@ class Feed:
                 return _Batch(last, batch.upto, response)
         return None
 
-    async def _wait_beyond(self, last: int, within: float) -> bool:
-        if self.position > last or self.hub.closed:
+    async def _wait_beyond(self, last: int, within: float, interest: _Interest | None) -> bool:
+        """Whether there is more for a watcher at `last` within `within` seconds: any
+        read past it, or for a filtered one, a read with something for its filter."""
+
+        def more() -> bool:
+            if interest is None:
+                return self.position > last
+            return not interest.nothing_after(last)
+
+        if more() or self.hub.closed:
             return True
-        advanced = self._advanced
+        woken = self._advanced if interest is None else interest.woken
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await advanced.wait()
-        return self.position > last
+                await woken.wait()
+        return more()
 
     async def snapshot(self) -> tuple[int, list[rpb.WatchEvent]]:
         """Everything the data plane needs, at one revision."""
-        async with self.store.read() as session:
-            if self.store.dialect == "postgresql":
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            revision = (await session.execute(select(Meta.revision))).scalar_one()
-            events: list[rpb.WatchEvent] = []
-
-            def put(kind: str, resource: Any) -> None:
-                event = rpb.WatchEvent(
-                    revision=revision, type=rpb.WatchEvent.TYPE_PUT, resource_name=resource.name
-                )
-                getattr(event, kind).CopyFrom(resource)
-                events.append(event)
-
-            for proto in (
-                await session.execute(select(ModelRow.proto).order_by(ModelRow.id))
-            ).scalars():
-                put("model", rpb.Model.FromString(proto))
-            for proto in (
-                await session.execute(select(VersionRow.proto).order_by(VersionRow.id))
-            ).scalars():
-                put("version", rpb.Version.FromString(proto))
-            for proto in (
-                await session.execute(select(RolloutRow.proto).order_by(RolloutRow.model_id))
-            ).scalars():
-                put("rollout", rpb.Rollout.FromString(proto))
-            for worker in await workers.live(session):
-                put("worker", worker)
-            now = now_us()
-            for row in (
-                await session.execute(select(TokenRow).where(TokenRow.revoked.is_(False)))
-            ).scalars():
-                if row.expire_us is None or row.expire_us > now:
-                    credential = security.credential_proto(row)
-                    event = rpb.WatchEvent(
-                        revision=revision,
-                        type=rpb.WatchEvent.TYPE_PUT,
-                        resource_name=credential.name,
-                    )
-                    event.credential.CopyFrom(credential)
-                    events.append(event)
-            return int(revision), events
+        return await feed_snapshot.snapshot(self.store)
 
     async def _changes_after(self, revision: int) -> tuple[int, int, list[rpb.WatchEvent]]:
         """(current revision, compacted revision, events after `revision`, whole revisions)."""
@@ -315,26 +315,48 @@ class Feed:
             rows = trimmed or rows
         return int(current), int(compacted), [rpb.WatchEvent.FromString(p) for _, p in rows]
 
-    async def watch(self, since: int, progress_seconds: float) -> AsyncIterator[rpb.WatchResponse]:
+    async def watch(
+        self, since: int, progress_seconds: float, wanted: WatchFilter | None = None
+    ) -> AsyncGenerator[rpb.WatchResponse, None]:
         current, compacted = await self.store.revision()
         # None = start with a snapshot: from scratch, compacted away, or from another database.
         last = None if since <= 0 or since < compacted or since > current else since
+        wanted = wanted or WatchFilter()
+        interest = None
+        if not wanted.everything:
+            interest = self._interests.get(wanted)
+            if interest is None:
+                interest = self._interests[wanted] = _Interest(since=self.position)
+            interest.watchers += 1
         self._watching += 1
         self._no_watchers.clear()
         try:
-            async for response in self._follow(last, progress_seconds):
+            async for response in self._follow(last, progress_seconds, wanted, interest):
                 yield response
         finally:
             self._watching -= 1
             if not self._watching:
                 self._no_watchers.set()
+            if interest is not None:
+                interest.watchers -= 1
+                if not interest.watchers:
+                    del self._interests[wanted]
 
     async def _follow(
-        self, last: int | None, progress_seconds: float
-    ) -> AsyncIterator[rpb.WatchResponse]:
+        self,
+        last: int | None,
+        progress_seconds: float,
+        wanted: WatchFilter,
+        interest: _Interest | None,
+    ) -> AsyncGenerator[rpb.WatchResponse, None]:
+        # When this watcher was last sent anything: a progress message is due
+        # `progress_seconds` after it, whether the feed was idle or busy only with
+        # changes the filter leaves out.
+        sent = time.monotonic()
         while not self.hub.closed:
             if last is None:
                 revision, events = await self.snapshot()
+                events = wanted.events(events)
                 for start in range(0, max(len(events), 1), SNAPSHOT_BATCH):
                     yield rpb.WatchResponse(
                         kind=rpb.WatchResponse.KIND_SNAPSHOT,
@@ -342,59 +364,38 @@ class Feed:
                         events=events[start : start + SNAPSHOT_BATCH],
                         snapshot_complete=start + SNAPSHOT_BATCH >= len(events),
                     )
-                last = revision
+                last, sent = revision, time.monotonic()
+            response: rpb.WatchResponse | None = None
+            idle = False
+            if interest is not None and interest.nothing_after(last):
+                # Every read since `last` was cut for this filter and kept nothing.
+                last = max(last, self.position)
             cached = self._cached_after(last)
             if cached is not None:
                 last = cached.upto
-                if cached.response.events:
-                    yield cached.response
-                continue
-            if last < self.position:
+                response = cached.cut(wanted)
+            elif last < self.position:
                 # Older than the cache: from the database.
                 self.fallback_reads += 1
                 current, compacted, events = await self._changes_after(last)
                 if last < compacted:
                     last = None  # fell behind compaction: start over from a snapshot
                     continue
-                if events:
-                    last = events[-1].revision
-                    yield rpb.WatchResponse(
-                        kind=rpb.WatchResponse.KIND_EVENTS, revision=last, events=events
-                    )
-                else:
-                    last = max(last, current)
-                continue
-            if not await self._wait_beyond(last, progress_seconds):
+                last = events[-1].revision if events else max(last, current)
+                response = rpb.WatchResponse(
+                    kind=rpb.WatchResponse.KIND_EVENTS, revision=last, events=wanted.events(events)
+                )
+            else:
+                due = progress_seconds - (time.monotonic() - sent)
+                if due > 0 and await self._wait_beyond(last, due, interest):
+                    continue
                 # All changes up to the reader's position are read: nothing for this
                 # watcher up to there.
-                last = max(last, self.position)
+                last, idle = max(last, self.position), True
+            if response is not None and response.events:
+                yield response
+            elif idle or time.monotonic() - sent >= progress_seconds:
                 yield rpb.WatchResponse(kind=rpb.WatchResponse.KIND_PROGRESS, revision=last)
-
-
-class FeedCompaction:
-    """Change-feed history kept by time as well as by count: a revision is compacted
-    away once it is older than `keep_seconds` and not among the newest
-    `keep_revisions`, so a watcher connected all along never falls behind the history
-    at a busy moment (10,000 revisions were ~40 s of a 500-worker fleet's heartbeats)."""
-
-    def __init__(self, store: Store, keep_revisions: int, keep_seconds: float) -> None:
-        self.store = store
-        self.keep_revisions = keep_revisions
-        self.keep_seconds = keep_seconds
-        # (when, revision) at each tick: the revision a tick `keep_seconds` ago saw is
-        # the newest that is surely that old.
-        self._marks: deque[tuple[float, int]] = deque()
-
-    async def run_once(self) -> None:
-        await self.tick(time.monotonic())
-
-    async def tick(self, now: float) -> int | None:
-        """Compact what is old enough at monotonic time `now`; the new floor, or None
-        when nothing is that old yet."""
-        self._marks.append((now, (await self.store.revision())[0]))
-        through = None
-        while self._marks and self._marks[0][0] <= now - self.keep_seconds:
-            through = self._marks.popleft()[1]
-        if through is None:
-            return None
-        return await self.store.compact(self.keep_revisions, through)
+            else:
+                continue
+            sent = time.monotonic()

@@ -87,7 +87,17 @@ class RegistryLoader:
         self.metadata = registry_client.auth_metadata(
             registry_client.read_token(settings.registry_token, settings.registry_token_file)
         )
-        self.watcher = RegistryWatcher(self.stub, self.metadata, lambda _: self._wake.set())
+        # A worker reads rollouts, versions and credentials of the models it serves,
+        # never other workers: it asks the feed for only those (at fleet scale every
+        # worker's state change was otherwise sent to every worker).
+        kind = rpb.WatchRequest.Kind
+        self.watcher = RegistryWatcher(
+            self.stub,
+            self.metadata,
+            lambda _: self._wake.set(),
+            models=self.models,
+            kinds=(kind.KIND_ROLLOUT, kind.KIND_VERSION, kind.KIND_CREDENTIAL),
+        )
         self._wake = asyncio.Event()
         self._report = asyncio.Event()
         self._loading: dict[Key, asyncio.Task[None]] = {}
@@ -146,7 +156,7 @@ class RegistryLoader:
             models=sorted(self.models),
             capacity=self.settings.capacity,
             versions=self._states(),
-            observed_revision=self.watcher.revision,
+            observed_revision=self.watcher.applied_revision,
         )
         lease = Duration()
         lease.FromNanoseconds(int(max(3 * self.settings.heartbeat_seconds, 1.0) * 1e9))
@@ -181,7 +191,7 @@ class RegistryLoader:
                     rpb.HeartbeatRequest(
                         name=self.name,
                         versions=self._states(),
-                        observed_revision=self.watcher.revision,
+                        observed_revision=self.watcher.applied_revision,
                     ),
                     metadata=self.metadata,
                     timeout=10,

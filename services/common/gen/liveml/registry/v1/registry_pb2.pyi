@@ -757,12 +757,30 @@ class RollbackRolloutResponse(_message.Message):
     def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("since_revision", "progress_interval")
+    __slots__ = ("since_revision", "progress_interval", "models", "kinds")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[WatchRequest.Kind]
+        KIND_MODEL: _ClassVar[WatchRequest.Kind]
+        KIND_VERSION: _ClassVar[WatchRequest.Kind]
+        KIND_ROLLOUT: _ClassVar[WatchRequest.Kind]
+        KIND_WORKER: _ClassVar[WatchRequest.Kind]
+        KIND_CREDENTIAL: _ClassVar[WatchRequest.Kind]
+    KIND_UNSPECIFIED: WatchRequest.Kind
+    KIND_MODEL: WatchRequest.Kind
+    KIND_VERSION: WatchRequest.Kind
+    KIND_ROLLOUT: WatchRequest.Kind
+    KIND_WORKER: WatchRequest.Kind
+    KIND_CREDENTIAL: WatchRequest.Kind
     SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     since_revision: int
     progress_interval: _duration_pb2.Duration
-    def __init__(self, since_revision: _Optional[int] = ..., progress_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    kinds: _containers.RepeatedScalarFieldContainer[WatchRequest.Kind]
+    def __init__(self, since_revision: _Optional[int] = ..., progress_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[_Union[WatchRequest.Kind, str]]] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("revision", "type", "rollout", "version", "worker", "model", "credential", "resource_name")

@@ -381,7 +381,10 @@ class RegistryServiceServicer:
     def Watch(self, request, context):
         """Streams the changes the data plane cares about (rollouts, versions,
         workers), each with a global revision. since_revision = 0, or a revision
-        older than the feed keeps, first sends a full snapshot.
+        older than the feed keeps, first sends a full snapshot. `models` and `kinds`
+        narrow the snapshot and the events (progress messages still come). A watcher
+        that leaves its stream unread for --watch-slow-seconds is ended with
+        RESOURCE_EXHAUSTED after what was sent: resume from the last revision received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
