@@ -1,5 +1,6 @@
 """JetStream appends written out as raw HPUB commands: keys that could break the
-protocol's framing, events over NATS's payload limit, and PubAck answers."""
+protocol's framing, events over NATS's payload limit, and PubAck answers; each test
+that needs a server runs on the machine's (`nats`) and on the venv's (`nats-venv`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.events.jetstream_acks import AckClient, pub_ack
-from tests.helpers.events import drop_stream, example, read_all, require_nats, unique_nats
+from tests.helpers.events import NATS_SERVERS, drop_stream, example, read_all, unique_nats
 
 pytestmark = pytest.mark.nats
 
@@ -26,9 +27,9 @@ def test_pub_acks_as_the_server_writes_them() -> None:
     assert isinstance(pub_ack(b"not json"), Unavailable)
 
 
-async def test_keys_with_line_breaks_and_oversized_events() -> None:
-    require_nats()
-    stream = unique_nats()
+@pytest.mark.parametrize("server", NATS_SERVERS)
+async def test_keys_with_line_breaks_and_oversized_events(server: str) -> None:
+    stream = unique_nats(server)
     try:
         # A key is data from a client: a line break in it must not end the header (it
         # would let the rest of the key be read as protocol).
@@ -49,11 +50,11 @@ async def test_keys_with_line_breaks_and_oversized_events() -> None:
         await drop_stream(stream)
 
 
-async def test_an_append_after_the_stream_is_deleted_is_unavailable_at_once() -> None:
+@pytest.mark.parametrize("server", NATS_SERVERS)
+async def test_an_append_after_the_stream_is_deleted_is_unavailable_at_once(server: str) -> None:
     """The acks are taken off nats-py's parser: the server's 503 (no stream for the
     subject) still fails the append with UNAVAILABLE, well before its timeout."""
-    require_nats()
-    stream = unique_nats()
+    stream = unique_nats(server)
     try:
         assert (await stream.append([example(1), example(2)])).stored == 2
         await (await stream._jetstream()).delete_stream(stream.stream)
