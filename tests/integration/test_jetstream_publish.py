@@ -4,12 +4,15 @@ that needs a server runs on the machine's (`nats`) and on the venv's (`nats-venv
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 
 import pytest
 
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 from services.common.events.jetstream_acks import AckClient, pub_ack
+from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from tests.helpers.events import NATS_SERVERS, drop_stream, example, read_all, unique_nats
 
 pytestmark = pytest.mark.nats
@@ -94,3 +97,39 @@ async def test_acks_read_off_the_parser_whatever_the_reads_split() -> None:
             (3, False),
             (4, False),
         ]
+
+
+async def test_why_appends_are_not_atomic_batches() -> None:
+    """The appender publishes each event with its own PubAck, not as ADR-50 atomic
+    batches (nats-server >= 2.12), because on the current server (the venv's) a key
+    stored before rejects the whole batch: a retried append would store nothing.
+    Should a server store the rest and report the duplicate, revisit (bench/RESULTS.md,
+    "Event stream", #17: atomic batches also cost the server ~50% more CPU per event)."""
+    stream = unique_nats("nats-venv")
+    try:
+        await stream.append([example(1, key="a")])
+        nc = await stream._connection()
+        js = nc.jetstream(timeout=stream.timeout)
+        config = stream._config()
+        config.allow_atomic = True
+        await js.update_stream(config)
+        subject = stream.subject(epb.EVENT_KIND_EXAMPLE, "m")
+        replies = []
+        for keys in (["b", "c"], ["d", "a", "e"]):
+            batch = secrets.token_hex(4)
+            for i, key in enumerate(keys, 1):
+                data = example(i, key=key).data
+                headers = {"Nats-Msg-Id": key, "Nats-Batch-Id": batch}
+                headers["Nats-Batch-Sequence"] = str(i)
+                if i < len(keys):
+                    await nc.publish(subject, data, headers=headers)
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await nc.request(subject, data, headers=headers, timeout=10)
+                replies.append(json.loads(reply.data))
+        assert replies[0].get("count") == 2 and "error" not in replies[0]
+        assert replies[1]["error"]["err_code"] == 10201, replies[1]  # the whole batch refused
+        assert "duplicate message id" in replies[1]["error"]["description"]
+        assert [e.key for e in await read_all(stream)] == ["a", "b", "c"]  # nothing of d, e
+    finally:
+        await drop_stream(stream)
