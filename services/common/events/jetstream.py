@@ -9,6 +9,12 @@ A batch's publishes are written out together and their acks awaited at once. The
 stream's sequence is the event's sequence. Retention is the stream's own limits (max
 age, max bytes, oldest first); a reader asking for sequences below the stream's first
 gets OutOfRange.
+
+Each event gets its own PubAck, on every server version: JetStream's batch publishes
+(ADR-50, nats-server >= 2.12) do not keep the dedup contract -- an atomic batch holding a
+key stored before is refused whole, a fast-ingest batch skips it without saying which
+event it was or its sequence -- and they do not save the server's CPU, which storing
+the message takes (bench/RESULTS.md, "Event stream", #17).
 """
 
 from __future__ import annotations
