@@ -20,6 +20,7 @@ from services.common.events.metrics import append_counted
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import catalog, names
+from services.registry.event_recent import Parsed
 from services.registry.joiner import joiner_stats
 from services.registry.store import Store, now_us
 
@@ -45,7 +46,8 @@ class EventService:
         ingest_only = bool(principal and principal.role == Role.INGEST)
         models: set[str] = set()  # checked already (a batch is mostly one model's)
         encoded = []
-        for i, event in enumerate(request.events):
+        given = request.events
+        for i, event in enumerate(given):
             events.check(event, i)
             model = event.model
             if model not in models:
@@ -56,7 +58,8 @@ class EventService:
                 raise PermissionDenied(
                     f"events[{i}]: role ingest may append EVENT_KIND_EXAMPLE events only"
                 )
-            encoded.append(events.Encoded(kind, model, event.key, event.SerializeToString()))
+            # Parsed: the log's own readers (the joiner) take the message, not its bytes.
+            encoded.append(Parsed(kind, model, event.key, event.SerializeToString(), given, i))
         appended = await append_counted(self.events, encoded)
         return rpb.AppendEventsResponse(
             sequences=appended.sequences,
