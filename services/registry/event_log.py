@@ -33,13 +33,12 @@ from services.common.events import (
     DEFAULT_BATCH,
     Appended,
     Batch,
-    Encoded,
     Start,
     Stats,
     retention_gap,
 )
 from services.registry.db import EventMeta, EventRow
-from services.registry.event_recent import Recent
+from services.registry.event_recent import Appendable, Recent
 from services.registry.event_sql import (
     KEYS_PER_QUERY,
     Statements,
@@ -77,7 +76,7 @@ class SqlEventLog:
         self.retention_bytes = retention_bytes
         self.poll_seconds = poll_seconds
         self._appended = asyncio.Event()
-        self._waiting: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+        self._waiting: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._recent = Recent()  # this process's last appends, for its readers
 
@@ -85,7 +84,7 @@ class SqlEventLog:
         self._appended.set()
         self._appended = asyncio.Event()
 
-    async def append(self, events: Sequence[Encoded]) -> Appended:
+    async def append(self, events: Sequence[Appendable]) -> Appended:
         if not events:
             return Appended()
         done: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
@@ -98,7 +97,7 @@ class SqlEventLog:
         """Write what waits, group by group, until nothing does."""
         try:
             while self._waiting:
-                group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+                group: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]] = []
                 size = 0
                 while self._waiting and (
                     not group or size + len(self._waiting[0][0]) <= _GROUP_EVENTS
@@ -130,7 +129,7 @@ class SqlEventLog:
             self._writer = None
 
     async def _write_alone(
-        self, group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]], exc: Exception
+        self, group: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]], exc: Exception
     ) -> None:
         """The group's write failed: one caller's batch must not fail the others', so
         each is written alone (a group of one has its answer already)."""
@@ -148,7 +147,7 @@ class SqlEventLog:
             if not done.done():
                 done.set_result(alone)
 
-    async def _write(self, events: Sequence[Encoded]) -> Appended:
+    async def _write(self, events: Sequence[Appendable]) -> Appended:
         sql = statements(self.store.dialect)
         stored_us = now_us()
         async with self.store.write_unversioned() as session:

@@ -15,8 +15,9 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.events import Appended, Encoded
+from services.common.events import Appended
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
+from services.registry.event_recent import Appendable
 
 KEYS_PER_QUERY = 500  # bound parameters per IN (...) lookup
 
@@ -111,7 +112,7 @@ def fetch(
 
 
 def plan(
-    events: Sequence[Encoded], last: int, known: dict[str, int], stored_us: int
+    events: Sequence[Appendable], last: int, known: dict[str, int], stored_us: int
 ) -> tuple[Appended, list[tuple[Any, ...]], int, int]:
     """Sequences for the events after `last` (keys in `known` are duplicates): the
     answer, the rows to insert, the new last sequence and the bytes they add."""
@@ -148,7 +149,7 @@ def parse(rows: Sequence[Any]) -> list[epb.Event]:
 
 
 def append_sqlite(
-    db: sqlite3.Connection, sql: Statements, events: Sequence[Encoded], stored_us: int
+    db: sqlite3.Connection, sql: Statements, events: Sequence[Appendable], stored_us: int
 ) -> tuple[Appended, int]:
     """An append on SQLite's thread (BEGIN IMMEDIATE, taken by the caller, holds the
     write lock): the answer, and the first sequence stored (its rows are that one and
