@@ -461,6 +461,19 @@ def append_lines(rates: dict[tuple[str, int], list[Cell]]) -> list[str]:
             f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
             f"| {client:.0f}, {server:.0f} ({loop:.0f}) | ≥ {goal:,.0f} {mark} |"
         )
+    # sql ÷ sql-baseline, round by round (cells of one round a minute apart at most):
+    # the box's load moves both cells of a round alike, a ratio less.
+    for appenders in APPENDERS:
+        ours, theirs = rates.get(("sql", appenders)), rates.get(("sql-baseline", appenders))
+        if ours and theirs:
+            cpu = [a.server_us / b.server_us for a, b in zip(ours, theirs, strict=False)]
+            rate = [a.rate / b.rate for a, b in zip(ours, theirs, strict=False)]
+            lines.append(
+                f"\nsql ÷ sql-baseline x{appenders}, per round: registry CPU per event "
+                f"{' '.join(f'{r:.2f}' for r in cpu)} (median {statistics.median(cpu):.2f}); "
+                f"events/s {' '.join(f'{r:.2f}' for r in rate)} "
+                f"(median {statistics.median(rate):.2f})"
+            )
     return lines
 
 
