@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 
@@ -80,6 +80,19 @@ def _time_us(event: epb.Event) -> int:
     # the joiner takes every prediction's time, and the library call was a fifth of it.
     time = event.time
     return time.seconds * 1_000_000 + time.nanos // 1000
+
+
+_Body = TypeVar("_Body", epb.Prediction, epb.Feedback)
+
+
+def _own(body: _Body) -> _Body:
+    """A copy of its own of what waits for its partner: the event may be part of the
+    whole request it was appended in (the log's memory hands the request's messages
+    on), and one body held would keep all of that request alive for the join window
+    (~0.7 µs per body)."""
+    copy = type(body)()
+    copy.CopyFrom(body)
+    return copy
 
 
 class JoinState:
@@ -176,6 +189,7 @@ class JoinState:
                     replaced = self.predictions.pop(key, None)
                     if replaced is not None:
                         self._unmatched(event.model, 2, live)
+                    held.body = _own(body_p)
                     self.predictions[key] = held
         elif event.kind == epb.EVENT_KIND_FEEDBACK:
             body_f = event.feedback
@@ -186,6 +200,7 @@ class JoinState:
                 if found is not None:
                     self._join(event.model, found, held_f, live)
                 else:
+                    held_f.body = _own(body_f)
                     self.feedback[key] = held_f
         self._expire(live)
 
