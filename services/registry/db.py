@@ -197,10 +197,9 @@ class EventRow(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (
-        Index("ix_events_model_sequence", "model", "sequence"),
-        Index("ix_events_model_kind", "model", "kind"),
-    )
+    # One index by model serves reads by model (in sequence order, kinds filtered on
+    # its entries) and the counts by kind (migration 0011).
+    __table_args__ = (Index("ix_events_model_sequence_kind", "model", "sequence", "kind"),)
     # On SQLite declared INTEGER, so it is the rowid: no separate primary-key index to
     # write per event (migration 0010); 64 bits on both.
     sequence: Mapped[int] = mapped_column(

@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,148 +33,31 @@ from services.common.events import (
     DEFAULT_BATCH,
     Appended,
     Batch,
-    Encoded,
     Start,
     Stats,
     retention_gap,
 )
-from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.registry.db import EventMeta, EventRow
+from services.registry.event_recent import Appendable, Recent
+from services.registry.event_sql import (
+    KEYS_PER_QUERY,
+    Statements,
+    append_sqlite,
+    bounds,
+    fetch,
+    on_sqlite_thread,
+    parse,
+    plan,
+    statements,
+)
 from services.registry.store import Store, now_us
 
 log = logging.getLogger(__name__)
 
-_KEYS_PER_QUERY = 500  # bound parameters per IN (...) lookup
 _GROUP_EVENTS = 5000  # events written together at most (a batch bigger goes alone)
 _RETAIN_CHUNK = 20_000  # events deleted per retention transaction
 # An idle follower sends its position this often, so a filtered reader's lag stays known.
 PROGRESS_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """The append's statements in the driver's own parameter style."""
-
-    lock: str
-    insert: str
-    advance: str
-    first: str
-    last: str
-    in_list: bool  # SQLite: key IN (?, ?, ...); PostgreSQL: key = ANY($1), one array
-
-    def known(self, n: int) -> str:
-        if self.in_list:
-            return f"SELECT key, sequence FROM events WHERE key IN ({', '.join('?' * n)})"
-        return "SELECT key, sequence FROM events WHERE key = ANY($1::varchar[])"
-
-    def keys(self, keys: list[str]) -> tuple[Any, ...]:
-        return tuple(keys) if self.in_list else (keys,)
-
-    def rows(self, model: str, kinds: list[int]) -> tuple[str, tuple[Any, ...]]:
-        """A reader's query (parameters: after, these, the limit) and its parameters."""
-
-        def mark(n: int) -> str:
-            return "?" if self.in_list else f"${n}"
-
-        where = [f"sequence > {mark(1)}"]
-        params: list[Any] = []
-        if model:
-            params.append(model)
-            where.append(f"model = {mark(len(params) + 1)}")
-        if kinds and self.in_list:
-            params += kinds
-            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-        elif kinds:
-            params.append(kinds)
-            where.append(f"kind = ANY({mark(len(params) + 1)}::int[])")
-        query = (
-            f"SELECT sequence, proto FROM events WHERE {' AND '.join(where)} "
-            f"ORDER BY sequence LIMIT {mark(len(params) + 2)}"
-        )
-        return query, tuple(params)
-
-
-_COLUMNS = "sequence, kind, model, key, stored_us, size, proto"
-_FIRST = "SELECT first_sequence FROM event_meta WHERE id = 1"
-_LAST = "SELECT last_sequence FROM event_meta WHERE id = 1"
-_STATEMENTS = {
-    "sqlite": _Statements(
-        lock="SELECT last_sequence FROM event_meta WHERE id = 1",
-        insert=f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        advance="UPDATE event_meta SET last_sequence = ?, bytes = bytes + ? WHERE id = 1",
-        first=_FIRST,
-        last=_LAST,
-        in_list=True,
-    ),
-    "postgresql": _Statements(
-        lock="SELECT last_sequence FROM event_meta WHERE id = 1 FOR UPDATE",
-        insert=f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        advance="UPDATE event_meta SET last_sequence = $1, bytes = bytes + $2 WHERE id = 1",
-        first=_FIRST,
-        last=_LAST,
-        in_list=False,
-    ),
-}
-
-
-def _sql(dialect: str) -> _Statements:
-    return _STATEMENTS[dialect]
-
-
-_T = TypeVar("_T")
-
-
-async def _on_sqlite_thread(conn: AsyncConnection, work: Callable[..., _T], *args: Any) -> _T:
-    """`work(sqlite3_connection, *args)` on the transaction's connection, on aiosqlite's
-    thread, in one trip (as SQLAlchemy's own aiosqlite adapter reaches that connection)."""
-    driver: Any = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
-    return cast(_T, await driver._execute(work, driver._conn, *args))
-
-
-def _fetch(
-    db: sqlite3.Connection, sql: _Statements, query: str, parameters: tuple[Any, ...]
-) -> tuple[int, list[Any], int]:
-    """A reader's poll on SQLite: the last sequence, the rows, the first sequence."""
-    last = int(db.execute(sql.last).fetchone()[0])
-    rows = db.execute(query, parameters).fetchall()
-    return last, rows, int(db.execute(sql.first).fetchone()[0])
-
-
-def _plan(
-    events: Sequence[Encoded], last: int, known: dict[str, int], stored_us: int
-) -> tuple[Appended, list[tuple[Any, ...]], int, int]:
-    """Sequences for the events after `last` (keys in `known` are duplicates): the
-    answer, the rows to insert, the new last sequence and the bytes they add."""
-    result = Appended()
-    sequences, duplicates = result.sequences, result.duplicates
-    rows = []
-    sequence = last
-    size = 0
-    for event in events:
-        seen = known.get(event.key)
-        if seen is not None:
-            sequences.append(seen)
-            duplicates.append(True)
-            continue
-        sequence += 1
-        known[event.key] = sequence  # a key twice in one batch is stored once
-        sequences.append(sequence)
-        duplicates.append(False)
-        n = len(event.data)
-        size += n
-        rows.append((sequence, event.kind, event.model, event.key, stored_us, n, event.data))
-    return result, rows, sequence, size
-
-
-def _parse(rows: Sequence[Any]) -> list[epb.Event]:
-    """Stored rows (sequence, proto) as events. The sequence is set after parsing:
-    appending its field to the bytes first copied every event once more."""
-    out = []
-    for sequence, proto in rows:
-        event = epb.Event.FromString(proto)
-        event.sequence = sequence
-        out.append(event)
-    return out
 
 
 class SqlEventLog:
@@ -195,14 +76,26 @@ class SqlEventLog:
         self.retention_bytes = retention_bytes
         self.poll_seconds = poll_seconds
         self._appended = asyncio.Event()
-        self._waiting: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+        self._waiting: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._recent = Recent()  # this process's last appends, for its readers
+        self._write_engine = store.engine.execution_options(liveml_write=True)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction, committed at the end (BEGIN IMMEDIATE on
+        SQLite for a write, as the store's write sessions take): appends and reads use
+        driver-level SQL only, and an ORM session around each cost ~400 us more (about
+        a microsecond per event of a 500-event append, and as much for the joiner's poll
+        that follows it)."""
+        async with (self._write_engine if write else self.store.engine).begin() as conn:
+            yield conn
 
     def _wake(self) -> None:
         self._appended.set()
         self._appended = asyncio.Event()
 
-    async def append(self, events: Sequence[Encoded]) -> Appended:
+    async def append(self, events: Sequence[Appendable]) -> Appended:
         if not events:
             return Appended()
         done: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
@@ -215,7 +108,7 @@ class SqlEventLog:
         """Write what waits, group by group, until nothing does."""
         try:
             while self._waiting:
-                group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]] = []
+                group: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]] = []
                 size = 0
                 while self._waiting and (
                     not group or size + len(self._waiting[0][0]) <= _GROUP_EVENTS
@@ -247,7 +140,7 @@ class SqlEventLog:
             self._writer = None
 
     async def _write_alone(
-        self, group: list[tuple[Sequence[Encoded], asyncio.Future[Appended]]], exc: Exception
+        self, group: list[tuple[Sequence[Appendable], asyncio.Future[Appended]]], exc: Exception
     ) -> None:
         """The group's write failed: one caller's batch must not fail the others', so
         each is written alone (a group of one has its answer already)."""
@@ -265,47 +158,36 @@ class SqlEventLog:
             if not done.done():
                 done.set_result(alone)
 
-    async def _write(self, events: Sequence[Encoded]) -> Appended:
-        # Driver-level SQL with rows as plain tuples: SQLAlchemy's per-row work (bind
-        # processing, compiled parameters, the result rows) cost the registry more CPU
-        # per event than SQLite's own insert did.
-        sql = _sql(self.store.dialect)
+    async def _write(self, events: Sequence[Appendable]) -> Appended:
+        sql = statements(self.store.dialect)
         stored_us = now_us()
-        async with self.store.write_unversioned() as session:
-            conn = await session.connection()
+        async with self._transaction(write=True) as conn:
             if self.store.dialect == "sqlite":
-                # The whole append in one call on SQLite's own thread (BEGIN IMMEDIATE,
-                # taken above, holds the write lock): every statement through the async
-                # adapter is a few trips between threads.
-                def append(db: sqlite3.Connection) -> tuple[Appended, bool]:
-                    last = int(db.execute(sql.lock).fetchone()[0])
-                    keys = list({e.key for e in events})
-                    known: dict[str, int] = {}
-                    for i in range(0, len(keys), _KEYS_PER_QUERY):
-                        part = keys[i : i + _KEYS_PER_QUERY]
-                        known.update(db.execute(sql.known(len(part)), part).fetchall())
-                    result, rows, sequence, size = _plan(events, last, known, stored_us)
-                    if rows:
-                        db.executemany(sql.insert, rows)
-                        db.execute(sql.advance, (sequence, size))
-                    return result, bool(rows)
-
-                result, wrote = await _on_sqlite_thread(conn, append)
+                # The whole append in one call on SQLite's own thread: every statement
+                # through the async adapter is a few trips between threads.
+                result, first = await on_sqlite_thread(conn, append_sqlite, sql, events, stored_us)
             else:
                 # PostgreSQL: the meta row's lock orders appends.
                 last = int((await conn.exec_driver_sql(sql.lock)).scalar_one())
                 keys = list({e.key for e in events})
                 known: dict[str, int] = {}
-                for i in range(0, len(keys), _KEYS_PER_QUERY):
-                    part = keys[i : i + _KEYS_PER_QUERY]
+                for i in range(0, len(keys), KEYS_PER_QUERY):
+                    part = keys[i : i + KEYS_PER_QUERY]
                     found = await conn.exec_driver_sql(sql.known(len(part)), sql.keys(part))
                     known.update(cast(list[tuple[str, int]], found.all()))
-                result, rows, sequence, size = _plan(events, last, known, stored_us)
+                result, rows, sequence, size = plan(events, last, known, stored_us)
                 if rows:
                     await conn.exec_driver_sql(sql.insert, rows)
                     await conn.exec_driver_sql(sql.advance, (sequence, size))
-                wrote = bool(rows)
-        if wrote:
+                first = last + 1
+        if result.stored:  # committed: this process's readers may take them from memory
+            duplicates = result.duplicates
+            self._recent.add(
+                first,
+                [e for e, d in zip(events, duplicates, strict=True) if not d]
+                if any(duplicates)
+                else events,
+            )
             self._wake()
         return result
 
@@ -335,7 +217,7 @@ class SqlEventLog:
             after = last
         elif start == Start.START_OLDEST:
             after = first - 1
-        sql = _sql(self.store.dialect)
+        sql = statements(self.store.dialect)
         query, params = sql.rows(model, list(kinds))
         reported = time.monotonic()
         told = after  # the reader knows it has everything through here
@@ -346,38 +228,55 @@ class SqlEventLog:
             # ran meanwhile is seen). One transaction for the three: in SQLite it is one
             # snapshot (rows and bounds agree), in PostgreSQL each statement sees what
             # committed before it began; a session each would cost more than the reads.
-            # Driver-level SQL and plain rows: the joiner reads every prediction back.
-            async with self.store.read() as session:
-                conn = await session.connection()
+            # What this process appended itself is taken from memory (`Recent`), only
+            # the bounds from the database: the rows are committed, so `last` and
+            # `first` read now hold for them as for the rows read.
+            recent = self._recent.holds(after + 1)
+            async with self._transaction(write=False) as conn:
                 parameters = (after, *params, max_batch)
-                if self.store.dialect == "sqlite":
-                    last, rows, first = await _on_sqlite_thread(
-                        conn, _fetch, sql, query, parameters
-                    )
+                if recent:
+                    last, first = await self._poll_bounds(conn, sql)
+                    taken = self._recent.take(after, model, kinds, max_batch)
+                else:
+                    taken = None
+                if taken is not None:
+                    parsed, through = taken
+                    full = len(parsed) == max_batch or through < last
+                elif self.store.dialect == "sqlite":
+                    last, rows, first = await on_sqlite_thread(conn, fetch, sql, query, parameters)
                 else:
                     last = int((await conn.exec_driver_sql(sql.last)).scalar_one())
                     rows = list((await conn.exec_driver_sql(query, parameters)).all())
                     first = int((await conn.exec_driver_sql(sql.first)).scalar_one())
+            if taken is None:
+                parsed = parse(rows)
+                through = rows[-1][0] if rows else after
+                full = len(rows) == max_batch
+                if not full:
+                    through = max(through, last)
             gap = retention_gap(after, first, Start.START_AFTER_SEQUENCE)
             if gap is not None:
                 raise OutOfRange(gap)
-            through = rows[-1][0] if rows else after
-            if len(rows) < max_batch:
-                through = max(through, last)
             # Events it does not want (other kinds or models) move `after` on without a
             # batch; a progress mark tells the reader, so its position can follow.
-            if rows or (through > told and time.monotonic() - reported >= PROGRESS_SECONDS):
-                parsed = _parse(rows)
+            if parsed or (through > told and time.monotonic() - reported >= PROGRESS_SECONDS):
                 yield Batch(parsed, through, first, max(last, through))
                 reported, told = time.monotonic(), through
             after = through
-            if len(rows) == max_batch:
+            if full:
                 continue
             if not follow:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_seconds):
                     await woken.wait()
+
+    async def _poll_bounds(self, conn: AsyncConnection, sql: Statements) -> tuple[int, int]:
+        """(last, first) through the driver, as a reader's poll reads them."""
+        if self.store.dialect == "sqlite":
+            return await on_sqlite_thread(conn, bounds, sql)
+        last = int((await conn.exec_driver_sql(sql.last)).scalar_one())
+        return last, int((await conn.exec_driver_sql(sql.first)).scalar_one())
 
     async def retain(self) -> int:
         """Remove what retention no longer keeps; the number of events removed."""

@@ -15,11 +15,13 @@ from services.common.errors import (
     ResourceExhausted,
     abort_on_error,
 )
-from services.common.events import EventStream, Stats
+from services.common.events import BODY_OF_KIND, MAX_KEY, EventStream, Stats
 from services.common.events.metrics import append_counted
 from services.common.gen.liveml.events.v1 import events_pb2 as epb
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import catalog, names
+from services.registry.event_log import SqlEventLog
+from services.registry.event_recent import Parsed
 from services.registry.joiner import joiner_stats
 from services.registry.store import Store, now_us
 
@@ -44,19 +46,36 @@ class EventService:
         principal = current_principal()
         ingest_only = bool(principal and principal.role == Role.INGEST)
         models: set[str] = set()  # checked already (a batch is mostly one model's)
-        encoded = []
-        for i, event in enumerate(request.events):
-            events.check(event, i)
-            model = event.model
+        # The SQL log keeps the parsed events for its own readers (the joiner).
+        keep = isinstance(self.events, SqlEventLog)
+        encoded: list[Any] = []
+        given = request.events
+        for i, event in enumerate(given):
+            kind, model, key = event.kind, event.model, event.key
+            # What events.check asks, cheaply; it says what is wrong when anything is.
+            body = BODY_OF_KIND.get(kind)
+            if (
+                body is None
+                or not model
+                or not key
+                or len(key) > MAX_KEY
+                or event.sequence
+                or event.WhichOneof("body") != body
+            ):
+                events.check(event, i)
             if model not in models:
                 names.check_id("model", model)
                 models.add(model)
-            kind = event.kind
             if ingest_only and kind != epb.EVENT_KIND_EXAMPLE:
                 raise PermissionDenied(
                     f"events[{i}]: role ingest may append EVENT_KIND_EXAMPLE events only"
                 )
-            encoded.append(events.Encoded(kind, model, event.key, event.SerializeToString()))
+            data = event.SerializeToString()
+            encoded.append(
+                Parsed(kind, model, key, data, given, i)
+                if keep
+                else events.Encoded(kind, model, key, data)
+            )
         appended = await append_counted(self.events, encoded)
         return rpb.AppendEventsResponse(
             sequences=appended.sequences,

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 
@@ -82,6 +82,19 @@ def _time_us(event: epb.Event) -> int:
     return time.seconds * 1_000_000 + time.nanos // 1000
 
 
+_Body = TypeVar("_Body", epb.Prediction, epb.Feedback)
+
+
+def _own(body: _Body) -> _Body:
+    """A copy of its own of what waits for its partner: the event may be part of the
+    whole request it was appended in (the log's memory hands the request's messages
+    on), and one body held would keep all of that request alive for the join window
+    (~0.7 µs per body)."""
+    copy = type(body)()
+    copy.CopyFrom(body)
+    return copy
+
+
 class JoinState:
     """What waits for a partner, and what the joins since the last commit produced."""
 
@@ -99,6 +112,7 @@ class JoinState:
         self.signatures: dict[str, rpb.Signature] = {}
         self.not_found: dict[str, float] = {}  # model -> when its signature was not found
         self._unmatched_counters: dict[tuple[str, int], Any] = {}
+        self._unmatched_due: dict[tuple[str, int], int] = {}
 
     def low_water(self, position: int) -> int:
         """The oldest sequence still held: a restart reads again from there."""
@@ -110,13 +124,22 @@ class JoinState:
         """Count what found no partner (index 1: feedback, 2: a prediction)."""
         if live:
             self.counters.setdefault(model, [0, 0, 0])[index] += 1
+            # The metric is moved once per batch (`flush_metrics`): an increment per
+            # event, each taking the counter's lock, cost more than the count.
+            key = (model, index)
+            self._unmatched_due[key] = self._unmatched_due.get(key, 0) + 1
+
+    def flush_metrics(self) -> None:
+        """Move the unmatched counters' metric by what was counted since the last call."""
+        for (model, index), n in self._unmatched_due.items():
             counter = self._unmatched_counters.get((model, index))
-            if counter is None:  # a metric's labels() per event cost more than the count
+            if counter is None:
                 kind = "feedback" if index == 1 else "prediction"
                 counter = self._unmatched_counters[(model, index)] = event_metrics.UNMATCHED.labels(
                     model, kind
                 )
-            counter.inc()
+            counter.inc(n)
+        self._unmatched_due.clear()
 
     def _expire(self, live: bool) -> None:
         horizon = self.clock_us - self.window_us
@@ -166,6 +189,7 @@ class JoinState:
                     replaced = self.predictions.pop(key, None)
                     if replaced is not None:
                         self._unmatched(event.model, 2, live)
+                    held.body = _own(body_p)
                     self.predictions[key] = held
         elif event.kind == epb.EVENT_KIND_FEEDBACK:
             body_f = event.feedback
@@ -176,6 +200,7 @@ class JoinState:
                 if found is not None:
                     self._join(event.model, found, held_f, live)
                 else:
+                    held_f.body = _own(body_f)
                     self.feedback[key] = held_f
         self._expire(live)
 
@@ -353,6 +378,7 @@ class Joiner:
                     await self._signatures(state, {e.model for e in item.events})
                     for event in item.events:
                         state.apply(event, live=event.sequence > replay_through)
+                    state.flush_metrics()
                     through = max(through, item.read_through)
                     event_metrics.JOINER_LAG.set(max(0, item.last_sequence - item.read_through))
                     event_metrics.STREAM_LAST.set(item.last_sequence)
