@@ -18,7 +18,7 @@ revisions added and watch events the watchers received; after the quiet phase, o
 rollout change and how long until every watcher saw it (p99 over watchers). The
 ratio changing ÷ quiet of CPU per heartbeat is printed from the same run. Results go
 to bench/out/registry_scale.json. `--profile` records the registry with py-spy
-(`--native`) during the quiet phase to bench/out/registry_scale.svg.
+during the quiet phase to bench/out/registry_scale.folded (collapsed stacks).
 """
 
 from __future__ import annotations
@@ -82,16 +82,29 @@ class Fleet:
         self.answered: dict[int, int] = {}  # heartbeats answered per worker, this phase
         self.warmed = asyncio.Event()  # every worker had two answered this phase
 
-    async def worker(self, index: int) -> None:
-        registered = await self.stub.RegisterWorker(
-            rpb.RegisterWorkerRequest(
-                worker=rpb.Worker(
-                    address=f"10.{index // 62500}.{index // 250 % 250}.{index % 250}:9001"
+    def states(self, flip: int) -> list[rpb.WorkerVersionState]:
+        return [
+            rpb.WorkerVersionState(
+                model="m", version=v, state=LOADING if (v == 1 and flip % 2) else READY
+            )
+            for v in range(1, 5)
+        ]
+
+    async def worker(self, index: int, registering: asyncio.Semaphore) -> None:
+        # Registered as real workers do (what they hold and the revision they saw), a few
+        # at a time: the registry takes them at its own pace, no lease runs out queued.
+        async with registering:
+            registered = await self.stub.RegisterWorker(
+                rpb.RegisterWorkerRequest(
+                    worker=rpb.Worker(
+                        address=f"10.{index // 62500}.{index // 250 % 250}.{index % 250}:9001",
+                        versions=self.states(0),
+                        observed_revision=self.observed,
+                    ),
+                    lease_duration=Duration(seconds=int(self.interval * 3)),
                 ),
-                lease_duration=Duration(seconds=int(self.interval * 3)),
-            ),
-            metadata=self.md,
-        )
+                metadata=self.md,
+            )
         name = registered.worker.name
         flip = 0
         # Spread the fleet over the interval, as real workers started at different times.
@@ -99,12 +112,7 @@ class Fleet:
         while not self.stop.is_set():
             if self.changing:
                 flip += 1
-            states = [
-                rpb.WorkerVersionState(
-                    model="m", version=v, state=LOADING if (v == 1 and flip % 2) else READY
-                )
-                for v in range(1, 5)
-            ]
+            states = self.states(flip)
             started = time.monotonic()
             try:
                 await self.stub.Heartbeat(
@@ -134,13 +142,8 @@ async def child(port: int, token: str, interval: float, first: int, count: int) 
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    tasks = []
-    for start in range(first, first + count, 100):
-        tasks += [
-            asyncio.create_task(fleet.worker(i))
-            for i in range(start, min(first + count, start + 100))
-        ]
-        await asyncio.sleep(0.05)
+    registering = asyncio.Semaphore(4)
+    tasks = [asyncio.create_task(fleet.worker(i, registering)) for i in fleet.indices]
 
     def say(**what: Any) -> None:
         sys.stdout.write(json.dumps(what) + "\n")
@@ -278,6 +281,24 @@ async def current_revision(stub: rpb_grpc.RegistryServiceStub, md: Any) -> int:
     return int(first.revision)
 
 
+async def py_spy(pid: int, seconds: float) -> asyncio.subprocess.Process:
+    OUT.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--nonblocking",  # --native pauses the registry for each sample
+        "--format",
+        "raw",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(seconds)),
+        "-o",
+        str(OUT / "registry_scale.folded"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def phase(
     name: str,
     clients: Clients,
@@ -286,6 +307,7 @@ async def phase(
     watchers: Watchers,
     pid: int,
     seconds: float,
+    profile: bool = False,
 ) -> dict[str, Any]:
     # Measured once every worker had two heartbeats of this phase's kind answered (the
     # first quiet one after registering, or after a change, still publishes).
@@ -294,9 +316,12 @@ async def phase(
     warmed = all(a["warmed"] for a in await clients.ask({"phase": name}))
     client_cpu0 = sum(a["cpu"] for a in await clients.ask({"mark": True}))
     events, rev0 = watchers.events, await current_revision(stub, md)
+    profiler = await py_spy(pid, seconds) if profile else None
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(seconds)
     cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    if profiler is not None and await profiler.wait():
+        print("py-spy failed (exit status", profiler.returncode, ")")
     reports = await clients.ask({"report": True})
     rev1 = await current_revision(stub, md)
     latencies = [x for r in reports for x in r["latencies"]]
@@ -369,26 +394,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         stack.push_async_callback(clients.stop)
         tasks.append(asyncio.create_task(clients.follow(watchers.revision)))
         pid = proc.popen.pid
-        profiler = None
-        if args.profile:
-            OUT.mkdir(parents=True, exist_ok=True)
-            profiler = await asyncio.create_subprocess_exec(
-                str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--native",
-                "-p",
-                str(pid),
-                "-d",
-                str(int(args.seconds + 30)),
-                "-o",
-                str(OUT / "registry_scale.svg"),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-        quiet = await phase("quiet", clients, stub, md, watchers, pid, args.seconds)
-        if profiler is not None:
-            profiler.send_signal(2)
-            await profiler.wait()
+        quiet = await phase("quiet", clients, stub, md, watchers, pid, args.seconds, args.profile)
         fanout = [await rollout_fanout(stub, md, watchers, p) for p in (10, 20, 30)]
         quiet["rollout_seen_by_all_p99_ms"] = [round(f * 1e3, 1) for f in fanout]
         changing = await phase("changing", clients, stub, md, watchers, pid, args.seconds)
