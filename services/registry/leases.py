@@ -82,7 +82,7 @@ class Leases:
         # Observed revisions reported but not yet written (and those being written).
         self._observed: dict[str, int] = {}
         self._observed_flushing: dict[str, int] = {}
-        self.settler = Settler(store, max(1.0, flush_seconds))
+        self.settler = Settler(store, max(5.0, 2 * flush_seconds))
         self.flushed = 0  # renewals written (for tests and logs)
         store.leases = self
         store.event_listeners.append(self._learn_events)
@@ -129,9 +129,9 @@ class Leases:
         ):
             return None
         if observed_revision != known.observed_revision:
-            known.observed_revision = observed_revision
+            previous, known.observed_revision = known.observed_revision, observed_revision
             self._observed[worker_id] = observed_revision
-            self.settler.advanced(known.models, observed_revision)
+            self.settler.advanced(known.models, observed_revision, previous)
         expire = now_us() + known.lease_us
         self._pending[worker_id] = expire
         return expire

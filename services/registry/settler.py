@@ -13,13 +13,16 @@ What "every worker observed R" rests on stays correct across a restart: a held o
 revision that was lost with its process is reported again by the worker's next
 heartbeat, the fallback stays until then (never released early), and every rollout
 that still holds one is looked at when the registry starts and each `recheck_seconds`
-(which also covers observations another replica holds until its next flush).
+(5 s, or two lease flushes: this covers what another replica holds until its next
+flush). A pass reads every worker, so passes are at least MIN_GAP_SECONDS apart, and a
+report wakes one only when it crosses an unsettled rollout's revision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -32,6 +35,8 @@ from services.registry.store import Store
 log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.02  # heartbeats reporting the same revision settle together
+# A pass reads every worker: at most one per this (thousands report a revision at once).
+MIN_GAP_SECONDS = 0.25
 
 
 class Settler:
@@ -68,13 +73,17 @@ class Settler:
             ):
                 self._unsettled.pop(event.resource_name.split("/")[1], None)
 
-    def advanced(self, models: Iterable[str], observed_revision: int) -> None:
-        """A worker serving `models` now reports `observed_revision` (held in memory)."""
+    def advanced(self, models: Iterable[str], observed_revision: int, previous: int = 0) -> None:
+        """A worker serving `models` now reports `observed_revision` (before: `previous`,
+        0 if not known). Only a report that crosses an unsettled rollout's revision can
+        release it: a rollout held for long (a target that failed) is not looked at again
+        on every heartbeat after every change."""
         unsettled = self._unsettled
         wanted = [
             m
             for m in models
-            if unsettled is None or unsettled.get(m, observed_revision + 1) <= observed_revision
+            if unsettled is None
+            or previous < unsettled.get(m, observed_revision + 1) <= observed_revision
         ]
         if wanted:
             self._models.update(wanted)
@@ -111,6 +120,7 @@ class Settler:
                 await rollouts.settle(tx, due)
 
     async def run(self) -> None:
+        last = 0.0
         while True:
             try:
                 if self._unsettled is None:
@@ -121,7 +131,9 @@ class Settler:
                 except TimeoutError:
                     self._models.update(self._unsettled or ())
                 # why: heartbeats of one revision arrive together; one pass takes them
-                await asyncio.sleep(COALESCE_SECONDS)  # (noqa: sleep-ok)
+                gap = max(COALESCE_SECONDS, MIN_GAP_SECONDS - (time.monotonic() - last))
+                await asyncio.sleep(gap)  # (noqa: sleep-ok)
+                last = time.monotonic()
                 self._wake.clear()
                 models, self._models = self._models, set()
                 await self.settle(models)
