@@ -220,6 +220,7 @@ async def start(settings: RegistrySettings) -> Registry:
         ),
         asyncio.create_task(_every(60.0, "change-feed compaction", compaction.run_once)),
         *([asyncio.create_task(leases.run(), name="lease flush")] if leases.flush_seconds else []),
+        asyncio.create_task(leases.settler.run(), name="rollout settler"),
         asyncio.create_task(_every(1.0, "training-run leases", expire_runs)),
         asyncio.create_task(controller.run(), name="rollout-controller"),
     ]

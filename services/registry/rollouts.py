@@ -305,29 +305,45 @@ async def rollback(tx: Tx, name: str) -> rpb.Rollout:
     return await _store(tx, model, before, after, "RollbackRollout")
 
 
-async def settle(tx: Tx, models: set[str]) -> None:
-    """Clear the fallback of these models' rollouts once every target with traffic is
-    READY on some worker: the versions that answered meanwhile may now be retired.
-
-    Not a new desired state: no history row, and `revision` stays (a controller's or
-    an operator's decision fenced by it still applies).
-    """
+async def _due(
+    session: AsyncSession, models: set[str]
+) -> list[tuple[str, RolloutRow, rpb.Rollout]]:
+    """The rollouts of `models` whose fallback may go: every target with traffic READY
+    on a worker that has observed the rollout's revision."""
     if not models:
-        return
+        return []
     rows = (
-        await tx.session.execute(
+        await session.execute(
             select(ModelRow.name, RolloutRow)
             .join(RolloutRow, RolloutRow.model_id == ModelRow.id)
             .where(ModelRow.name.in_(sorted(models)))
         )
     ).all()
+    due = []
     for name, row in rows:
         before = rpb.Rollout.FromString(row.proto)
         if not before.fallback:
             continue
-        confirmed = await workers.ready_counts(tx.session, name, before.revision)
-        if not serving.settled(targets_of(before), confirmed):
-            continue
+        confirmed = await workers.ready_counts(session, name, before.revision)
+        if serving.settled(targets_of(before), confirmed):
+            due.append((name, row, before))
+    return due
+
+
+async def settleable(session: AsyncSession, models: set[str]) -> set[str]:
+    """Which of `models` `settle` would settle now (a read: no write unless one would)."""
+    return {name for name, _, _ in await _due(session, models)}
+
+
+async def settle(tx: Tx, models: set[str]) -> None:
+    """Clear the fallback of these models' rollouts once every target with traffic is
+    READY on some worker that has seen the rollout: the versions that answered
+    meanwhile may now be retired.
+
+    Not a new desired state: no history row, and `revision` stays (a controller's or
+    an operator's decision fenced by it still applies).
+    """
+    for _, row, before in await _due(tx.session, models):
         after = rpb.Rollout()
         after.CopyFrom(before)
         del after.fallback[:]

@@ -372,25 +372,36 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
         worker_id = names.simple("workers", request.name)
         leases = self.store.leases
+        versions = list(request.versions)
         if leases is not None and acts_as_itself(worker_id):
-            # A renewal this process can answer from memory (leases.Leases).
-            expire = leases.quiet(worker_id, list(request.versions), request.observed_revision)
+            # A renewal this process can answer from memory (leases.Leases), a newer
+            # observed revision included.
+            expire = leases.quiet(worker_id, versions, request.observed_revision)
             if expire is not None:
                 reply = rpb.HeartbeatResponse()
                 reply.lease_expire_time.FromMicroseconds(expire)
                 return reply
         async with self.store.write_unversioned() as session:
             await worker_identity.check_acts_as(session, worker_id, "heartbeat")
-            renew = leases.renew if leases is not None else workers.renew
-            renewed = await renew(
-                session, request.name, list(request.versions), request.observed_revision
-            )
+            if leases is not None:
+                renewed, advanced = await leases.renew(
+                    session, request.name, versions, request.observed_revision
+                )
+            else:
+                renewed, _, advanced = await workers.renew_row(
+                    session, request.name, versions, request.observed_revision
+                )
         if renewed is not None:
+            if advanced and leases is not None:
+                leases.advanced(versions, request.observed_revision)  # settled once, later
+            elif advanced:
+                async with self.store.write(actor()) as tx:
+                    await rollouts.settle(tx, {v.model for v in versions})
             return rpb.HeartbeatResponse(lease_expire_time=renewed.lease_expire_time)
         async with self.store.write(actor()) as tx:
             await worker_identity.check_acts_as(tx.session, worker_id, "heartbeat")
             worker, changed, advanced = await workers.heartbeat(
-                tx, request.name, list(request.versions), request.observed_revision
+                tx, request.name, versions, request.observed_revision
             )
             if changed or advanced:
                 await rollouts.settle(tx, {v.model for v in worker.versions})

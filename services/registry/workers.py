@@ -6,8 +6,9 @@ error) is published on the change feed and audited. Only the sweep expires a lea
 and a registry that finds itself stalled renews every lease instead (`renew_all`):
 a worker is judged on heartbeats the registry had the chance to read.
 
-Renewals are held in memory (`leases.Leases`) and persisted lazily, all of them in one
-UPDATE every `--lease-flush-seconds`: a quiet heartbeat costs no database write. The
+Renewals, and a newer observed revision a heartbeat brings, are held in memory
+(`leases.Leases`) and persisted lazily, every `--lease-flush-seconds`: a quiet
+heartbeat costs no database write. The
 sweep writes what is held before it judges, and counts a lease as lapsed only a flush
 interval after it ran out (a renewal may wait that long in another replica's memory);
 renewals a registry held when it died are covered by the lease every known worker gets
@@ -87,24 +88,31 @@ async def renew_row(
     name: str,
     versions: list[rpb.WorkerVersionState],
     observed_revision: int = 0,
-) -> tuple[rpb.Worker | None, int]:
+) -> tuple[rpb.Worker | None, int, bool]:
     """A heartbeat that changes nothing anyone watches — the same version states, the
-    same observed revision — is a lease renewal: the lease moves, and nothing else (no
-    revision, no change event, no audit, no wait on the revision row's lock). None when
-    the heartbeat says something new (or names no registered worker): `heartbeat` then
-    takes it in a versioned write."""
+    same or a newer observed revision — is a lease renewal: the lease and the observed
+    revision move, and nothing else (no revision, no change event, no audit, no wait on
+    the revision row's lock). (worker, lease length, observed revision moved on); the
+    worker is None when the heartbeat says something new (or names no registered
+    worker): `heartbeat` then takes it in a versioned write.
+
+    A newer observed revision is no change anyone watches: the worker's own event
+    would tell every gateway nothing; what it decides — a rollout may settle — is
+    `rollouts.settle`'s to look at (settler.Settler), once per revision."""
     row = await session.get(WorkerRow, names.simple("workers", name))
     if row is None:
-        return None, 0
+        return None, 0, False
     worker = rpb.Worker.FromString(row.proto)
-    if worker.observed_revision != observed_revision or states_of(worker.versions) != states_of(
+    if worker.observed_revision > observed_revision or states_of(worker.versions) != states_of(
         versions
     ):
-        return None, 0
+        return None, 0, False
+    advanced = observed_revision != worker.observed_revision
+    worker.observed_revision = observed_revision
     row.lease_expire_us = now_us() + row.lease_us
     worker.lease_expire_time.FromMicroseconds(row.lease_expire_us)
     row.proto = worker.SerializeToString()
-    return worker, row.lease_us
+    return worker, row.lease_us, advanced
 
 
 async def heartbeat(
@@ -163,6 +171,8 @@ async def live(session: AsyncSession) -> list[rpb.Worker]:
         # process may hold a renewal newer than both.
         expire = max(r.lease_expire_us, held.held(r.id) if held is not None else 0)
         worker.lease_expire_time.FromMicroseconds(expire)
+        if held is not None:  # an observed revision held in memory, not yet written
+            worker.observed_revision = max(worker.observed_revision, held.observed(r.id))
         listed.append(worker)
     return listed
 

@@ -15,6 +15,7 @@ from services.registry import workers
 from services.registry.db import WorkerRow
 from tests.helpers.models import linear
 from tests.helpers.registry import RunningRegistry
+from tests.helpers.wait import async_wait_until
 from tests.integration.test_registry_catalog import push
 
 READY = rpb.VERSION_LOAD_STATE_READY
@@ -51,6 +52,11 @@ async def shown(client: object) -> rpb.GetRolloutResponse:
     return reply
 
 
+async def settled_view(client: object) -> rpb.GetRolloutResponse | None:
+    view = await shown(client)
+    return None if view.rollout.fallback else view
+
+
 async def test_a_share_moves_only_once_a_worker_that_saw_it_reports_ready(
     iris: RunningRegistry,
 ) -> None:
@@ -85,7 +91,8 @@ async def test_a_share_moves_only_once_a_worker_that_saw_it_reports_ready(
         )
     )
     assert (await shown(client)).rollout.fallback
-    # The same report from a worker that has seen it settles the rollout.
+    # The same report from a worker that has seen it settles the rollout (soon after:
+    # heartbeats that only report a newer observed revision settle together).
     await client.Heartbeat(
         rpb.HeartbeatRequest(
             name=worker.name,
@@ -93,7 +100,9 @@ async def test_a_share_moves_only_once_a_worker_that_saw_it_reports_ready(
             observed_revision=swapped.revision,
         )
     )
-    settled = await shown(client)
+    settled = await async_wait_until(
+        lambda: settled_view(client), within=10, what="the rollout to settle"
+    )
     assert not settled.rollout.fallback and not settled.held
     assert settled.rollout.revision == swapped.revision  # not a new desired state
     assert [(s.version, s.percent) for s in settled.serving] == [(2, 100.0)]
