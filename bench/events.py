@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import re
@@ -197,11 +198,13 @@ async def append_rate(
 
     started, own = time.perf_counter(), time.process_time()
     theirs = cpu_seconds(server) if server else 0.0
-    loop = main_thread_seconds(server) if server else 0.0
+    # The main thread is the registry's event loop; a Go server's has no such meaning.
+    threads = server if server and isinstance(stream, RegistryEvents) else None
+    loop = main_thread_seconds(threads) if threads else 0.0
     await asyncio.gather(*(appender() for _ in range(appenders)))
     elapsed, own = time.perf_counter() - started, time.process_time() - own
     theirs = cpu_seconds(server) - theirs if server else float("nan")
-    loop = main_thread_seconds(server) - loop if server else float("nan")
+    loop = main_thread_seconds(threads) - loop if threads else float("nan")
     return Cell(stored / elapsed, own / stored * 1e6, theirs / stored * 1e6, loop / stored * 1e6)
 
 
@@ -267,8 +270,12 @@ async def appends(
                 rates.setdefault((name, appenders), []).append(cell)
                 print(
                     f"  {name} x{appenders}: {cell.rate:,.0f} events/s; CPU per event "
-                    f"{cell.client_us:.0f} us here, {cell.server_us:.0f} us in the server "
-                    f"({cell.loop_us:.0f} its main thread)",
+                    f"{cell.client_us:.0f} us here, {cell.server_us:.0f} us in the server"
+                    + (
+                        f" ({cell.loop_us:.0f} its main thread)"
+                        if not math.isnan(cell.loop_us)
+                        else ""
+                    ),
                     flush=True,
                 )
             for name, stream in streams.items():
@@ -506,7 +513,8 @@ def append_lines(rates: dict[tuple[str, int], list[Cell]]) -> list[str]:
         mark = "✓" if median >= goal else "✗"
         lines.append(
             f"| {name} | {appenders} | {median:,.0f} | {min(values):,.0f} to {max(values):,.0f} "
-            f"| {client:.0f}, {server:.0f} ({loop:.0f}) | ≥ {goal:,.0f} {mark} |"
+            f"| {client:.0f}, {server:.0f}{f' ({loop:.0f})' if not math.isnan(loop) else ''} "
+            f"| ≥ {goal:,.0f} {mark} |"
         )
     if VERSIONS:
         lines += ["", "nats-server: " + ", ".join(f"{n} {v}" for n, v in VERSIONS.items())]
