@@ -11,11 +11,18 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.auth import AuthError, Principal, Role, hash_secret
+from services.common.auth import AuthError, Principal, Role, current_principal, hash_secret
 from services.common.data_auth import parse_cert_roles as parse_cert_roles
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry.db import TokenRow
 from services.registry.store import Store, Tx, now_us
+
+
+def actor() -> str:
+    """Who the audit trail names for the current call."""
+    principal = current_principal()
+    return principal.name if principal else "anonymous"
+
 
 SERVICE = "/liveml.registry.v1.RegistryService/"
 TRAINING = "/liveml.training.v1.TrainingService/"

@@ -27,10 +27,8 @@ from services.registry import (
     rollouts,
     security,
     training_runs,
-    watch_filter,
     windows,
     worker_identity,
-    workers,
 )
 from services.registry.alerts import Alerts
 from services.registry.artifacts import CHUNK, ArtifactStore, BlobMismatch
@@ -38,8 +36,9 @@ from services.registry.controller import Controller
 from services.registry.db import ModelRow, TokenRow
 from services.registry.event_rpcs import EventService
 from services.registry.event_stream import EventParts
-from services.registry.leases import acts_as_itself
+from services.registry.fleet_rpcs import FleetService
 from services.registry.names import page
+from services.registry.security import actor
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store, now_us
 from services.registry.watch import Feed
@@ -47,12 +46,7 @@ from services.registry.watch import Feed
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
 
 
-def actor() -> str:
-    principal = current_principal()
-    return principal.name if principal else "anonymous"
-
-
-class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
+class RegistryServicer(EventService, FleetService, rpb_grpc.RegistryServiceServicer):
     def __init__(
         self,
         settings: RegistrySettings,
@@ -333,93 +327,6 @@ class RegistryServicer(EventService, rpb_grpc.RegistryServiceServicer):
             raise InvalidArgument("since_sequence must not be negative")
         async for changed in self.alerts.watch(request.since_sequence):
             yield rpb.WatchAlertsResponse(alerts=changed)
-
-    # --- change feed ------------------------------------------------------------------------
-
-    @abort_on_error
-    async def Watch(
-        self, request: rpb.WatchRequest, context: Ctx
-    ) -> AsyncIterator[rpb.WatchResponse]:
-        if request.since_revision < 0:
-            raise InvalidArgument("since_revision must not be negative")
-        interval = names.seconds(request.progress_interval, "progress_interval", most=3600)
-        caller = current_principal()
-        # Token hashes go only to the data plane's servers (and admins), which check
-        # callers against them; a viewer watching the picture is not told them.
-        credentials = caller is None or caller.role in security.CREDENTIAL_WATCHERS
-        wanted = watch_filter.parse(request, credentials)
-        responses = self.feed.watch(
-            request.since_revision, interval or self.settings.watch_progress_seconds, wanted
-        )
-        async for response in self.feed.slow_watchers.bounded(responses, context):
-            yield response
-
-    # --- workers ----------------------------------------------------------------------------
-
-    @abort_on_error
-    async def RegisterWorker(self, request: rpb.RegisterWorkerRequest, context: Ctx) -> Any:
-        lease = names.seconds(request.lease_duration, "lease_duration", most=86400)
-        requested = names.simple("workers", request.worker.name) if request.worker.name else ""
-        async with self.store.write(actor()) as tx:
-            request.worker.name = f"workers/{await worker_identity.register_as(tx, requested)}"
-            worker = await workers.register(
-                tx, request.worker, lease or self.settings.lease_seconds
-            )
-            await rollouts.settle(tx, {v.model for v in worker.versions})
-        return rpb.RegisterWorkerResponse(worker=worker)
-
-    @abort_on_error
-    async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
-        worker_id = names.simple("workers", request.name)
-        leases = self.store.leases
-        versions = list(request.versions)
-        if leases is not None and acts_as_itself(worker_id):
-            # A renewal this process can answer from memory (leases.Leases), a newer
-            # observed revision included.
-            expire = leases.quiet(worker_id, versions, request.observed_revision)
-            if expire is not None:
-                reply = rpb.HeartbeatResponse()
-                reply.lease_expire_time.FromMicroseconds(expire)
-                return reply
-        async with self.store.write_unversioned() as session:
-            await worker_identity.check_acts_as(session, worker_id, "heartbeat")
-            if leases is not None:
-                renewed, advanced = await leases.renew(
-                    session, request.name, versions, request.observed_revision
-                )
-            else:
-                renewed, _, advanced = await workers.renew_row(
-                    session, request.name, versions, request.observed_revision
-                )
-        if renewed is not None:
-            if advanced and leases is not None:
-                leases.advanced(versions, request.observed_revision)  # settled once, later
-            elif advanced:
-                async with self.store.write(actor()) as tx:
-                    await rollouts.settle(tx, {v.model for v in versions})
-            return rpb.HeartbeatResponse(lease_expire_time=renewed.lease_expire_time)
-        async with self.store.write(actor()) as tx:
-            await worker_identity.check_acts_as(tx.session, worker_id, "heartbeat")
-            worker, changed, advanced = await workers.heartbeat(
-                tx, request.name, versions, request.observed_revision
-            )
-            if changed or advanced:
-                await rollouts.settle(tx, {v.model for v in worker.versions})
-        return rpb.HeartbeatResponse(lease_expire_time=worker.lease_expire_time)
-
-    @abort_on_error
-    async def ListWorkers(self, request: rpb.ListWorkersRequest, context: Ctx) -> Any:
-        async with self.store.read() as session:
-            return rpb.ListWorkersResponse(workers=await workers.live(session))
-
-    @abort_on_error
-    async def DeleteWorker(self, request: rpb.DeleteWorkerRequest, context: Ctx) -> Any:
-        async with self.store.write(actor()) as tx:
-            await worker_identity.check_acts_as(
-                tx.session, names.simple("workers", request.name), "delete"
-            )
-            await workers.remove(tx, request.name)
-        return rpb.DeleteWorkerResponse()
 
     # --- tokens -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from services.common.gen.liveml.training.v1 import training_pb2_grpc as tpb_grpc
 from services.registry import learners, names, training_policies, training_runs
 from services.registry.alerts import Alerts
 from services.registry.artifacts import ArtifactStore
-from services.registry.servicer import actor
+from services.registry.security import actor
 from services.registry.store import Store
 
 Ctx = Any  # grpc.aio.ServicerContext (untyped)
