@@ -20,14 +20,11 @@ import contextlib
 import logging
 import time
 
-from sqlalchemy import select
-
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.registry import alerts, judge, operator_actions, windows
+from services.registry import alerts, judge, operator_actions, rollouts, windows
 from services.registry.alerts import Alerts
 from services.registry.analysis import Limits
-from services.registry.db import ModelRow, RolloutRow
 from services.registry.decisions import Decider, Phase, decided, share
 from services.registry.leader import Lease
 from services.registry.monitor import Monitor
@@ -133,14 +130,7 @@ class Controller:
 
     async def _rollouts(self) -> dict[str, rpb.Rollout]:
         async with self.store.read() as session:
-            rows = (
-                await session.execute(
-                    select(ModelRow.name, RolloutRow.proto).join(
-                        RolloutRow, RolloutRow.model_id == ModelRow.id
-                    )
-                )
-            ).all()
-        return {name: rpb.Rollout.FromString(proto) for name, proto in rows}
+            return await rollouts.all_by_model(session)
 
     # --- canary analysis -----------------------------------------------------------------
 

@@ -37,6 +37,18 @@ def empty(model_id: str) -> rpb.Rollout:
     return rpb.Rollout(name=f"models/{model_id}/rollout")
 
 
+async def all_by_model(session: AsyncSession) -> dict[str, rpb.Rollout]:
+    """Every model's rollout, by model name."""
+    rows = (
+        await session.execute(
+            select(ModelRow.name, RolloutRow.proto).join(
+                RolloutRow, RolloutRow.model_id == ModelRow.id
+            )
+        )
+    ).all()
+    return {name: rpb.Rollout.FromString(proto) for name, proto in rows}
+
+
 async def get(session: AsyncSession, name: str) -> rpb.Rollout:
     model_id = names.rollout(name)
     model = await model_row(session, model_id)

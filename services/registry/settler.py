@@ -25,11 +25,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import select
-
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import rollouts
-from services.registry.db import ModelRow, RolloutRow
 from services.registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,18 +88,8 @@ class Settler:
 
     async def _load(self) -> None:
         async with self.store.read() as session:
-            rows = (
-                await session.execute(
-                    select(ModelRow.name, RolloutRow.proto).join(
-                        RolloutRow, RolloutRow.model_id == ModelRow.id
-                    )
-                )
-            ).all()
-        unsettled = {}
-        for name, proto in rows:
-            rollout = rpb.Rollout.FromString(proto)
-            if rollout.fallback:
-                unsettled[name] = rollout.revision
+            every = await rollouts.all_by_model(session)
+        unsettled = {name: r.revision for name, r in every.items() if r.fallback}
         self._unsettled = unsettled
         self._models.update(unsettled)
 
