@@ -160,6 +160,11 @@ class RegistryServiceStub:
                 request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.StreamHeartbeats = channel.stream_stream(
+                '/liveml.registry.v1.RegistryService/StreamHeartbeats',
+                request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.SerializeToString,
+                response_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/liveml.registry.v1.RegistryService/ListWorkers',
                 request_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.ListWorkersRequest.SerializeToString,
@@ -404,6 +409,17 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamHeartbeats(self, request_iterator, context):
+        """Heartbeats on one long-lived stream: each request is answered by one
+        response, in order, as Heartbeat answers it, without the per-call setup a
+        unary call pays (what lets one registry hold thousands of workers). An error
+        ends the stream with Heartbeat's status (NOT_FOUND: register again, then
+        open a new stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """Lists the workers whose lease has not expired.
         """
@@ -610,6 +626,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatRequest.FromString,
                     response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'StreamHeartbeats': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamHeartbeats,
+                    request_deserializer=liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.FromString,
+                    response_serializer=liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -1343,6 +1364,33 @@ class RegistryService:
             '/liveml.registry.v1.RegistryService/Heartbeat',
             liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
             liveml_dot_registry_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamHeartbeats(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/liveml.registry.v1.RegistryService/StreamHeartbeats',
+            liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.SerializeToString,
+            liveml_dot_registry_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
