@@ -84,7 +84,10 @@ POLICY: dict[str, set[Role]] = {
             "ControlRollout",
         )
     },
-    **{SERVICE + m: set(_DATA_PLANE) for m in ("RegisterWorker", "Heartbeat", "StreamHeartbeats", "DeleteWorker")},
+    **{
+        SERVICE + m: set(_DATA_PLANE)
+        for m in ("RegisterWorker", "Heartbeat", "StreamHeartbeats", "DeleteWorker")
+    },
     # Each caller only its own windows (worker_identity.check_windows).
     SERVICE + "ReportWindows": {Role.WORKER, Role.GATEWAY},
     **{
