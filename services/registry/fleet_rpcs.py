@@ -1,6 +1,7 @@
 """The registry's fleet RPCs: the change feed (Watch) and workers' membership —
-register, heartbeat (a lease renewal answered from memory when nothing changed),
-list, delete. Mixed into the RegistryServicer, whose store and feed they share."""
+register, heartbeat (a lease renewal answered from memory when nothing changed;
+unary, or many on one stream: StreamHeartbeats), list, delete. Mixed into the
+RegistryServicer, whose store and feed they share."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.common.auth import current_principal
-from services.common.errors import InvalidArgument, abort_on_error
+from services.common.errors import InvalidArgument, ServiceError, abort_on_error
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import (
     names,
@@ -70,6 +71,29 @@ class FleetService:
 
     @abort_on_error
     async def Heartbeat(self, request: rpb.HeartbeatRequest, context: Ctx) -> Any:
+        return await self.beat(request)
+
+    async def StreamHeartbeats(
+        self, requests: AsyncIterator[rpb.StreamHeartbeatsRequest], context: Ctx
+    ) -> AsyncIterator[rpb.StreamHeartbeatsResponse]:
+        # Not abort_on_error: an abort raised while the client is still sending can
+        # reach it as INTERNAL; the status is set and the stream returns instead.
+        async for request in requests:
+            try:
+                if not request.HasField("heartbeat"):
+                    raise InvalidArgument(
+                        "heartbeat is required: each message carries one HeartbeatRequest"
+                    )
+                reply = await self.beat(request.heartbeat)
+            except ServiceError as exc:
+                context.set_code(exc.code)
+                context.set_details(exc.message)
+                return
+            yield rpb.StreamHeartbeatsResponse(heartbeat=reply)
+
+    async def beat(self, request: rpb.HeartbeatRequest) -> rpb.HeartbeatResponse:
+        """One heartbeat, unary or streamed: a renewal answered from memory when this
+        process knows the worker as reported, else read and written in the database."""
         worker_id = names.simple("workers", request.name)
         leases = self.store.leases
         versions = list(request.versions)
@@ -81,6 +105,7 @@ class FleetService:
                 reply = rpb.HeartbeatResponse()
                 reply.lease_expire_time.FromMicroseconds(expire)
                 return reply
+        names.check_id("worker", worker_id)
         async with self.store.write_unversioned() as session:
             await worker_identity.check_acts_as(session, worker_id, "heartbeat")
             if leases is not None:

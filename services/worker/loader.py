@@ -32,6 +32,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.windows import FeatureCounts, Reporter
 from services.dataplane.watcher import RegistryWatcher
 from services.worker.fetch import fetch, prepare_cache
+from services.worker.heartbeats import Heartbeats
 from services.worker.held import Batching, Held, State
 from services.worker.repository import Repository
 from services.worker.runtime import Runtime
@@ -106,6 +107,7 @@ class RegistryLoader:
         self._rollout_revisions: dict[str, int] = {}  # of the served models, last reconciled
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
+        self.heartbeats = Heartbeats(self.stub, self.metadata)
         repository.on_change.append(self._changed)
         self.reporter: Reporter | None = None
         if repository.book is not None:
@@ -138,6 +140,7 @@ class RegistryLoader:
                 await task
         if self.reporter is not None:
             await self.reporter.stop()
+        self.heartbeats.close()
         if self._registered.is_set():
             with contextlib.suppress(aio.AioRpcError):
                 await self.stub.DeleteWorker(
@@ -187,14 +190,12 @@ class RegistryLoader:
                 if not self._registered.is_set():
                     await self._register()
                 self._report.clear()
-                await self.stub.Heartbeat(
+                await self.heartbeats.send(
                     rpb.HeartbeatRequest(
                         name=self.name,
                         versions=self._states(),
                         observed_revision=self.watcher.applied_revision,
-                    ),
-                    metadata=self.metadata,
-                    timeout=10,
+                    )
                 )
             except aio.AioRpcError as exc:
                 if exc.code() == StatusCode.NOT_FOUND:
