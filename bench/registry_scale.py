@@ -1,29 +1,41 @@
-"""Benchmark: one registry under a fleet's heartbeats and watchers (issue #22's table).
+"""Benchmark: the registry under a fleet's heartbeats and watchers (issue #22's table).
 
 One command (`make bench-registry-scale`): a registry process (SQLite by default,
-`--postgres` for PostgreSQL on 127.0.0.1), N simulated workers — each registered, then
+`--postgres` for PostgreSQL on 127.0.0.1; `--replicas N` for N registry processes on
+the one PostgreSQL database), N simulated workers — each registered, then
 heartbeating every `--interval` seconds (5 s, lease 15 s: the registry's defaults) with
-the states of 4 versions — split over `--clients` processes so the simulator is not
+the states of 4 versions, on one StreamHeartbeats stream each (`--heartbeats stream`,
+the default, as real workers do now) or one unary Heartbeat call each
+(`--heartbeats unary`) — split over `--clients` processes so the simulator is not
 what limits the registry (each client's CPU is reported), and W gateway-like `Watch`
 streams in this process, which hands every client the revision its watchers saw (the
-workers' observed revision). Two phases of `--seconds` each, in the same run:
+workers' observed revision). Workers and watchers are spread round-robin over the
+replicas. Two phases of `--seconds` each, in the same run:
 
 - quiet: every heartbeat reports what the registry already knows (a fleet at rest);
 - changing: every heartbeat flips one of its versions' states (each one a real change,
   published and audited: what every heartbeat cost before quiet ones became renewals).
 
-Per phase: heartbeats answered per second, heartbeat latency p50/p99, leases lost
-(a heartbeat answered NOT_FOUND), the registry's CPU (from /proc), CPU per heartbeat,
-revisions added and watch events the watchers received; after the quiet phase, one
-rollout change and how long until every watcher saw it (p99 over watchers). The
-ratio changing ÷ quiet of CPU per heartbeat is printed from the same run. Results go
-to bench/out/registry_scale.json. `--profile` records the registry with py-spy
-during the quiet phase to bench/out/registry_scale.folded (collapsed stacks).
+Per phase: heartbeats answered per second, heartbeat latency p50/p99 (a stream's:
+write to its answer), leases lost (a heartbeat answered NOT_FOUND; a streaming worker
+then registers again, as a real one does), the registries' CPU (from /proc; summed,
+and per replica when there are several), CPU per heartbeat, revisions added and watch
+events the watchers received; after the quiet phase, one rollout change and how long
+until every watcher saw it (p99 over watchers). The ratio changing ÷ quiet of CPU per
+heartbeat is printed from the same run. Results go to bench/out/registry_scale.json.
+`--profile` records the registry (replica 0) with py-spy during the quiet phase to
+bench/out/registry_scale.folded (collapsed stacks).
+
+`--capacity` (bench/scale_capacity.py) instead steps the heartbeat rate up for each
+replica count of `--replicas` (e.g. `--postgres --replicas 1,2 --capacity`) and prints
+the highest rate with p99 <= `--p99-ms` and no lease lost, and the ratio of the counts'
+rates, from one run (bench/out/registry_scale_capacity.json).
 
 Modules: bench/scale_fleet.py (the simulated workers' client processes),
+bench/scale_registries.py (the registry processes, replicas on one database),
 bench/scale_phase.py (watchers, a phase's measurement, a rollout's fan-out),
-bench/scale_common.py (CPU from /proc, percentiles); this one is the command line
-and the report.
+bench/scale_capacity.py (capacity mode), bench/scale_common.py (CPU from /proc,
+percentiles); this one is the command line and the report.
 """
 
 from __future__ import annotations
@@ -40,49 +52,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc import aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scale_capacity, scale_registries
 from bench.scale_common import OUT, cpu_seconds, pct
 from bench.scale_fleet import Clients
 from bench.scale_phase import Watchers, phase, rollout_fanout
-from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
-from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
-from tests.helpers.models import linear
-from tests.helpers.procs import registry_process
-from tests.helpers.registry import database, stream, upload
 
 __all__ = ["cpu_seconds", "pct"]  # bench/watch_fanout.py imports them from here
 
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
-        env = {"LIVEML_LOG_LEVEL": "WARNING", **dict(kv.split("=", 1) for kv in args.env)}
-        if args.postgres:
-            env["LIVEML_DATABASE_URL"] = await stack.enter_async_context(database("postgres", root))
-        proc, port = registry_process(root, **env)
-        stack.callback(proc.stop)
-        token = (root / "admin.token").read_text().strip()
-        md = (("authorization", f"Bearer {token}"),)
-        channel = aio.insecure_channel(f"127.0.0.1:{port}")
-        stack.push_async_callback(channel.close)
-        stub = rpb_grpc.RegistryServiceStub(channel)
-        await stub.CreateModel(rpb.CreateModelRequest(model_id="m"), metadata=md)
-        for seed in (1, 2):
-            data = linear(root / f"v{seed}.onnx", seed=seed).read_bytes()
-            await stub.CreateVersion(stream(upload("models/m", data)), metadata=md)
-        watchers = Watchers(stub, md, args.watchers)
+        env = dict(kv.split("=", 1) for kv in args.env)
+        replicas = args.replicas[0]
+        registries = await scale_registries.start(stack, root, replicas, args.postgres, env)
+        stub, md = registries.stub, registries.md
+        watchers = Watchers(registries.stubs, md, args.watchers)
         tasks = [asyncio.create_task(watchers.watch(i)) for i in range(args.watchers)]
-        clients = await Clients.start(args, port, token)
+        clients = await Clients.start(args, registries.ports, registries.token)
         stack.push_async_callback(clients.stop)
         tasks.append(asyncio.create_task(clients.follow(watchers.revision)))
-        pid = proc.popen.pid
-        quiet = await phase("quiet", clients, stub, md, watchers, pid, args.seconds, args.profile)
+        quiet = await phase("quiet", clients, registries, watchers, args.seconds, args.profile)
         fanout = [await rollout_fanout(stub, md, watchers, p) for p in (10, 20, 30)]
         quiet["rollout_seen_by_all_p99_ms"] = [round(f * 1e3, 1) for f in fanout]
         changing = (
-            await phase("changing", clients, stub, md, watchers, pid, args.seconds)
+            await phase("changing", clients, registries, watchers, args.seconds)
             if not args.quiet_only
             else {"phase": "changing (skipped)", "cpu_us_per_heartbeat": float("nan")}
         )
@@ -91,6 +87,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
         return {
             "backend": "postgresql" if args.postgres else "sqlite",
+            "replicas": replicas,
+            "heartbeats": args.heartbeats,
             "workers": args.workers,
             "watchers": args.watchers,
             "clients": args.clients,
@@ -102,12 +100,32 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         }
 
 
-def main() -> int:
+def counts(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",")]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"replica counts are 1 or more: {text!r}")
+    return values
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=500)
     parser.add_argument("--watchers", type=int, default=20)
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval, s")
     parser.add_argument("--clients", type=int, default=3, help="client processes for workers")
+    parser.add_argument(
+        "--heartbeats",
+        choices=["stream", "unary"],
+        default="stream",
+        help="one StreamHeartbeats stream per worker (default) or unary Heartbeat calls",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=counts,
+        default=[1],
+        metavar="N[,N...]",
+        help="registry processes on one PostgreSQL database (a list, e.g. 1,2: --capacity)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the quiet phase")
     parser.add_argument(
         "--quiet-only", action="store_true", help="skip the changing phase (it saturates)"
@@ -121,18 +139,33 @@ def main() -> int:
         metavar="LIVEML_X=VALUE",
         help="a setting of the registry (repeatable), e.g. LIVEML_LEASE_FLUSH_SECONDS=0",
     )
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
-    result["registry_env"] = args.env
-    result["machine"] = {
+    capacity = parser.add_argument_group("capacity mode (bench/scale_capacity.py)")
+    capacity.add_argument(
+        "--capacity", action="store_true", help="the highest rate within --p99-ms, per count"
+    )
+    capacity.add_argument("--p99-ms", type=float, default=100.0, help="heartbeat p99 bound")
+    capacity.add_argument("--step-seconds", type=float, default=10.0, help="measured per step")
+    capacity.add_argument(
+        "--rate-start", type=float, default=200.0, help="heartbeats/s offered first"
+    )
+    capacity.add_argument("--rate-factor", type=float, default=1.4, help="offered rate x per step")
+    capacity.add_argument("--max-steps", type=int, default=7, help="rising steps at most")
+    capacity.add_argument(
+        "--refine", type=int, default=2, help="steps between the last pass and the first fail"
+    )
+    return parser
+
+
+def machine() -> dict[str, Any]:
+    return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "grpcio": grpc.__version__,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "registry_scale.json").write_text(json.dumps(result, indent=2))
+
+
+def report(result: dict[str, Any]) -> None:
     cols = [c for c in result["phases"][0] if c != "errors"]
     print(" | ".join(cols))
     for row in result["phases"]:
@@ -144,7 +177,26 @@ def main() -> int:
     for row in result["phases"]:
         if row.get("errors"):
             print(row["phase"], "errors:", row["errors"])
-    print("load average:", result["machine"]["load_avg"])
+
+
+def main() -> int:
+    cli = parser()
+    args = cli.parse_args()
+    if max(args.replicas) > 1 and not args.postgres:
+        cli.error("--replicas above 1 needs --postgres: the replicas share one database")
+    if len(args.replicas) > 1 and not args.capacity:
+        cli.error("a list of replica counts is for --capacity; give one count otherwise")
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory() as tmp:
+        measure = scale_capacity.capacity if args.capacity else run
+        result = asyncio.run(measure(args, Path(tmp)))
+    result["registry_env"] = args.env
+    result["machine"] = {**machine(), "load_avg_before": load_before}
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = "registry_scale_capacity.json" if args.capacity else "registry_scale.json"
+    (OUT / name).write_text(json.dumps(result, indent=2))
+    (scale_capacity.report if args.capacity else report)(result)
+    print("load average:", result["machine"]["load_avg"], "(before:", load_before, ")")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Watchers and measured windows of bench/registry_scale.py: gateway-like `Watch`
-streams (counting events, tracking the revision they saw, timing a rollout marker),
-one phase's measurement (heartbeats/s, latency percentiles, leases lost, registry CPU,
-revisions added, watch events) and a rollout's fan-out to every watcher.
+streams (counting events, tracking the revision they saw, timing a rollout marker;
+watcher i on replica i mod N), one phase's measurement (heartbeats/s, latency
+percentiles, leases lost, registry CPU per replica and summed, revisions added, watch
+events) and a rollout's fan-out to every watcher (the change made on replica 0).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale_common import OUT, cpu_seconds, pct
+from bench.scale_common import OUT, pct
 from bench.scale_fleet import Clients
+from bench.scale_registries import Registries
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 
@@ -24,8 +26,8 @@ from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 class Watchers:
     """Gateway-like Watch streams of the whole feed."""
 
-    def __init__(self, stub: rpb_grpc.RegistryServiceStub, md: Any, count: int) -> None:
-        self.stub, self.md, self.count = stub, md, count
+    def __init__(self, stubs: list[rpb_grpc.RegistryServiceStub], md: Any, count: int) -> None:
+        self.stubs, self.md, self.count = stubs, md, count
         self.events = 0
         self.revision = [0]
         self.seen_rollout: dict[int, float] = {}  # watcher -> when it saw the marker
@@ -33,7 +35,8 @@ class Watchers:
         self.all_saw = asyncio.Event()
 
     async def watch(self, index: int) -> None:
-        call = self.stub.Watch(rpb.WatchRequest(since_revision=0), metadata=self.md)
+        stub = self.stubs[index % len(self.stubs)]
+        call = stub.Watch(rpb.WatchRequest(since_revision=0), metadata=self.md)
         async for response in call:
             if response.kind == rpb.WatchResponse.KIND_EVENTS:
                 self.events += len(response.events)
@@ -76,39 +79,43 @@ async def py_spy(pid: int, seconds: float) -> asyncio.subprocess.Process:
 async def phase(
     name: str,
     clients: Clients,
-    stub: rpb_grpc.RegistryServiceStub,
-    md: Any,
+    registries: Registries,
     watchers: Watchers,
-    pid: int,
     seconds: float,
     profile: bool = False,
+    warm_seconds: float = 120,
 ) -> dict[str, Any]:
     # Measured once every worker had two heartbeats of this phase's kind answered (the
     # first quiet one after registering, or after a change, still publishes).
     # At saturation some workers never get there (their leases lapse): measure anyway,
     # and say so.
-    warmed = all(a["warmed"] for a in await clients.ask({"phase": name}))
+    stub, md = registries.stub, registries.md
+    asked = {"phase": name, "warm_seconds": warm_seconds}
+    warmed = all(a["warmed"] for a in await clients.ask(asked))
     client_cpu0 = sum(a["cpu"] for a in await clients.ask({"mark": True}))
     events, rev0 = watchers.events, await current_revision(stub, md)
-    profiler = await py_spy(pid, seconds) if profile else None
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    # Replica 0 only: py-spy records one process.
+    profiler = await py_spy(registries.pids[0], seconds) if profile else None
+    cpu0, t0 = registries.cpu(), time.monotonic()
     await asyncio.sleep(seconds)
-    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    cpu1, t1 = registries.cpu(), time.monotonic()
     if profiler is not None and await profiler.wait():
         print("py-spy failed (exit status", profiler.returncode, ")")
     reports = await clients.ask({"report": True})
     rev1 = await current_revision(stub, md)
     latencies = [x for r in reports for x in r["latencies"]]
     beats = len(latencies)
-    return {
+    each = [100 * (b - a) / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True)]
+    used = sum(cpu1) - sum(cpu0)
+    row = {
         "phase": name,
         "heartbeats_per_s": round(beats / (t1 - t0), 1),
         "heartbeat_p50_ms": round(pct(latencies, 0.5) * 1e3, 2),
         "heartbeat_p99_ms": round(pct(latencies, 0.99) * 1e3, 2),
         "heartbeat_max_ms": round(max(latencies, default=float("nan")) * 1e3, 1),
         "leases_lost": sum(r["lost"] for r in reports),
-        "registry_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-        "cpu_us_per_heartbeat": round(1e6 * (cpu1 - cpu0) / max(1, beats), 1),
+        "registry_cpu_pct": round(sum(each), 1),
+        "cpu_us_per_heartbeat": round(1e6 * used / max(1, beats), 1),
         "client_cpu_pct_each": round(
             100 * (sum(r["cpu"] for r in reports) - client_cpu0) / (t1 - t0) / len(reports), 1
         ),
@@ -117,6 +124,9 @@ async def phase(
         "warmed": warmed,
         "errors": [e for r in reports for e in r["errors"]][:5],
     }
+    if len(each) > 1:  # one registry's columns stay as they were
+        row["registry_cpu_pct_each"] = [round(c, 1) for c in each]
+    return row
 
 
 async def rollout_fanout(
