@@ -52,6 +52,7 @@ COLUMNS = [
     "registry_cpu_pct_each",
     "cpu_us_per_heartbeat",
     "client_cpu_pct_each",
+    "box_cores_busy",
     "warmed",
     "passed",
 ]
@@ -93,7 +94,8 @@ class Ladder:
             f"  {len(self.registries.pids)} replica(s), {rate:.0f}/s offered: "
             f"{row['heartbeats_per_s']}/s answered, p99 {row['heartbeat_p99_ms']} ms, "
             f"{row['leases_lost']} lost, registry CPU {row['registry_cpu_pct']}% "
-            f"{row.get('registry_cpu_pct_each', '')}: {'pass' if row['passed'] else 'FAIL'}",
+            f"{row.get('registry_cpu_pct_each', '')}, box {row['box_cores_busy']} cores busy: "
+            f"{'pass' if row['passed'] else 'FAIL'}",
             flush=True,
         )
         return row
@@ -143,6 +145,8 @@ async def one_count(args: argparse.Namespace, root: Path, replicas: int) -> dict
         best = await ladder.climb()
         return {
             "replicas": replicas,
+            # No step failed: the capacity is at least this (raise --max-steps).
+            "limit_found": any(not row["passed"] for row in ladder.steps),
             "capacity_heartbeats_per_s": best["heartbeats_per_s"] if best else 0.0,
             "capacity_offered_per_s": best["offered_per_s"] if best else 0.0,
             "steps": ladder.steps,
@@ -185,6 +189,7 @@ def report(result: dict[str, Any]) -> None:
         print(
             f"  {run['replicas']} replica(s): {run['capacity_heartbeats_per_s']} heartbeats/s "
             f"(offered {run['capacity_offered_per_s']})"
+            + ("" if run["limit_found"] else ", a lower bound: no step failed")
         )
     if len(result["runs"]) > 1:
         counts = [r["replicas"] for r in result["runs"]]

@@ -1,6 +1,6 @@
 """Small pieces shared by the registry-at-scale benches (bench/registry_scale.py and its
-modules, bench/watch_fanout.py): a process's CPU seconds from /proc, a percentile, the
-version states a simulated worker reports."""
+modules, bench/watch_fanout.py): a process's and the machine's CPU from /proc, a
+percentile, the version states a simulated worker reports."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of process `pid` so far (its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def box_jiffies() -> tuple[int, int]:
+    """(busy, all) CPU time of the whole machine so far, in ticks (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
 
 
 def pct(values: list[float], q: float) -> float:

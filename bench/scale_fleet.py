@@ -2,8 +2,8 @@
 slice of the fleet (registered as real workers register, then heartbeating every
 interval), and `Clients`, the bench's side of them.
 
-A client process is `python bench/scale_fleet.py PORTS TOKEN INTERVAL FIRST COUNT MODE
-REREGISTER`; it is driven by JSON lines on stdin (`observed`, `interval`, `phase`,
+A client process is `python bench/scale_fleet.py PORTS TOKEN INTERVAL FIRST COUNT TOTAL
+MODE REREGISTER`; it is driven by JSON lines on stdin (`observed`, `interval`, `phase`,
 `mark`, `report`, `stop`) and answers on stdout, so the simulator is spread over
 processes and is not what limits the registry (each one's CPU is reported). Worker i
 talks to registry replica i mod len(PORTS) (round-robin), always the same one.
@@ -52,10 +52,12 @@ class Fleet:
         md: Any,
         interval: float,
         indices: range,
+        total: int,
         stream: bool,
         reregister: bool,
     ) -> None:
         self.stubs, self.md, self.interval, self.indices = stubs, md, interval, indices
+        self.total = total  # workers in all the client processes
         self.stream, self.reregister = stream, reregister or stream
         self.lease = Duration(seconds=int(interval * 3))  # kept when the interval changes
         self.changing = False
@@ -100,7 +102,9 @@ class Fleet:
         """Sleep until this worker's next heartbeat: `interval` after the last one began,
         or (first, or after a retime) at its place in the interval, the fleet spread over
         it as real workers started at different times."""
-        place = (index % 997) / 997
+        # Evenly over the interval: no burst, and a window that is not a whole number of
+        # intervals still sees the offered rate.
+        place = index / self.total
         deadline = (
             time.monotonic() + self.interval * place if started is None else started + self.interval
         )
@@ -168,13 +172,20 @@ class Fleet:
 
 
 async def child(
-    ports: list[int], token: str, interval: float, first: int, count: int, mode: str, rereg: bool
+    ports: list[int],
+    token: str,
+    interval: float,
+    first: int,
+    count: int,
+    total: int,
+    mode: str,
+    rereg: bool,
 ) -> None:
     """One client process: its workers, driven by JSON lines on stdin, answered on stdout."""
     md = (("authorization", f"Bearer {token}"),)
     channels = [aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
     stubs = [rpb_grpc.RegistryServiceStub(channel) for channel in channels]
-    fleet = Fleet(stubs, md, interval, range(first, first + count), mode == "stream", rereg)
+    fleet = Fleet(stubs, md, interval, range(first, first + count), total, mode == "stream", rereg)
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -247,6 +258,7 @@ class Clients:
                     str(args.interval),
                     str(first),
                     str(min(per, args.workers - first)),
+                    str(args.workers),
                     args.heartbeats,
                     str(int(reregister)),
                     stdin=asyncio.subprocess.PIPE,
@@ -296,7 +308,7 @@ class Clients:
 
 
 if __name__ == "__main__":
-    ports, token, interval, first, count, mode, rereg = sys.argv[1:8]
+    ports, token, interval, first, count, total, mode, rereg = sys.argv[1:9]
     asyncio.run(
         child(
             [int(p) for p in ports.split(",")],
@@ -304,6 +316,7 @@ if __name__ == "__main__":
             float(interval),
             int(first),
             int(count),
+            int(total),
             mode,
             rereg == "1",
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale_common import OUT, pct
+from bench.scale_common import OUT, box_jiffies, pct
 from bench.scale_fleet import Clients
 from bench.scale_registries import Registries
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
@@ -96,9 +97,9 @@ async def phase(
     events, rev0 = watchers.events, await current_revision(stub, md)
     # Replica 0 only: py-spy records one process.
     profiler = await py_spy(registries.pids[0], seconds) if profile else None
-    cpu0, t0 = registries.cpu(), time.monotonic()
+    cpu0, box0, t0 = registries.cpu(), box_jiffies(), time.monotonic()
     await asyncio.sleep(seconds)
-    cpu1, t1 = registries.cpu(), time.monotonic()
+    cpu1, box1, t1 = registries.cpu(), box_jiffies(), time.monotonic()
     if profiler is not None and await profiler.wait():
         print("py-spy failed (exit status", profiler.returncode, ")")
     reports = await clients.ask({"report": True})
@@ -124,6 +125,10 @@ async def phase(
         "warmed": warmed,
         "errors": [e for r in reports for e in r["errors"]][:5],
     }
+    # The whole machine, in cores (the registries, the simulator, the database, anything
+    # else running): how much of the box there was left.
+    busy, every = box1[0] - box0[0], box1[1] - box0[1]
+    row["box_cores_busy"] = round((os.cpu_count() or 1) * busy / max(1, every), 2)
     if len(each) > 1:  # one registry's columns stay as they were
         row["registry_cpu_pct_each"] = [round(c, 1) for c in each]
     return row
