@@ -126,6 +126,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="N[,N...]",
         help="registry processes on one PostgreSQL database (a list, e.g. 1,2: --capacity)",
     )
+    parser.add_argument(
+        "--nice-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the client processes at nice N (e.g. 10: the registries first on a full box)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the quiet phase")
     parser.add_argument(
         "--quiet-only", action="store_true", help="skip the changing phase (it saturates)"

@@ -264,6 +264,8 @@ class Clients:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=1 << 26,
+                    # --nice-clients: the registries get the CPU first when the box is full.
+                    preexec_fn=(lambda: os.nice(args.nice_clients)) if args.nice_clients else None,
                 )
             )
         clients = cls(procs)
