@@ -251,6 +251,9 @@ class Clients:
         for first in range(0, args.workers, per):
             procs.append(
                 await asyncio.create_subprocess_exec(
+                    # --nice-clients: the registries get the CPU first when the box is full
+                    # (nice(1), not a preexec_fn: this process's gRPC threads and fork()).
+                    *(["nice", "-n", str(args.nice_clients)] if args.nice_clients else []),
                     sys.executable,
                     __file__,
                     ",".join(map(str, ports)),
@@ -264,8 +267,6 @@ class Clients:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=1 << 26,
-                    # --nice-clients: the registries get the CPU first when the box is full.
-                    preexec_fn=(lambda: os.nice(args.nice_clients)) if args.nice_clients else None,
                 )
             )
         clients = cls(procs)
@@ -288,7 +289,10 @@ class Clients:
         answers = []
         for proc in self.procs:
             assert proc.stdout is not None
-            answers.append(json.loads(await proc.stdout.readline()))
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"client process {proc.pid} ended: {await proc.wait()}")
+            answers.append(json.loads(line))
         return answers
 
     async def follow(self, revision: list[int]) -> None:
