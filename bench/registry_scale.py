@@ -158,6 +158,9 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--rate-factor", type=float, default=1.4, help="offered rate x per step")
     capacity.add_argument("--max-steps", type=int, default=7, help="rising steps at most")
     capacity.add_argument(
+        "--retries", type=int, default=1, help="measurements again of a failed step"
+    )
+    capacity.add_argument(
         "--refine", type=int, default=2, help="steps between the last pass and the first fail"
     )
     return parser
