@@ -151,12 +151,12 @@ def parser() -> argparse.ArgumentParser:
         "--capacity", action="store_true", help="the highest rate within --p99-ms, per count"
     )
     capacity.add_argument("--p99-ms", type=float, default=100.0, help="heartbeat p99 bound")
-    capacity.add_argument("--step-seconds", type=float, default=10.0, help="measured per step")
+    capacity.add_argument("--step-seconds", type=float, default=8.0, help="measured per step")
     capacity.add_argument(
         "--rate-start", type=float, default=1000.0, help="heartbeats/s offered first"
     )
-    capacity.add_argument("--rate-factor", type=float, default=1.4, help="offered rate x per step")
-    capacity.add_argument("--max-steps", type=int, default=7, help="rising steps at most")
+    capacity.add_argument("--rate-factor", type=float, default=1.5, help="offered rate x per step")
+    capacity.add_argument("--max-steps", type=int, default=6, help="rising steps at most")
     capacity.add_argument(
         "--retries", type=int, default=1, help="measurements again of a failed step"
     )

@@ -15,7 +15,7 @@ is measured again `--retries` times (default 1) and fails only if each one fails
 Each step: the fleet is retimed at once (sleeping workers take their place in the new
 interval), measured once every worker had two heartbeats answered at it (waited for
 at most two intervals + 3 s; `warmed` says if they did), then for `--step-seconds`:
-about 15 s a measurement, 3 - 4 minutes a run at the defaults (500 workers, 1,000 to
+about 12 s a measurement, about 4 minutes a run at the defaults (500 workers, 1,000 to
 7,500 heartbeats/s). Leases stay as registered (3 x `--interval`), longer than 3 x a
 step's interval: the p99 bound is what binds. In this mode a worker whose lease
 lapsed registers again (unary too), so a failed step leaves no lost workers to the

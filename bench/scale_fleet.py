@@ -59,7 +59,8 @@ class Fleet:
         self.stubs, self.md, self.interval, self.indices = stubs, md, interval, indices
         self.total = total  # workers in all the client processes
         self.stream, self.reregister = stream, reregister or stream
-        self.lease = Duration(seconds=int(interval * 3))  # kept when the interval changes
+        self.lease = Duration()  # kept when the interval changes
+        self.lease.FromNanoseconds(int(interval * 3e9))
         self.changing = False
         self.observed = 0  # the revision the parent's watchers saw
         self.latencies: list[float] = []
