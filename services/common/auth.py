@@ -152,6 +152,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._authenticator = authenticator
         self._policy = policy
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        recheck = getattr(authenticator, "still_valid", None)
+        self._guards = _StreamGuards(recheck) if recheck is not None else None
 
     def _allowed(self, method: str) -> Collection[Role] | None:
         if method in self._policy:
@@ -202,10 +204,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self, principal: Principal, context: aio.ServicerContext[Any, Any]
     ) -> _StreamGuard | None:
         """For a server stream: a watch that ends it once its credential stands no more."""
-        recheck = getattr(self._authenticator, "still_valid", None)
-        if recheck is None:
+        if self._guards is None:
             return None
-        return _StreamGuard(recheck, principal, context)
+        return self._guards.watch(principal, context)
 
 
 class _Refused(Exception):
@@ -226,45 +227,71 @@ class _Refused(Exception):
 
 
 class _StreamGuard:
-    """Re-checks an open stream's credential; ends the stream UNAUTHENTICATED when it
-    is revoked or expires (a token is otherwise checked once per call)."""
+    """One open stream under watch: ended UNAUTHENTICATED when its credential goes."""
 
-    def __init__(
-        self,
-        recheck: Callable[[Principal], Any],
-        principal: Principal,
-        context: aio.ServicerContext[Any, Any],
-    ) -> None:
+    def __init__(self, guards: _StreamGuards, principal: Principal, context: Any) -> None:
         self.ended = False
+        self.principal = principal
+        self._guards = guards
+        self._context = context
         self._task = asyncio.current_task()
-        self._watch = asyncio.ensure_future(self._run(recheck, principal, context))
 
-    async def _run(
-        self,
-        recheck: Callable[[Principal], Any],
-        principal: Principal,
-        context: aio.ServicerContext[Any, Any],
-    ) -> None:
-        while True:
-            await asyncio.sleep(RECHECK_SECONDS)
-            try:
-                why = recheck(principal)
-                if inspect.isawaitable(why):
-                    why = await why
-            except Exception as exc:  # a database hiccup must not end a healthy stream
-                log.debug("re-checking %s failed: %s", principal.name, exc)
-                continue
-            if why is not None:
-                break
+    async def end(self, why: str) -> None:
         self.ended = True
-        log.info("ending a stream of %s: %s", principal.name, why)
+        log.info("ending a stream of %s: %s", self.principal.name, why)
         with contextlib.suppress(Exception):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}; stream ended")
+            await self._context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}; stream ended")
         if self._task is not None:
             self._task.cancel()
 
     def close(self) -> None:
-        self._watch.cancel()
+        self._guards.forget(self)
+
+
+class _StreamGuards:
+    """Re-checks the credentials of every open stream (a token is otherwise checked
+    once per call), each distinct credential once per RECHECK_SECONDS, from one task:
+    a task per stream woke thousands of times a second once every worker of a fleet
+    held a stream or two open."""
+
+    def __init__(self, recheck: Callable[[Principal], Any]) -> None:
+        self._recheck = recheck
+        self._open: dict[Principal, set[_StreamGuard]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()
+
+    def watch(self, principal: Principal, context: Any) -> _StreamGuard:
+        guard = _StreamGuard(self, principal, context)
+        self._open.setdefault(principal, set()).add(guard)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return guard
+
+    def forget(self, guard: _StreamGuard) -> None:
+        streams = self._open.get(guard.principal)
+        if streams is not None:
+            streams.discard(guard)
+            if not streams:
+                del self._open[guard.principal]
+
+    async def _run(self) -> None:
+        while self._open:
+            await asyncio.sleep(RECHECK_SECONDS)
+            for principal in list(self._open):
+                try:
+                    why = self._recheck(principal)
+                    if inspect.isawaitable(why):
+                        why = await why
+                except Exception as exc:  # a database hiccup must not end a healthy stream
+                    log.debug("re-checking %s failed: %s", principal.name, exc)
+                    continue
+                if why is None:
+                    continue
+                for guard in self._open.pop(principal, set()):
+                    # Each on its own: an abort waits for its status to be sent.
+                    ending = asyncio.ensure_future(guard.end(why))
+                    self._ending.add(ending)
+                    ending.add_done_callback(self._ending.discard)
 
 
 Check = Callable[[aio.ServicerContext[Any, Any]], Awaitable[Principal]]

@@ -201,7 +201,8 @@ async def start(settings: RegistrySettings) -> Registry:
         await store.close()
         raise
     registry = Registry(settings, store, feed, running, controller, events)
-    metrics.watch(controller)
+    sweep = workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2))
+    metrics.watch(controller, sweep)
 
     compaction = FeedCompaction(store, settings.watch_keep_revisions, settings.watch_keep_seconds)
 
@@ -214,10 +215,7 @@ async def start(settings: RegistrySettings) -> Registry:
                 log.warning("training run %s: its trainer stopped answering", name)
 
     registry.tasks += [
-        asyncio.create_task(
-            workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2)).run(),
-            name="lease sweep",
-        ),
+        asyncio.create_task(sweep.run(), name="lease sweep"),
         asyncio.create_task(_every(60.0, "change-feed compaction", compaction.run_once)),
         *([asyncio.create_task(leases.run(), name="lease flush")] if leases.flush_seconds else []),
         asyncio.create_task(leases.settler.run(), name="rollout settler"),

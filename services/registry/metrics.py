@@ -1,4 +1,5 @@
-"""The registry's Prometheus metrics (`liveml_rollout_*`, `liveml_version_*`, `liveml_alerts_*`).
+"""The registry's Prometheus metrics (`liveml_rollout_*`, `liveml_version_*`, `liveml_alerts_*`,
+`liveml_registry_*`).
 
 Computed at scrape time from the controller's last look at the reported windows
 (every replica keeps one, leader or not), so the numbers Prometheus alerts on are
@@ -16,13 +17,17 @@ from prometheus_client.registry import Collector
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry.controller import Controller
+from services.registry.workers import LeaseSweep
 
 _CONTROLLERS: weakref.WeakSet[Controller] = weakref.WeakSet()
+_SWEEPS: weakref.WeakSet[LeaseSweep] = weakref.WeakSet()
 PHASES = [p for p in rpb.AnalysisStatus.Phase.keys() if p != "PHASE_UNSPECIFIED"]  # noqa: SIM118
 
 
-def watch(controller: Controller) -> None:
+def watch(controller: Controller, sweep: LeaseSweep | None = None) -> None:
     _CONTROLLERS.add(controller)
+    if sweep is not None:
+        _SWEEPS.add(sweep)
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -102,6 +107,16 @@ class _Collector(Collector):
                         fairness.add_metric(labels, v.fairness_gap)
         yield from (target, phase, decisions, rollbacks, ready, errors, p99, accuracy, psi)
         yield from (psi_max, fairness, firing)
+        held = CounterMetricFamily(
+            "liveml_registry_lease_sweeps_held",
+            "Lease sweeps that judged no lease: the registry was stalled (every lease "
+            "renewed) or behind (its event loop busy 90% of the interval).",
+            labels=["reason"],
+        )
+        sweeps = list(_SWEEPS)
+        held.add_metric(["stalled"], sum(s.renewals for s in sweeps))
+        held.add_metric(["behind"], sum(s.postponed for s in sweeps))
+        yield held
 
 
 REGISTRY.register(_Collector())

@@ -4,9 +4,10 @@ A streamed heartbeat costs the registry about half of a unary one (no per-call s
 no new HTTP/2 stream, no metadata, no credential check), which is what lets one
 registry hold thousands of workers. The stream is opened at the first heartbeat and
 again after any error; each heartbeat waits for its own answer (the stream answers in
-order), so a registry that stopped answering is noticed within `timeout` as it was
-with unary calls. A registry of an earlier release answers UNIMPLEMENTED: from then on
-this worker sends unary Heartbeat calls, as it did before.
+order), so a registry that stopped answering is noticed within `answer_seconds` as it
+was with unary calls. A registry of an earlier release answers UNIMPLEMENTED: for the
+next UNARY_SECONDS this worker sends unary Heartbeat calls, as it did before, then
+tries the stream again (the registry may have been upgraded meanwhile).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -25,6 +27,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
 log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str]]
+UNARY_SECONDS = 600.0  # how long unary calls are used after the stream was UNIMPLEMENTED
 
 
 def _failed(code: grpc.StatusCode, details: str) -> aio.AioRpcError:
@@ -42,9 +45,14 @@ class Heartbeats:
         self.stub = stub
         self.metadata = metadata
         self.answer_seconds = answer_seconds  # a heartbeat unanswered this long failed
-        self.unary = False  # the registry answered UNIMPLEMENTED: an earlier release
+        self._unary_until = 0.0  # the stream answered UNIMPLEMENTED: unary until then
         self.opened = 0  # streams opened (for tests and logs)
         self._call: aio.StreamStreamCall | None = None
+
+    @property
+    def unary(self) -> bool:
+        """Whether heartbeats go as unary calls now (a registry of an earlier release)."""
+        return time.monotonic() < self._unary_until
 
     async def send(self, request: rpb.HeartbeatRequest) -> rpb.HeartbeatResponse:
         """One heartbeat and its answer; raises the registry's error as AioRpcError
@@ -61,9 +69,10 @@ class Heartbeats:
                 raise
             log.warning(
                 "the registry does not take StreamHeartbeats (an earlier release?): "
-                "heartbeats are sent as unary calls"
+                "heartbeats are sent as unary calls for %.0f s",
+                UNARY_SECONDS,
             )
-            self.unary = True
+            self._unary_until = time.monotonic() + UNARY_SECONDS
             return await self.send(request)
 
     async def _streamed(self, request: rpb.HeartbeatRequest) -> rpb.HeartbeatResponse:

@@ -74,6 +74,7 @@ METRICS = {
     "liveml_version_drift_psi_max",
     "liveml_version_fairness_gap",
     "liveml_alerts_firing",
+    "liveml_registry_lease_sweeps_held_total",
     # the event stream (any process that appends; the gateway's prediction log; the joiner)
     "liveml_events_appended_total",
     "liveml_events_duplicates_total",

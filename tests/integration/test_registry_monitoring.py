@@ -278,6 +278,9 @@ async def test_alerts_are_listed_watched_and_posted(db_url: str, tmp_path: Path)
                 in text
             )
             assert 'liveml_rollout_rollbacks_total{model="iris"} 0.0' in text
+            # Its lease sweeps judged every lease (neither stalled nor behind).
+            assert 'liveml_registry_lease_sweeps_held_total{reason="behind"} 0.0' in text
+            assert 'liveml_registry_lease_sweeps_held_total{reason="stalled"} 0.0' in text
             psi_line = next(
                 line
                 for line in text.splitlines()
