@@ -47,7 +47,8 @@ bench-worker: $(STAMP)
 	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || sudo apt-get install -y nghttp2-client)
 	$(PY) bench/worker.py
 
-# One registry under a fleet's heartbeats and watchers (BENCH_SCALE_FLAGS=--workers 1000 ...).
+# The registry (or N replicas on PostgreSQL) under a fleet's heartbeats and watchers
+# (BENCH_SCALE_FLAGS=--workers 5000 --watchers 50 ..., or --postgres --replicas 1,2 --capacity).
 bench-registry-scale: $(STAMP)
 	$(PY) bench/registry_scale.py $(BENCH_SCALE_FLAGS)
 
