@@ -101,6 +101,10 @@ class FleetService:
             # A renewal this process can answer from memory (leases.Leases), a newer
             # observed revision included.
             expire = leases.quiet(worker_id, versions, request.observed_revision)
+            if expire is None and leases.flush_seconds and not leases.knows(worker_id):
+                names.check_id("worker", worker_id)
+                await leases.learn(worker_id)  # one read, then likely a renewal
+                expire = leases.quiet(worker_id, versions, request.observed_revision)
             if expire is not None:
                 reply = rpb.HeartbeatResponse()
                 reply.lease_expire_time.FromMicroseconds(expire)

@@ -10,6 +10,12 @@ and held observed revisions with it, every `--lease-flush-seconds`. The sweep
 (`workers.LeaseSweep`) counts what is held here before it judges a lease, and a
 registry's restart grace covers renewals a killed process held (a lost observed
 revision is reported again by the worker's next heartbeat; settler.py).
+
+What a process knows of the workers is read in one query when it starts (and again if
+the change feed lost track), and a worker it does not know yet (registered through
+another replica) is read once: after a registry restart every worker's next heartbeat
+is a renewal from memory, not a database write — 5,000 of those in one heartbeat
+interval were a backlog of seconds.
 """
 
 from __future__ import annotations
@@ -84,9 +90,15 @@ class Leases:
         self._observed_flushing: dict[str, int] = {}
         self.settler = Settler(store, max(5.0, 2 * flush_seconds))
         self.flushed = 0  # renewals written (for tests and logs)
+        self.loaded = 0  # workers read into memory (for tests and logs)
+        self._stale = True  # what is known must be read (at start; the feed lost track)
         store.leases = self
         store.event_listeners.append(self._learn_events)
-        store.reset_listeners.append(self._known.clear)
+        store.reset_listeners.append(self._forget_all)
+
+    def _forget_all(self) -> None:
+        self._known.clear()
+        self._stale = True
 
     @property
     def margin_us(self) -> int:
@@ -112,6 +124,50 @@ class Leases:
                 if event.type == rpb.WatchEvent.TYPE_DELETE:
                     self._observed.pop(worker_id, None)
                 self._epoch[worker_id] = self._epoch.get(worker_id, 0) + 1
+
+    def knows(self, worker_id: str) -> bool:
+        return worker_id in self._known
+
+    def _remember(self, rows: list[tuple[str, int, bytes]], epochs: dict[str, int]) -> None:
+        """Know these workers as read (id, lease length, proto), unless an event of one
+        came after the read began (its epoch moved) or it is known already."""
+        for worker_id, lease_us, proto in rows:
+            if worker_id in self._known or self._epoch.get(worker_id, 0) != epochs.get(
+                worker_id, 0
+            ):
+                continue
+            worker = rpb.Worker.FromString(proto)
+            self._known[worker_id] = _Known(
+                states_of(worker.versions),
+                max(worker.observed_revision, self.observed(worker_id)),
+                lease_us,
+                models_of(worker.versions),
+            )
+            self.loaded += 1
+
+    async def load(self) -> None:
+        """Read every worker into memory (one query)."""
+        self._stale = False
+        epochs = dict(self._epoch)
+        query = select(WorkerRow.id, WorkerRow.lease_us, WorkerRow.proto)
+        try:
+            async with self.store.read() as session:
+                rows = [tuple(r) for r in (await session.execute(query)).all()]
+        except BaseException:
+            self._stale = True
+            raise
+        self._remember(rows, epochs)  # type: ignore[arg-type]
+
+    async def learn(self, worker_id: str) -> None:
+        """Read one worker this process does not know (registered through another
+        replica, or read before the feed lost track)."""
+        epochs = {worker_id: self._epoch.get(worker_id, 0)}
+        query = select(WorkerRow.id, WorkerRow.lease_us, WorkerRow.proto).where(
+            WorkerRow.id == worker_id
+        )
+        async with self.store.read() as session:
+            rows = [tuple(r) for r in (await session.execute(query)).all()]
+        self._remember(rows, epochs)  # type: ignore[arg-type]
 
     def quiet(
         self, worker_id: str, versions: list[rpb.WorkerVersionState], observed_revision: int
@@ -225,6 +281,11 @@ class Leases:
 
     async def run(self) -> None:
         while True:
+            try:
+                if self._stale:
+                    await self.load()
+            except Exception as exc:  # read again at the next tick
+                log.warning("reading the workers failed: %s", exc)
             await asyncio.sleep(self.flush_seconds)
             try:
                 await self.flush()

@@ -20,9 +20,11 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
+from sqlalchemy import select
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
+from services.registry.db import WorkerRow
 from tests.helpers.procs import Proc, registry_process
 from tests.helpers.registry import auth, registry_settings, running_registry
 from tests.helpers.wait import async_wait_until
@@ -225,3 +227,67 @@ async def test_a_revocation_reaches_another_registry_through_the_feed(
             return await watch.code()  # type: ignore[no-any-return]
 
         assert await asyncio.wait_for(ended(), 10) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_started_registry_knows_the_workers_and_renews_them_from_memory(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A registry reads every worker when it starts, and one registered through another
+    replica when it first hears of it: their next heartbeats are renewals from memory,
+    not a database write each (after a restart, a whole fleet's within one interval)."""
+    settings = registry_settings(db_url, tmp_path, lease_flush_seconds=3600)
+    async with running_registry(settings) as first:
+        admin = first.client()
+        names = []
+        for port in (9001, 9002, 9003):
+            reply = await admin.RegisterWorker(
+                rpb.RegisterWorkerRequest(
+                    worker=rpb.Worker(address=f"127.0.0.1:{port}", versions=[READY])
+                )
+            )
+            names.append(reply.worker.name)
+
+    async def written() -> dict[str, int]:
+        async with registry.registry.store.read() as session:
+            rows = (await session.execute(select(WorkerRow.id, WorkerRow.lease_expire_us))).all()
+        return {f"workers/{i}": int(lease) for i, lease in rows}
+
+    async with running_registry(settings) as registry, running_registry(settings) as other:
+        leases = registry.registry.store.leases
+        assert leases is not None
+
+        async def loaded() -> bool:
+            return leases.loaded == 3
+
+        await async_wait_until(loaded, 10, "the workers read at start")
+        before, audited = (
+            await written(),
+            await registry.client().ListAuditEvents(rpb.ListAuditEventsRequest(page_size=100)),
+        )
+        for name in names:
+            sent = time.time_ns() // 1000
+            reply = await registry.client().Heartbeat(
+                rpb.HeartbeatRequest(name=name, versions=[READY])
+            )
+            expire = reply.lease_expire_time.ToMicroseconds()
+            assert expire >= sent + 10_000_000  # the lease's 10 s from now
+            assert leases.held(name.split("/")[1]) == expire  # held in memory...
+        assert await written() == before  # ...not written
+
+        # A worker registered through the other replica: read once, then renewed here.
+        joined = await other.client().RegisterWorker(
+            rpb.RegisterWorkerRequest(worker=rpb.Worker(address="127.0.0.1:9004", versions=[READY]))
+        )
+        worker_id = joined.worker.name.split("/")[1]
+        at_join = (await written())[joined.worker.name]
+        reply = await registry.client().Heartbeat(
+            rpb.HeartbeatRequest(name=joined.worker.name, versions=[READY])
+        )
+        assert leases.knows(worker_id)
+        assert (await written())[joined.worker.name] == at_join
+        assert leases.held(worker_id) == reply.lease_expire_time.ToMicroseconds()
+        after = await registry.client().ListAuditEvents(rpb.ListAuditEventsRequest(page_size=100))
+        # Only the registration was audited: no heartbeat here was.
+        assert [e.action for e in after.events][: len(after.events) - len(audited.events)] == [
+            "RegisterWorker"
+        ]

@@ -170,7 +170,7 @@ async def test_a_held_observed_revision_lost_in_a_sigkill_is_honoured_when_repor
 
         audited = await second.audited()
         # The restarted registry hears it again, with the swap's revision: a renewal
-        # (read in its database, which is behind), and the rollout settles.
+        # (the worker as read at start, its database behind), and the rollout settles.
         await beat(second, swapped.revision)
         registry = second
 
@@ -182,7 +182,12 @@ async def test_a_held_observed_revision_lost_in_a_sigkill_is_honoured_when_repor
 
         await async_wait_until(settled, 10, "the rollout to settle after the restart")
         assert await second.audited() == audited + 1  # SettleRollout, no Heartbeat
-        assert db_observed(db, worker.name) == swapped.revision
+        # Held in the restarted registry's memory (written with its next flush).
+        (listed,) = (
+            await second.stub.ListWorkers(rpb.ListWorkersRequest(), metadata=second.md)
+        ).workers
+        assert listed.observed_revision == swapped.revision
+        assert db_observed(db, worker.name) == seen
     finally:
         for registry_ in (first, second):
             if registry_ is not None:
