@@ -117,6 +117,15 @@ def test_a_bad_setting_is_named_with_what_was_expected(tmp_path: Path) -> None:
         "liveml-worker (given: 'not a name')" in name.stderr
     )
     assert "Traceback" not in name.stderr
+    # A worker whose --models the registry would refuse stops here, not retrying its
+    # watch forever.
+    models = liveml({"LIVEML_MODELS": "iris,models/churn"}, "worker", "serve", ok=False)
+    assert models.returncode == 2
+    assert (
+        "error: --models (LIVEML_MODELS): expected comma-separated model ids such as "
+        "iris,churn (1-128 letters, digits, '_', '.', '-'); 'models/churn' is not one"
+    ) in models.stderr, models.stderr
+    assert "Traceback" not in models.stderr
     port = liveml({"LIVEML_HEALTH_PORT": "70000"}, "worker", "serve", ok=False)
     assert port.returncode == 2
     assert (
