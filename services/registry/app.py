@@ -32,6 +32,7 @@ from services.registry.artifacts import ArtifactStore
 from services.registry.audit_chain import AuditChain
 from services.registry.audit_legacy import rechain_legacy
 from services.registry.controller import Controller
+from services.registry.lease_sweep import LeaseSweep
 from services.registry.leases import Leases
 from services.registry.secrets import Secrets, SecretsError, resolved_secrets, supplied_admin_token
 from services.registry.servicer import RegistryServicer
@@ -202,7 +203,7 @@ async def start(settings: RegistrySettings) -> Registry:
         await store.close()
         raise
     registry = Registry(settings, store, feed, running, controller, events)
-    sweep = workers.LeaseSweep(store, min(1.0, settings.lease_seconds / 2))
+    sweep = LeaseSweep(store, min(1.0, settings.lease_seconds / 2))
     metrics.watch(controller, sweep)
 
     compaction = FeedCompaction(store, settings.watch_keep_revisions, settings.watch_keep_seconds)

@@ -7,7 +7,7 @@ here too, counted by `workers.live` (so by `rollouts.settle`), and the models th
 worker serves are handed to the `settler.Settler`, which settles rollouts once per
 revision rather than once per worker. Every held renewal is written in one UPDATE,
 and held observed revisions with it, every `--lease-flush-seconds`. The sweep
-(`workers.LeaseSweep`) counts what is held here before it judges a lease, and a
+(`lease_sweep.LeaseSweep`) counts what is held here before it judges a lease, and a
 registry's restart grace covers renewals a killed process held (a lost observed
 revision is reported again by the worker's next heartbeat; settler.py).
 

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry.controller import Controller
-from services.registry.workers import LeaseSweep
+from services.registry.lease_sweep import LeaseSweep
 
 _CONTROLLERS: weakref.WeakSet[Controller] = weakref.WeakSet()
 _SWEEPS: weakref.WeakSet[LeaseSweep] = weakref.WeakSet()

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import workers
 from services.registry.db import WorkerRow
+from services.registry.lease_sweep import LeaseSweep
 from tests.helpers.models import linear
 from tests.helpers.registry import RunningRegistry
 from tests.helpers.wait import async_wait_until
@@ -177,7 +178,7 @@ async def test_a_lapsed_lease_is_renewed_until_the_sweep_removes_it(
     renewed = await client.Heartbeat(rpb.HeartbeatRequest(name=worker.name))
     assert renewed.lease_expire_time.seconds > 1
 
-    sweep = workers.LeaseSweep(store, 1.0)
+    sweep = LeaseSweep(store, 1.0)
     # That renewal is held in memory until written (the sweep would count it): from
     # here on the database alone says how the lease stands.
     leases = store.leases
