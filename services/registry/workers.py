@@ -2,14 +2,15 @@
 
 A heartbeat that only renews the lease changes nothing the data plane sees; one
 that reports a different version state (LOADING -> READY, a FAILED load and its
-error) is published on the change feed and audited. Only the sweep expires a lease,
-and a registry that finds itself stalled renews every lease instead (`renew_all`):
-a worker is judged on heartbeats the registry had the chance to read.
+error) is published on the change feed and audited. Only the sweep
+(lease_sweep.py) expires a lease, and a registry that finds itself stalled renews
+every lease instead (`renew_all`): a worker is judged on heartbeats the registry had
+the chance to read.
 
 Renewals, and a newer observed revision a heartbeat brings, are held in memory
 (`leases.Leases`) and persisted lazily, every `--lease-flush-seconds`: a quiet
-heartbeat costs no database write. The
-sweep writes what is held before it judges, and counts a lease as lapsed only a flush
+heartbeat costs no database write. The sweep counts what is held before it judges,
+and counts a lease as lapsed only a flush
 interval after it ran out (a renewal may wait that long in another replica's memory);
 renewals a registry held when it died are covered by the lease every known worker gets
 when a registry starts (`--restart-grace-seconds`).
