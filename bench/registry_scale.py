@@ -20,11 +20,13 @@ Per phase: heartbeats answered per second, heartbeat latency p50/p99 (a stream's
 write to its answer), leases lost (a heartbeat answered NOT_FOUND; a streaming worker
 then registers again, as a real one does), the registries' CPU (from /proc; summed,
 and per replica when there are several), CPU per heartbeat, revisions added and watch
-events the watchers received; after the quiet phase, one rollout change and how long
+events the watchers received; after the quiet phase, `--rollouts` (3) rollout changes
+back to back, each sent once every watcher saw the one before, and for each how long
 until every watcher saw it (p99 over watchers). The ratio changing ÷ quiet of CPU per
 heartbeat is printed from the same run. Results go to bench/out/registry_scale.json.
 `--profile` records the registry (replica 0) with py-spy during the quiet phase to
-bench/out/registry_scale.folded (collapsed stacks).
+bench/out/registry_scale.folded (collapsed stacks); `--profile-fanout` during the
+rollouts instead.
 
 `--capacity` (bench/scale_capacity.py) instead steps the heartbeat rate up for each
 replica count of `--replicas` (e.g. `--postgres --replicas 1,2 --capacity`) and prints
@@ -58,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import scale_capacity, scale_registries
 from bench.scale_common import OUT, cpu_seconds, pct
 from bench.scale_fleet import Clients
-from bench.scale_phase import Watchers, phase, rollout_fanout
+from bench.scale_phase import Watchers, phase, py_spy, rollout_fanout
 
 __all__ = ["cpu_seconds", "pct"]  # bench/watch_fanout.py imports them from here
 
@@ -75,7 +77,15 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         stack.push_async_callback(clients.stop)
         tasks.append(asyncio.create_task(clients.follow(watchers.revision)))
         quiet = await phase("quiet", clients, registries, watchers, args.seconds, args.profile)
-        fanout = [await rollout_fanout(stub, md, watchers, p) for p in (10, 20, 30)]
+        # Back to back: each rollout is sent once every watcher saw the one before.
+        percents = [10 * (i % 9 + 1) for i in range(args.rollouts)]
+        profiler = None
+        if args.profile_fanout:  # the rollouts' window only, the same output file
+            profiler = await py_spy(registries.pids[0], 2 + 0.5 * args.rollouts)
+            await asyncio.sleep(1)  # why: py-spy attaching (noqa: sleep-ok)
+        fanout = [await rollout_fanout(stub, md, watchers, p) for p in percents]
+        if profiler is not None and await profiler.wait():
+            print("py-spy failed (exit status", profiler.returncode, ")")
         quiet["rollout_seen_by_all_p99_ms"] = [round(f * 1e3, 1) for f in fanout]
         changing = (
             await phase("changing", clients, registries, watchers, args.seconds)
@@ -134,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
         help="run the client processes at nice N (e.g. 10: the registries first on a full box)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the quiet phase")
+    parser.add_argument(
+        "--rollouts", type=int, default=3, help="rollout changes timed after the quiet phase"
+    )
+    parser.add_argument("--profile-fanout", action="store_true", help="py-spy the rollouts instead")
     parser.add_argument(
         "--quiet-only", action="store_true", help="skip the changing phase (it saturates)"
     )
