@@ -6,7 +6,6 @@ the token a page hands out is what the next request's `page_token` is read back 
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -14,17 +13,16 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.errors import InvalidArgument
+from services.common.ids import ID
 
 # Numbers are stored as 64-bit integers (SQLite and PostgreSQL alike).
 INT64_MAX = 2**63 - 1
 # The longest duration any request field may carry (10 years, well inside int64 µs).
 MAX_SECONDS = 10 * 366 * 86400.0
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
 
 def check_id(kind: str, value: str) -> str:
-    if not _ID.fullmatch(value):
+    if not ID.fullmatch(value):
         raise InvalidArgument(
             f"{kind} id {value!r} is not valid: use 1-128 letters, digits, '_', '.', '-', "
             "starting with a letter or digit"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
+from services.common.ids import MAX_WATCH_MODELS
 from services.registry import names
 
 Kind = rpb.WatchRequest.Kind
@@ -33,8 +34,6 @@ KINDS: dict[int, str] = {
 }
 EVERY_KIND = frozenset(KINDS.values())
 MODEL_SCOPED = frozenset({"model", "version", "rollout"})
-# Most models one watch may name (a request of this many names is still small).
-MAX_MODELS = 1000
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,9 @@ class WatchFilter:
 def parse(request: rpb.WatchRequest, credentials: bool) -> WatchFilter:
     """The filter `request` asks for; `credentials` = the caller may see token digests
     (without it they are left out of an unfiltered watch, and refused when asked for)."""
-    if len(request.models) > MAX_MODELS:
+    if len(request.models) > MAX_WATCH_MODELS:
         raise InvalidArgument(
-            f"models: at most {MAX_MODELS} models per watch, got {len(request.models)}"
+            f"models: at most {MAX_WATCH_MODELS} models per watch, got {len(request.models)}"
         )
     models = set()
     for i, name in enumerate(request.models):

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from services.common.config import DataPlaneAuthSettings, RegistryClientSettings, ServerSettings
-
-# A model id as the registry takes it (services/registry/names.py), and at most as many
-# as one watch may name: a worker refused its watch would retry it forever.
-MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-MAX_MODELS = 1000
+from services.common.ids import ID, MAX_WATCH_MODELS
 
 
 class WorkerSettings(ServerSettings, RegistryClientSettings, DataPlaneAuthSettings):
@@ -101,12 +96,12 @@ class WorkerSettings(ServerSettings, RegistryClientSettings, DataPlaneAuthSettin
     @classmethod
     def _model_ids(cls, value: str) -> str:
         ids = [m.strip() for m in value.split(",") if m.strip()]
-        bad = [m for m in ids if not MODEL_ID.fullmatch(m)]
+        bad = [m for m in ids if not ID.fullmatch(m)]
         if bad:
             raise ValueError(
                 f"expected comma-separated model ids such as iris,churn (1-128 letters, "
                 f"digits, '_', '.', '-'); {bad[0]!r} is not one"
             )
-        if len(ids) > MAX_MODELS:
-            raise ValueError(f"at most {MAX_MODELS} models, got {len(ids)}")
+        if len(ids) > MAX_WATCH_MODELS:
+            raise ValueError(f"at most {MAX_WATCH_MODELS} models, got {len(ids)}")
         return value
