@@ -97,19 +97,23 @@ class FleetService:
         worker_id = names.simple("workers", request.name)
         leases = self.store.leases
         versions = list(request.versions)
-        if leases is not None and acts_as_itself(worker_id):
-            # A renewal this process can answer from memory (leases.Leases), a newer
-            # observed revision included.
-            expire = leases.quiet(worker_id, versions, request.observed_revision)
-            if expire is None and leases.flush_seconds and not leases.knows(worker_id):
-                names.check_id("worker", worker_id)
-                await leases.learn(worker_id)  # one read, then likely a renewal
-                expire = leases.quiet(worker_id, versions, request.observed_revision)
-            if expire is not None:
-                reply = rpb.HeartbeatResponse()
-                reply.lease_expire_time.FromMicroseconds(expire)
-                return reply
-        names.check_id("worker", worker_id)
+        # A renewal this process can answer from memory (leases.Leases), a newer
+        # observed revision included; a worker it does not know yet is read once first.
+        memory = leases if leases is not None and acts_as_itself(worker_id) else None
+        expire = (
+            memory.quiet(worker_id, versions, request.observed_revision)
+            if memory is not None
+            else None
+        )
+        if expire is None:
+            names.check_id("worker", worker_id)  # only off the quiet path: it knows the id
+            if memory is not None and memory.flush_seconds and not memory.knows(worker_id):
+                await memory.learn(worker_id)
+                expire = memory.quiet(worker_id, versions, request.observed_revision)
+        if expire is not None:
+            reply = rpb.HeartbeatResponse()
+            reply.lease_expire_time.FromMicroseconds(expire)
+            return reply
         async with self.store.write_unversioned() as session:
             await worker_identity.check_acts_as(session, worker_id, "heartbeat")
             if leases is not None:

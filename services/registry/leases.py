@@ -145,29 +145,29 @@ class Leases:
             )
             self.loaded += 1
 
+    async def _read(self, worker_id: str | None = None) -> None:
+        """Know the workers as the database has them: every one, or `worker_id`."""
+        epochs = dict(self._epoch)  # as the read begins: what moves later is newer
+        query = select(WorkerRow.id, WorkerRow.lease_us, WorkerRow.proto)
+        if worker_id is not None:
+            query = query.where(WorkerRow.id == worker_id)
+        async with self.store.read() as session:
+            rows = [tuple(r) for r in (await session.execute(query)).all()]
+        self._remember(rows, epochs)  # type: ignore[arg-type]
+
     async def load(self) -> None:
         """Read every worker into memory (one query)."""
         self._stale = False
-        epochs = dict(self._epoch)
-        query = select(WorkerRow.id, WorkerRow.lease_us, WorkerRow.proto)
         try:
-            async with self.store.read() as session:
-                rows = [tuple(r) for r in (await session.execute(query)).all()]
+            await self._read()
         except BaseException:
             self._stale = True
             raise
-        self._remember(rows, epochs)  # type: ignore[arg-type]
 
     async def learn(self, worker_id: str) -> None:
         """Read one worker this process does not know (registered through another
         replica, or read before the feed lost track)."""
-        epochs = {worker_id: self._epoch.get(worker_id, 0)}
-        query = select(WorkerRow.id, WorkerRow.lease_us, WorkerRow.proto).where(
-            WorkerRow.id == worker_id
-        )
-        async with self.store.read() as session:
-            rows = [tuple(r) for r in (await session.execute(query)).all()]
-        self._remember(rows, epochs)  # type: ignore[arg-type]
+        await self._read(worker_id)
 
     def quiet(
         self, worker_id: str, versions: list[rpb.WorkerVersionState], observed_revision: int

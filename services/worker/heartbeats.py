@@ -96,7 +96,7 @@ class Heartbeats:
         except aio.AioRpcError:
             self.close()
             raise
-        except (asyncio.InvalidStateError, aio.UsageError) as exc:
+        except asyncio.InvalidStateError as exc:
             # Written to a stream that had already ended: its status says why.
             self.close()
             code = await call.code()
