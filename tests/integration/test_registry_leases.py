@@ -253,6 +253,14 @@ async def test_a_started_registry_knows_the_workers_and_renews_them_from_memory(
         return {f"workers/{i}": int(lease) for i, lease in rows}
 
     async with running_registry(settings) as registry, running_registry(settings) as other:
+        # Their lease sweeps stop first: one that took the other's start in this same
+        # event loop for a stall would renew every lease in the database meanwhile.
+        sweeps = [
+            t for r in (registry, other) for t in r.registry.tasks if t.get_name() == "lease sweep"
+        ]
+        for task in sweeps:
+            task.cancel()
+        await asyncio.gather(*sweeps, return_exceptions=True)
         leases = registry.registry.store.leases
         assert leases is not None
 
