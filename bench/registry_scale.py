@@ -31,7 +31,9 @@ rollouts instead.
 `--capacity` (bench/scale_capacity.py) instead steps the heartbeat rate up for each
 replica count of `--replicas` (e.g. `--postgres --replicas 1,2 --capacity`) and prints
 the highest rate with p99 <= `--p99-ms` and no lease lost, and the ratio of the counts'
-rates, from one run (bench/out/registry_scale_capacity.json).
+rates, from one run (bench/out/registry_scale_capacity.json). `--replica-cpus X` caps
+every replica at X cores (a cgroup CPU quota, bench/scale_cpucap.py): on a box too
+small for two full replicas and the simulator, two replicas of X against one.
 
 Modules: bench/scale_fleet.py (the simulated workers' client processes),
 bench/scale_registries.py (the registry processes, replicas on one database),
@@ -69,7 +71,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         env = dict(kv.split("=", 1) for kv in args.env)
         replicas = args.replicas[0]
-        registries = await scale_registries.start(stack, root, replicas, args.postgres, env)
+        registries = await scale_registries.start(
+            stack, root, replicas, args.postgres, env, args.replica_cpus
+        )
         stub, md = registries.stub, registries.md
         watchers = Watchers(registries.stubs, md, args.watchers)
         tasks = [asyncio.create_task(watchers.watch(i)) for i in range(args.watchers)]
@@ -142,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="run the client processes at nice N (e.g. 10: the registries first on a full box)",
+    )
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=None,
+        metavar="X",
+        help="cap every registry at X cores (a cgroup CPU quota; root): e.g. 0.3",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the quiet phase")
     parser.add_argument(

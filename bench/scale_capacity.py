@@ -21,11 +21,14 @@ step's interval: the p99 bound is what binds. In this mode a worker whose lease
 lapsed registers again (unary too), so a failed step leaves no lost workers to the
 refining ones. Quiet heartbeats only (a fleet at rest), with `--watchers` watchers
 connected. The capacity of a replica count is the answered heartbeats/s of its best
-passing step; the ratio last count / first count is printed from the same run.
+passing step; the ratio last count / first count is printed from the same run (a
+count given more than once, e.g. `1,2,1,2`, at the median of its runs).
 
 On a small machine the simulator competes with the registries for the CPU (each
 step's `client_cpu_pct_each` and `box_cores_busy` say how much); `--nice-clients 10`
-puts it below them.
+puts it below them, and `--replica-cpus X` caps every replica at X cores so that two
+of them and the simulator fit (`registry_throttled_pct_each`: the share of a step
+each one waited for its quota).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import statistics
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -55,6 +59,7 @@ COLUMNS = [
     "leases_lost",
     "registry_cpu_pct",
     "registry_cpu_pct_each",
+    "registry_throttled_pct_each",
     "cpu_us_per_heartbeat",
     "client_cpu_pct_each",
     "box_cores_busy",
@@ -143,7 +148,9 @@ async def one_count(args: argparse.Namespace, root: Path, replicas: int) -> dict
     await asyncio.to_thread(root.mkdir, parents=True)
     async with AsyncExitStack() as stack:
         env = dict(kv.split("=", 1) for kv in args.env)
-        registries = await scale_registries.start(stack, root, replicas, args.postgres, env)
+        registries = await scale_registries.start(
+            stack, root, replicas, args.postgres, env, args.replica_cpus
+        )
         watchers = Watchers(registries.stubs, registries.md, args.watchers)
         tasks = [asyncio.create_task(watchers.watch(i)) for i in range(args.watchers)]
         clients = await Clients.start(args, registries.ports, registries.token, reregister=True)
@@ -173,19 +180,27 @@ async def one_count(args: argparse.Namespace, root: Path, replicas: int) -> dict
 
 async def capacity(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     runs = []
-    for replicas in args.replicas:
+    for i, replicas in enumerate(args.replicas):
         print(f"capacity, {replicas} replica(s):", flush=True)
-        runs.append(await one_count(args, root / f"replicas{replicas}", replicas))
-    first, last = runs[0]["capacity_heartbeats_per_s"], runs[-1]["capacity_heartbeats_per_s"]
+        runs.append(await one_count(args, root / f"run{i}-replicas{replicas}", replicas))
+    # A count given more than once (e.g. 1,2,1,2: alternated, so that the box's other
+    # load falls on both) is taken at its median run.
+    by_count: dict[int, list[float]] = {}
+    for run in runs:
+        by_count.setdefault(run["replicas"], []).append(run["capacity_heartbeats_per_s"])
+    medians = {count: statistics.median(values) for count, values in by_count.items()}
+    first, last = medians[args.replicas[0]], medians[args.replicas[-1]]
     return {
         "backend": "postgresql" if args.postgres else "sqlite",
         "heartbeats": args.heartbeats,
+        "replica_cpus": args.replica_cpus,
         "workers": args.workers,
         "watchers": args.watchers,
         "clients": args.clients,
         "p99_ms_bound": args.p99_ms,
         "step_seconds": args.step_seconds,
         "runs": runs,
+        "capacity_median_by_replicas": medians,
         "ratio_last_over_first": round(last / first, 2) if first else None,
     }
 
@@ -201,7 +216,13 @@ def report(result: dict[str, Any]) -> None:
             print("errors:", errors)
     print(
         f"\ncapacity (heartbeat p99 <= {result['p99_ms_bound']} ms, 0 leases lost), "
-        f"{result['backend']}, {result['heartbeats']} heartbeats, {result['workers']} workers:"
+        f"{result['backend']}, {result['heartbeats']} heartbeats, {result['workers']} workers"
+        + (
+            f", each replica capped at {result['replica_cpus']} cores"
+            if result["replica_cpus"]
+            else ""
+        )
+        + ":"
     )
     for run in result["runs"]:
         print(
@@ -209,9 +230,13 @@ def report(result: dict[str, Any]) -> None:
             f"(offered {run['capacity_offered_per_s']})"
             + ("" if run["limit_found"] else ", a lower bound: no step failed")
         )
-    if len(result["runs"]) > 1:
+    medians = result["capacity_median_by_replicas"]
+    if len(result["runs"]) > len(medians):
+        print("  median by count:", ", ".join(f"{n}: {v}/s" for n, v in medians.items()))
+    if len(medians) > 1:
         counts = [r["replicas"] for r in result["runs"]]
         print(
-            f"ratio {counts[-1]} / {counts[0]} replicas (same run):",
+            f"ratio {counts[-1]} / {counts[0]} replicas (same run"
+            f"{', medians' if len(result['runs']) > len(medians) else ''}):",
             result["ratio_last_over_first"],
         )

@@ -98,8 +98,10 @@ async def phase(
     # Replica 0 only: py-spy records one process.
     profiler = await py_spy(registries.pids[0], seconds) if profile else None
     cpu0, box0, t0 = registries.cpu(), box_jiffies(), time.monotonic()
+    throttled0 = registries.throttled_ms()
     await asyncio.sleep(seconds)
     cpu1, box1, t1 = registries.cpu(), box_jiffies(), time.monotonic()
+    throttled1 = registries.throttled_ms()
     if profiler is not None and await profiler.wait():
         print("py-spy failed (exit status", profiler.returncode, ")")
     reports = await clients.ask({"report": True})
@@ -131,6 +133,10 @@ async def phase(
     row["box_cores_busy"] = round((os.cpu_count() or 1) * busy / max(1, every), 2)
     if len(each) > 1:  # one registry's columns stay as they were
         row["registry_cpu_pct_each"] = [round(c, 1) for c in each]
+    if throttled1:  # --replica-cpus: the share of the window each replica waited for quota
+        row["registry_throttled_pct_each"] = [
+            round((b - a) / 10 / (t1 - t0), 1) for a, b in zip(throttled0, throttled1, strict=True)
+        ]
     return row
 
 

@@ -7,14 +7,15 @@ token file. They are started one after another: the first migrates the empty dat
 and creates the bootstrap admin token, writing its secret to the file; each later one
 finds a token in the database, creates none and leaves the file as it is (the same
 token then authenticates on every replica). Each replica leads the controller or not
-as the leader lease decides; any of them takes heartbeats and serves watches.
+as the leader lease decides; any of them takes heartbeats and serves watches. With
+`--replica-cpus X` each one runs under a CPU quota of X cores (bench/scale_cpucap.py).
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from grpc import aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scale_cpucap
 from bench.scale_common import cpu_seconds
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.common.gen.liveml.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -38,6 +40,7 @@ class Registries:
     ports: list[int]
     token: str
     stubs: list[rpb_grpc.RegistryServiceStub]
+    caps: list[scale_cpucap.Cap] = field(default_factory=list)
 
     @property
     def md(self) -> Any:
@@ -56,29 +59,43 @@ class Registries:
         """CPU seconds of each replica so far."""
         return [cpu_seconds(pid) for pid in self.pids]
 
+    def throttled_ms(self) -> list[float]:
+        """Time each capped replica waited for CPU quota so far (none uncapped)."""
+        return [cap.throttled_ms() for cap in self.caps]
+
 
 async def start(
-    stack: AsyncExitStack, root: Path, replicas: int, postgres: bool, env: dict[str, str]
+    stack: AsyncExitStack,
+    root: Path,
+    replicas: int,
+    postgres: bool,
+    env: dict[str, str],
+    cpus: float | None = None,
 ) -> Registries:
     """`replicas` registries (PostgreSQL if `postgres`, else SQLite: then only one), stopped
-    when `stack` closes; model "m" created with versions 1 and 2."""
+    when `stack` closes, each capped at `cpus` cores if given; model "m" created with
+    versions 1 and 2."""
     if replicas > 1 and not postgres:
         raise SystemExit("--replicas above 1 needs --postgres: replicas share one database")
     env = {"LIVEML_LOG_LEVEL": "WARNING", **env}
     if postgres:
         env["LIVEML_DATABASE_URL"] = await stack.enter_async_context(database("postgres", root))
-    procs, ports = [], []
+    procs, ports, caps = [], [], []
     for _ in range(replicas):
         proc, port = registry_process(root, **env)
         stack.callback(proc.stop)
         procs.append(proc)
         ports.append(port)
+        if cpus is not None:
+            # Capped once it is up (start-up, migrations included, runs at full speed).
+            caps.append(scale_cpucap.cap(proc.popen.pid, cpus))
+            stack.callback(caps[-1].release, proc.popen.pid)
     token = (root / "admin.token").read_text().strip()
     channels = [aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
     for channel in channels:
         stack.push_async_callback(channel.close)
     registries = Registries(
-        procs, ports, token, [rpb_grpc.RegistryServiceStub(c) for c in channels]
+        procs, ports, token, [rpb_grpc.RegistryServiceStub(c) for c in channels], caps
     )
     stub, md = registries.stub, registries.md
     await stub.CreateModel(rpb.CreateModelRequest(model_id="m"), metadata=md)
