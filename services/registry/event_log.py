@@ -38,6 +38,7 @@ from services.common.events import (
     retention_gap,
 )
 from services.registry.db import EventMeta, EventRow
+from services.registry.db_away import away
 from services.registry.event_recent import Appendable, Recent
 from services.registry.event_sql import (
     KEYS_PER_QUERY,
@@ -88,8 +89,9 @@ class SqlEventLog:
         driver-level SQL only, and an ORM session around each cost ~400 us more (about
         a microsecond per event of a 500-event append, and as much for the joiner's poll
         that follows it)."""
-        async with (self._write_engine if write else self.store.engine).begin() as conn:
-            yield conn
+        with away():
+            async with (self._write_engine if write else self.store.engine).begin() as conn:
+                yield conn
 
     def _wake(self) -> None:
         self._appended.set()

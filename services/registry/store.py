@@ -37,6 +37,7 @@ from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 from services.registry import audit
 from services.registry.audit_chain import AuditChain
 from services.registry.db import AuditRow, ChangeRow, Meta, TokenRow
+from services.registry.db_away import away
 
 if TYPE_CHECKING:
     from services.registry.leases import Leases
@@ -216,14 +217,24 @@ class Store:
         await self.engine.dispose()
 
     @asynccontextmanager
+    async def _transaction(
+        self, sessions: async_sessionmaker[AsyncSession]
+    ) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed at the end; a lost database raises
+        Unavailable (db_away.py)."""
+        with away():
+            async with sessions() as session, session.begin():
+                yield session
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session, session.begin():
+        async with self._transaction(self._sessions) as session:
             yield session
 
     @asynccontextmanager
     async def write(self, actor: str) -> AsyncIterator[Tx]:
         """A transaction that takes the next revision; publishes it after commit."""
-        async with self._writes() as session, session.begin():
+        async with self._transaction(self._writes) as session:
             revision = (
                 await session.execute(
                     update(Meta)
@@ -267,7 +278,7 @@ class Store:
     @asynccontextmanager
     async def write_unversioned(self) -> AsyncIterator[AsyncSession]:
         """A write that the change feed does not carry (windows, leases): no revision."""
-        async with self._writes() as session, session.begin():
+        async with self._transaction(self._writes) as session:
             yield session
         self._committed(session)
 
@@ -280,7 +291,7 @@ class Store:
     async def compact(self, keep: int, through: int | None = None) -> int:
         """Drop change-feed rows older than the newest `keep` revisions (and, given
         `through`, no newer than it); return the new floor."""
-        async with self._writes() as session, session.begin():
+        async with self._transaction(self._writes) as session:
             meta = (await session.execute(select(Meta).with_for_update())).scalar_one()
             floor = meta.revision - keep
             if through is not None:
