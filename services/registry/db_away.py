@@ -37,8 +37,8 @@ def reason(exc: BaseException) -> str:
     """The driver's own words, first line only (SQLAlchemy appends the SQL)."""
     inner = exc.orig if isinstance(exc, sa.DBAPIError) and exc.orig is not None else exc
     cause = inner.__cause__ if inner.__cause__ is not None else inner
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text[:200]}" if text else type(cause).__name__
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
 
 
 class away:  # lower case: used as `with away():`, like contextlib's helpers
