@@ -288,6 +288,14 @@ async def test_a_started_registry_knows_the_workers_and_renews_them_from_memory(
         )
         worker_id = joined.worker.name.split("/")[1]
         at_join = (await written())[joined.worker.name]
+        # Heartbeat only once this replica's feed has carried the registration: its
+        # event arriving mid-read would (rightly) send the heartbeat to the database.
+        registered, _ = await other.registry.store.revision()
+
+        async def carried() -> bool:
+            return registry.registry.feed.position >= registered
+
+        await async_wait_until(carried, 10, "the registration in this replica's feed")
         reply = await registry.client().Heartbeat(
             rpb.HeartbeatRequest(name=joined.worker.name, versions=[READY])
         )
