@@ -188,7 +188,7 @@ async def capacity(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     by_count: dict[int, list[float]] = {}
     for run in runs:
         by_count.setdefault(run["replicas"], []).append(run["capacity_heartbeats_per_s"])
-    medians = {count: statistics.median(values) for count, values in by_count.items()}
+    medians = {count: round(statistics.median(values), 1) for count, values in by_count.items()}
     first, last = medians[args.replicas[0]], medians[args.replicas[-1]]
     return {
         "backend": "postgresql" if args.postgres else "sqlite",

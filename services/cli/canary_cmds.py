@@ -8,7 +8,6 @@ promote|abort` take over by hand. Alerts are in alerts_cmds.py.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from rich.text import Text
 from services.cli.args import JsonFlag, ModelArg, parse_ttl, rollout_name
 from services.cli.client import Connection, Registry, connect, connected, fail
 from services.cli.output import as_dict, print_fields, print_json, short, stdout, time_text
+from services.cli.refresh import refreshed
 from services.cli.rollout_cmds import held_text, rollout_app, serving_text, shares_text
 from services.common.gen.liveml.registry.v1 import registry_pb2 as rpb
 
@@ -270,16 +270,15 @@ def rollout_status(
         if not watch:
             stdout.print(_render(model, rollout, metrics))
             return
-        try:
+        views = refreshed(lambda: _status_view(registry, model), every)
+        try:  # Ctrl-C while printing (in a refresh, `refreshed` takes it)
             if not stdout.is_terminal:  # a pipe or a log: one full view per refresh
-                while True:
+                stdout.print(_render(model, rollout, metrics))
+                for rollout, metrics in views:
                     stdout.print(_render(model, rollout, metrics))
-                    time.sleep(every)  # the refresh interval (noqa: sleep-ok)
-                    rollout, metrics = _status_view(registry, model)
+                return
             with Live(_render(model, rollout, metrics), console=stdout, auto_refresh=False) as live:
-                while True:
-                    time.sleep(every)  # the refresh interval (noqa: sleep-ok)
-                    rollout, metrics = _status_view(registry, model)
+                for rollout, metrics in views:
                     live.update(_render(model, rollout, metrics), refresh=True)
         except KeyboardInterrupt:
             pass

@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,9 +42,12 @@ class Proc:
 
     def expect(self, fragment: str, timeout: float = 20.0) -> str:
         """Wait for a printed line containing `fragment`; return it."""
+        # One deadline for the whole wait: a process printing other lines all along
+        # must not keep it waiting for good.
+        deadline = time.monotonic() + timeout
         try:
             while True:
-                line = self.lines.get(timeout=timeout)
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
                 if fragment in line:
                     return line
         except queue.Empty:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers.models import linear
 from tests.helpers.procs import ROOT, Proc
+from tests.helpers.wait import wait_until
 from tests.integration.test_registry_serve import serve
 
 
@@ -195,6 +196,51 @@ def test_canary_status_control_and_alerts_with_the_cli(
     table = liveml(registry_env, "alerts")
     assert "CanaryPromoted" in table.stdout and "resolved" in table.stdout
     assert "CanaryPromoted" not in liveml(registry_env, "alerts", "--firing").stdout
+
+
+def _unread_bytes(port: int) -> int:
+    """Bytes received on local `port`'s connections that its process has not read (a
+    dual-stack listener's connections from 127.0.0.1 are in tcp6)."""
+    unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, queues = row.split()[1], row.split()[4]
+            if local.endswith(f":{port:04X}"):
+                unread += int(queues.split(":")[1], 16)
+    return unread
+
+
+def test_ctrl_c_ends_a_live_view_whose_refresh_waits_on_a_stopped_registry(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C lands mid-refresh (the registry SIGSTOPped, the request unread): the view
+    stops waiting for it and exits 0, the call cancelled by the channel's close."""
+    proc, port = serve(tmp_path)
+    env = {
+        "LIVEML_REGISTRY": f"127.0.0.1:{port}",
+        "LIVEML_TOKEN": (tmp_path / "admin.token").read_text().strip(),
+        "COLUMNS": "200",
+    }
+    liveml(env, "models", "create", "iris")
+    liveml(env, "versions", "push", str(linear(tmp_path / "v1.onnx", seed=1)), "--model", "iris")
+    liveml(env, "rollout", "set", "iris", "--target", "1=100")
+    live = Proc(
+        [sys.executable, "-m", "services.cli.main", "rollout", "status", "iris", "--watch",
+         "--every", "0.1"],
+        {**{k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}, **env},
+    )  # fmt: skip
+    try:
+        live.expect("targets")
+        os.kill(proc.popen.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: _unread_bytes(port) > 0, 20, "a refresh's request, unread")
+            live.popen.send_signal(signal.SIGINT)
+            assert live.popen.wait(timeout=20) == 0
+        finally:
+            os.kill(proc.popen.pid, signal.SIGCONT)
+    finally:
+        live.stop()
+        assert proc.stop() == 0
 
 
 def test_a_worker_role_needs_the_registry(tmp_path: Path) -> None:
